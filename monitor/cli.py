@@ -1,0 +1,78 @@
+"""The `ood-monitor` command.
+
+Each subcommand is declared here by a small `_add_<name>` function that builds its
+arguments and names the function that runs it; the implementation lives with the part
+of the service it belongs to and is imported only when that subcommand runs, so
+`ood-monitor --help` stays fast and does not import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Callable, Sequence
+
+from monitor import __version__
+from monitor.errors import MonitorError
+
+
+def _lazy(target: str) -> Callable[[argparse.Namespace], int | None]:
+    """'package.module:function' -> a callable that imports it on first use."""
+
+    def run(args: argparse.Namespace) -> int | None:
+        module_name, function_name = target.split(":")
+        return getattr(importlib.import_module(module_name), function_name)(args)
+
+    return run
+
+
+# Subcommand builders, in the order `--help` lists them. Each takes the subparsers object.
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def subcommand(builder: Callable[[argparse._SubParsersAction], None]):
+    SUBCOMMANDS.append(builder)
+    return builder
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ood-monitor",
+        description="Flag the inputs an image classifier should not be trusted on.",
+    )
+    parser.add_argument("--version", action="version", version=f"ood-monitor {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for builder in SUBCOMMANDS:
+        builder(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        code = args.run(args)
+    except MonitorError as error:
+        print(f"ood-monitor {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(code or 0)
+
+
+# --- subcommands -------------------------------------------------------------------------
+# Keep one builder per subcommand; add yours below with the @subcommand decorator.
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
