@@ -1,0 +1,426 @@
+"""One typed configuration for every part of the service.
+
+Settings come from three layers, later ones winning:
+
+1. the defaults declared on the dataclasses below;
+2. a TOML file (``--config FILE``; else ``$MONITOR_CONFIG``; else ``config/monitor.toml`` when it
+   exists in the working directory);
+3. environment variables ``MONITOR_<SECTION>__<KEY>`` (e.g. ``MONITOR_KAFKA__GROUP_ID=scorers``),
+   parsed to the field's type: lists are comma-separated, booleans accept true/false/1/0/yes/no/on/off,
+   and an empty value sets an optional field to ``None``.
+
+Every value is checked once, here, at the boundary: an unknown section or key, a value of the wrong
+type or one out of range raises :class:`~monitor.errors.ConfigError` naming the key and the problem
+(all problems at once). Each section is a plain dataclass; a part of the service adds its own
+settings by adding a field with a default and a ``_doc`` metadata entry to its section, and
+documenting it in ``config/monitor.toml`` and ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from monitor.errors import ConfigError
+from monitor.names import INDICATORS
+
+ENV_PREFIX = "MONITOR_"
+ENV_SEPARATOR = "__"
+DEFAULT_CONFIG_PATH = Path("config/monitor.toml")
+CONFIG_PATH_ENV = "MONITOR_CONFIG"
+
+# Shown as '***' by Settings.redacted(): never print these.
+SECRET_KEYS = frozenset({"sasl_plain_password", "ssl_password", "webhook_secret"})
+
+
+def setting(default: Any, doc: str, *, choices: Iterable[Any] | None = None, minimum: float | None = None,
+            maximum: float | None = None) -> Any:
+    """A dataclass field with its documentation and the checks its value must pass."""
+    metadata = {"doc": doc, "choices": tuple(choices) if choices is not None else None,
+                "minimum": minimum, "maximum": maximum}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# --- sections ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSettings:
+    spec: str = setting("demo", "Which classifier to load: 'demo' (the bundled Fashion-MNIST ResNet) or a "
+                                "model spec understood by monitor.classifiers (see docs/configuration.md).")
+    weights: str | None = setting(None, "Path to the weights file (state dict) for the spec; none for 'demo'.")
+    num_classes: int | None = setting(None, "Number of classes of the model's head, when the spec needs it.",
+                                      minimum=1)
+    device: str = setting("auto", "Where to score: 'auto' picks CUDA when present, else the CPU.",
+                          choices=("auto", "cpu", "cuda"))
+    odin: bool = setting(False, "Also compute ODIN (one extra backward pass per batch, about 3x the cost).")
+    cache_dir: str = setting("var/cache", "Where per-model calibration (1C-Sum noise statistics) is cached.")
+
+
+@dataclass
+class KafkaSettings:
+    bootstrap_servers: list[str] = setting(["127.0.0.1:9092"], "Brokers to bootstrap from, host:port.")
+    topics: list[str] = setting(["images"], "Topics of image messages to consume.")
+    group_id: str = setting("ood-monitor", "Consumer group: processes sharing it split the partitions.")
+    client_id: str = setting("ood-monitor", "Client id shown in broker logs and metrics.")
+    api_version: str = setting("auto", "Broker protocol version, e.g. '0.9', '2.8', '3.7'; 'auto' probes "
+                                       "the broker (pin it for brokers older than 0.10).")
+    security_protocol: str = setting("PLAINTEXT", "How to reach the brokers.",
+                                     choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    ssl_cafile: str | None = setting(None, "CA bundle (PEM) that signed the brokers' certificates.")
+    ssl_certfile: str | None = setting(None, "Client certificate (PEM) for mutual TLS.")
+    ssl_keyfile: str | None = setting(None, "Private key (PEM) of the client certificate.")
+    ssl_password: str | None = setting(None, "Password of the private key, if encrypted.")
+    ssl_check_hostname: bool = setting(True, "Check that the broker certificate matches its host name.")
+    sasl_mechanism: str | None = setting(None, "SASL mechanism for SASL_* protocols.",
+                                         choices=(None, "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+    sasl_plain_username: str | None = setting(None, "SASL user name.")
+    sasl_plain_password: str | None = setting(None, "SASL password (prefer the environment variable "
+                                                    "MONITOR_KAFKA__SASL_PLAIN_PASSWORD).")
+    session_timeout_ms: int = setting(10000, "Group session timeout: how soon a dead consumer's partitions "
+                                             "move to the others.", minimum=1000, maximum=300000)
+    max_poll_records: int = setting(500, "Most messages fetched by one poll.", minimum=1, maximum=100000)
+    auto_offset_reset: str = setting("earliest", "Where a group with no committed offset starts.",
+                                     choices=("earliest", "latest"))
+    dead_letter_topic: str = setting("images.dead-letter", "Topic that receives messages that cannot be "
+                                                           "scored, with the reason (docs/daemon.md).")
+    alerts_topic: str = setting("ood-monitor.alerts", "Topic that receives alert events as JSON.")
+    request_timeout_ms: int = setting(30000, "How long a broker request may take before it is retried.",
+                                      minimum=1000)
+
+    def api_version_tuple(self) -> tuple[int, ...] | None:
+        """kafka-python's form: (0, 9) for '0.9'; None for 'auto'."""
+        if self.api_version == "auto":
+            return None
+        return tuple(int(part) for part in self.api_version.split("."))
+
+
+@dataclass
+class StreamSettings:
+    batch_size: int = setting(64, "Images scored together (one forward pass).", minimum=1, maximum=65536)
+    max_batch_wait_ms: int = setting(200, "Longest time a partial batch waits for more images before it is "
+                                          "scored anyway.", minimum=0, maximum=600000)
+    decode_threads: int = setting(2, "Threads decoding images while the model scores.", minimum=1, maximum=64)
+    indicator: str = setting("1C-Sum", "The indicator compared with the threshold to flag a sample.",
+                             choices=INDICATORS)
+    default_threshold: float | None = setting(None, "Threshold used until one is fitted and stored; none "
+                                                    "flags nothing until then.")
+    threshold_refresh_s: float = setting(10.0, "How often the daemon looks for a newly stored threshold.",
+                                         minimum=0.0)
+    store_retry_initial_s: float = setting(0.5, "First wait after a failed database write.", minimum=0.0)
+    store_retry_max_s: float = setting(30.0, "Longest wait between database retries (the wait doubles).",
+                                       minimum=0.0)
+    shutdown_grace_s: float = setting(20.0, "On SIGTERM, how long the batch in flight may take to be "
+                                            "stored before it is abandoned (it is then replayed).",
+                                      minimum=0.0)
+    http: bool = setting(True, "Serve /healthz, /readyz, /metrics (and the web app) on [web] host:port.")
+
+
+@dataclass
+class ImagingSettings:
+    max_bytes: int = setting(20 * 1024 * 1024, "Largest message value accepted, in bytes.", minimum=1)
+    max_pixels: int = setting(40_000_000, "Largest decoded image (width x height) accepted.", minimum=1)
+
+
+@dataclass
+class StoreSettings:
+    url: str = setting("sqlite:///var/ood-monitor.db", "SQLAlchemy database URL: sqlite:///FILE or "
+                                                        "postgresql+psycopg://USER@HOST:PORT/DB.")
+    keep_image_share: float = setting(0.05, "Share of unflagged images whose bytes are kept for labelling "
+                                            "(flagged ones always are).", minimum=0.0, maximum=1.0)
+    auto_upgrade_sqlite: bool = setting(True, "Bring an embedded SQLite database up to date at start "
+                                              "(PostgreSQL always needs `ood-monitor db upgrade`).")
+
+
+@dataclass
+class AlertsSettings:
+    on_flagged: bool = setting(True, "Publish an alert for every flagged sample.")
+    webhook_url: str | None = setting(None, "Also POST every alert as JSON to this URL.")
+    webhook_retries: int = setting(3, "Retries of a failed webhook call (then it is logged and dropped).",
+                                   minimum=0, maximum=20)
+    webhook_timeout_s: float = setting(5.0, "Timeout of one webhook call.", minimum=0.1)
+    webhook_backoff_s: float = setting(0.5, "First wait between webhook retries (doubles each time).",
+                                       minimum=0.0)
+
+
+@dataclass
+class WebSettings:
+    host: str = setting("127.0.0.1", "Address the HTTP server listens on (0.0.0.0 for all).")
+    port: int = setting(8080, "Port of the HTTP server.", minimum=0, maximum=65535)
+
+
+@dataclass
+class JobsSettings:
+    enabled: bool = setting(True, "Run the scheduled jobs inside `ood-monitor run` (one leader per "
+                                  "database).")
+
+
+@dataclass
+class RetentionSettings:
+    score_days: int = setting(90, "Score and reject rows older than this are deleted.", minimum=1)
+    image_days: int = setting(30, "Kept image bytes older than this are deleted (rows stay).", minimum=1)
+
+
+@dataclass
+class LoggingSettings:
+    level: str = setting("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    format: str = setting("text", "'json' writes one JSON object per line (for log collectors).",
+                          choices=("text", "json"))
+
+
+@dataclass
+class Settings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    imaging: ImagingSettings = field(default_factory=ImagingSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    alerts: AlertsSettings = field(default_factory=AlertsSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    jobs: JobsSettings = field(default_factory=JobsSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    # Where the file layer came from (None: defaults and environment only).
+    source: str | None = field(default=None, compare=False)
+
+    def redacted(self) -> dict[str, dict[str, Any]]:
+        """Every section as a dict, secrets replaced by '***': safe to log or print."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in section_names():
+            values = dataclasses.asdict(getattr(self, name))
+            out[name] = {key: ("***" if key in SECRET_KEYS and value else value) for key, value in values.items()}
+        return out
+
+
+def section_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Settings) if f.name != "source"]
+
+
+def section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Settings)
+    return {name: hints[name] for name in section_names()}
+
+
+# --- parsing and validation ---------------------------------------------------------------------
+
+
+def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    """(inner type, optional?) for `X | None`."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return members[0], len(members) < len(typing.get_args(annotation))
+    return annotation, False
+
+
+def _type_name(annotation: Any) -> str:
+    inner, optional = _unwrap_optional(annotation)
+    if typing.get_origin(inner) is list:
+        name = "a list of strings"
+    else:
+        name = {str: "a string", int: "an integer", float: "a number", bool: "a boolean (true/false)"}[inner]
+    return name + (" or none" if optional else "")
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _from_environment(text: str, annotation: Any) -> Any:
+    """Environment strings -> the field's type; raises ValueError with what was expected."""
+    inner, optional = _unwrap_optional(annotation)
+    stripped = text.strip()
+    if optional and stripped in {"", "none", "null"}:
+        return None
+    if typing.get_origin(inner) is list:
+        return [part.strip() for part in stripped.split(",") if part.strip()]
+    if inner is bool:
+        if stripped.lower() in _TRUE:
+            return True
+        if stripped.lower() in _FALSE:
+            return False
+        raise ValueError
+    if inner is int:
+        return int(stripped)
+    if inner is float:
+        return float(stripped)
+    return text
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """A TOML value -> the field's type, or ValueError. No silent conversions between kinds."""
+    inner, optional = _unwrap_optional(annotation)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError
+    if typing.get_origin(inner) is list:
+        if isinstance(value, str):  # one topic / one server written without brackets
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ValueError
+        return list(value)
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError
+    if inner is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError
+    if inner is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError
+    if inner is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError
+    raise ValueError
+
+
+def _check_range(section: str, key: str, value: Any, meta: Mapping[str, Any]) -> str | None:
+    if value is None:
+        return None
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        shown = ", ".join("none" if choice is None else str(choice) for choice in choices)
+        return f"[{section}] {key}: {value!r} is not one of {shown}"
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            if meta.get("minimum") is not None and item < meta["minimum"]:
+                return f"[{section}] {key}: {item} is below the minimum {meta['minimum']}"
+            if meta.get("maximum") is not None and item > meta["maximum"]:
+                return f"[{section}] {key}: {item} is above the maximum {meta['maximum']}"
+    if isinstance(value, list) and not value:
+        return f"[{section}] {key}: must not be empty"
+    return None
+
+
+def _cross_checks(settings: Settings) -> list[str]:
+    """Rules that involve more than one key."""
+    problems = []
+    kafka = settings.kafka
+    if kafka.api_version != "auto":
+        parts = kafka.api_version.split(".")
+        if not (1 < len(parts) <= 3 and all(part.isdigit() for part in parts)):
+            problems.append(f"[kafka] api_version: {kafka.api_version!r} is not 'auto' nor a version "
+                            "such as '0.9' or '3.7'")
+    if kafka.security_protocol.startswith("SASL") and kafka.sasl_mechanism is None:
+        problems.append(f"[kafka] sasl_mechanism: required when security_protocol is {kafka.security_protocol}")
+    if kafka.sasl_mechanism is not None and not kafka.security_protocol.startswith("SASL"):
+        problems.append("[kafka] sasl_mechanism: set, but security_protocol is "
+                        f"{kafka.security_protocol}, not SASL_PLAINTEXT or SASL_SSL")
+    if kafka.sasl_mechanism is not None and (kafka.sasl_plain_username is None or kafka.sasl_plain_password is None):
+        problems.append("[kafka] sasl_plain_username / sasl_plain_password: both are required with "
+                        f"sasl_mechanism {kafka.sasl_mechanism}")
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(kafka, key)
+        if path is not None and not Path(path).is_file():
+            problems.append(f"[kafka] {key}: no such file {path}")
+    for topic in (kafka.dead_letter_topic, kafka.alerts_topic):
+        if topic in kafka.topics:
+            problems.append(f"[kafka] topics: {topic!r} is also the dead-letter or alerts topic; "
+                            "the daemon would consume its own output")
+    if settings.stream.store_retry_max_s < settings.stream.store_retry_initial_s:
+        problems.append("[stream] store_retry_max_s: must not be below store_retry_initial_s")
+    url = settings.store.url
+    if not (url.startswith("sqlite") or url.startswith("postgresql")):
+        problems.append(f"[store] url: {url!r} is neither a sqlite:/// nor a postgresql:// URL")
+    return problems
+
+
+def _apply(section_obj: Any, section: str, key: str, raw: Any, origin: str, problems: list[str],
+           from_env: bool) -> None:
+    fields = {f.name: f for f in dataclasses.fields(section_obj)}
+    if key not in fields:
+        problems.append(f"unknown key [{section}] {key}{_did_you_mean(key, fields)}{origin}")
+        return
+    annotation = typing.get_type_hints(type(section_obj))[key]
+    try:
+        value = _from_environment(raw, annotation) if from_env else _coerce(raw, annotation)
+    except (ValueError, TypeError):
+        problems.append(f"[{section}] {key}: expected {_type_name(annotation)}, got {raw!r}{origin}")
+        return
+    problem = _check_range(section, key, value, fields[key].metadata)
+    if problem:
+        problems.append(problem + origin)
+        return
+    setattr(section_obj, key, value)
+
+
+def settings_from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+                          source: str | None = None) -> Settings:
+    """Defaults, then `data` (the parsed TOML), then MONITOR_* variables of `environ`."""
+    settings = Settings(source=source)
+    problems: list[str] = []
+    names = section_names()
+    file_origin = f" (in {source})" if source else ""
+    for section, values in data.items():
+        if section not in names:
+            problems.append(f"unknown section [{section}]{_did_you_mean(section, names)}{file_origin}")
+            continue
+        if not isinstance(values, Mapping):
+            problems.append(f"[{section}]: expected a table of settings, got {values!r}{file_origin}")
+            continue
+        for key, raw in values.items():
+            _apply(getattr(settings, section), section, key, raw, file_origin, problems, from_env=False)
+    for variable, raw in sorted((environ or {}).items()):
+        if not variable.startswith(ENV_PREFIX) or ENV_SEPARATOR not in variable:
+            continue
+        section, _, key = variable[len(ENV_PREFIX):].lower().partition(ENV_SEPARATOR)
+        origin = f" (from ${variable})"
+        if section not in names:
+            problems.append(f"unknown section [{section}]{_did_you_mean(section, names)}{origin}")
+            continue
+        _apply(getattr(settings, section), section, key, raw, origin, problems, from_env=True)
+    if not problems:
+        problems = _cross_checks(settings)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return settings
+
+
+def load_settings(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """The service's settings: file (explicit `path`, $MONITOR_CONFIG or config/monitor.toml) + environment.
+
+    An explicit path that does not exist is an error; the default file is optional.
+    """
+    environ = os.environ if environ is None else environ
+    explicit = path if path is not None else environ.get(CONFIG_PATH_ENV) or None
+    config_path = Path(explicit) if explicit is not None else DEFAULT_CONFIG_PATH
+    data: dict[str, Any] = {}
+    source = None
+    if config_path.is_file():
+        try:
+            data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{config_path}: not valid TOML: {error}") from None
+        source = str(config_path)
+    elif explicit is not None:
+        raise ConfigError(f"--config: no such file {config_path}")
+    return settings_from_mapping(data, environ, source)
+
+
+def documented_settings() -> list[tuple[str, str, Any, str]]:
+    """(section, key, default, doc) for every setting: what the docs and the example file must list."""
+    rows = []
+    for section, section_type in section_types().items():
+        for f in dataclasses.fields(section_type):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((section, f.name, default, f.metadata.get("doc", "")))
+    return rows
