@@ -37,7 +37,7 @@ DEFAULT_CONFIG_PATH = Path("config/monitor.toml")
 CONFIG_PATH_ENV = "MONITOR_CONFIG"
 
 # Shown as '***' by Settings.redacted(): never print these.
-SECRET_KEYS = frozenset({"sasl_plain_password", "ssl_password", "webhook_secret"})
+SECRET_KEYS = frozenset({"sasl_plain_password", "ssl_password", "webhook_secret", "session_secret"})
 
 
 def setting(default: Any, doc: str, *, choices: Iterable[Any] | None = None, minimum: float | None = None,
@@ -156,6 +156,20 @@ class AlertsSettings:
 class WebSettings:
     host: str = setting("127.0.0.1", "Address the HTTP server listens on (0.0.0.0 for all).")
     port: int = setting(8080, "Port of the HTTP server.", minimum=0, maximum=65535)
+    accounts: list[str] = setting([], "Operator logins for the web pages, each 'NAME:ROLE:HASH' with ROLE one of "
+                                      "viewer, labeller, admin and HASH from `ood-monitor web hash-password`.")
+    tokens: list[str] = setting([], "API bearer tokens, each 'NAME:ROLE:HASH' (the hash of the token, made by "
+                                    "`ood-monitor web hash-password`); NAME is recorded on the labels it gives.")
+    session_secret: str | None = setting(None, "Key that signs session cookies (at least 32 characters); set it "
+                                               "so sessions survive restarts and work across replicas. None: a "
+                                               "random key per process.")
+    session_lifetime_s: float = setting(28800.0, "How long a login lasts before the operator must log in again.",
+                                        minimum=60.0)
+    cookie_secure: bool = setting(False, "Send the session cookie over HTTPS only (set true behind TLS).")
+    window_hours: float = setting(24.0, "The 'current window' of the pages: overview chart, percentiles, "
+                                        "score histogram.", minimum=0.01)
+    page_size: int = setting(48, "Samples per page of the flagged queue (a request may ask up to 200).",
+                             minimum=1, maximum=200)
 
 
 @dataclass
