@@ -176,6 +176,48 @@ class WebSettings:
 class JobsSettings:
     enabled: bool = setting(True, "Run the scheduled jobs inside `ood-monitor run` (one leader per "
                                   "database).")
+    refit_every_s: int = setting(3600, "Seconds between threshold re-fits (0: never on schedule; "
+                                       "`ood-monitor refit` still works).", minimum=0)
+    refit_method: str = setting("two-means", "How the threshold is fitted: 'proportion' (flag the expected "
+                                             "share), 'two-means' (1-D 2-means split) or 'extreme-value'.",
+                                choices=("proportion", "two-means", "extreme-value"))
+    refit_window_samples: int | None = setting(10000, "Re-fit on the last N scored samples (used when "
+                                                      "refit_window_hours is unset).", minimum=1)
+    refit_window_hours: float | None = setting(None, "Re-fit on the samples of the last T hours; when set, "
+                                                     "it replaces refit_window_samples.", minimum=0.001)
+    expected_share: float = setting(0.05, "Expected share p of OOD inputs: the proportion method flags it and "
+                                          "the rate alert compares the flagged share with it.",
+                                    minimum=1e-6, maximum=0.999999)
+    extreme_value_q: float = setting(0.001, "Extreme-value method: tail probability q of the fitted ID "
+                                            "distribution above the threshold.", minimum=1e-9, maximum=0.5)
+    min_samples: int = setting(200, "Fewest samples a re-fit accepts; with fewer the old threshold stays "
+                                    "and the job run says why.", minimum=2)
+    min_labels_for_weights: int = setting(20, "Labels of EACH kind (ID and OOD) in the window needed to "
+                                              "re-fit the 1C-Sum weights as well.", minimum=2)
+    rate_every_s: int = setting(60, "Seconds between checks of the flagged share (0: no rate alert).",
+                                minimum=0)
+    rate_window_s: int = setting(900, "The rate alert tests the samples scored in the last this many "
+                                      "seconds.", minimum=1)
+    rate_min_samples: int = setting(50, "Fewest samples in the window for the rate test to run.", minimum=1)
+    rate_alpha: float = setting(0.001, "Significance of the one-sided binomial test of the flagged share "
+                                       "against expected_share.", minimum=1e-12, maximum=0.5)
+    report_every_hours: float = setting(24.0, "Length of a drift report period; a report is made when each "
+                                              "period ends (0: no scheduled reports).", minimum=0.0)
+    report_dir: str = setting("var/reports", "Directory where drift reports (self-contained HTML) are "
+                                             "written.")
+    reference_hours: float = setting(168.0, "Reference window of the drift report: this many hours just "
+                                            "before the period.", minimum=0.001)
+    drift_alpha: float = setting(0.01, "Family-wise significance of the drift tests (KS per indicator, "
+                                       "Holm-corrected).", minimum=1e-12, maximum=0.5)
+    drift_min_effect: float = setting(0.1, "Smallest KS statistic D that counts as drift (a tiny shift is "
+                                           "significant on a busy stream but not worth an alert).",
+                                      minimum=0.0, maximum=1.0)
+    drift_min_samples: int = setting(30, "Fewest values of an indicator in each window for it to be "
+                                         "compared.", minimum=2)
+    report_top_samples: int = setting(24, "Thumbnails of the most OOD samples shown in a report.",
+                                      minimum=0, maximum=500)
+    retention_every_s: int = setting(3600, "Seconds between retention passes ([retention] policy; 0: never).",
+                                     minimum=0)
 
 
 @dataclass
