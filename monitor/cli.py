@@ -74,5 +74,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 # Keep one builder per subcommand; add yours below with the @subcommand decorator.
 
 
+@subcommand
+def _add_db(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "db",
+        help="create, migrate or inspect the database schema",
+        description="Alembic migrations of the store. The URL comes from --url, else $MONITOR_STORE__URL, "
+        "else the local SQLite default.",
+    )
+    actions = parser.add_subparsers(dest="db_action", metavar="ACTION", required=True)
+    for name, help_text, default_revision in (
+        ("upgrade", "migrate to a revision (default: the newest)", "head"),
+        ("downgrade", "migrate back to a revision (default: one step; 'base' empties the schema)", "-1"),
+        ("current", "print the database's revision; exit 1 if it is not what the code expects", None),
+    ):
+        action = actions.add_parser(name, help=help_text, description=help_text)
+        if default_revision is not None:
+            action.add_argument("revision", nargs="?", default=default_revision, help=f"default: {default_revision}")
+        action.add_argument("--url", help="database URL, e.g. sqlite:///var/ood-monitor.db or postgresql+psycopg://user@host/db")
+    parser.set_defaults(run=_lazy("monitor.store.migrate:run_db_command"))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

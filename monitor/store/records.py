@@ -1,0 +1,377 @@
+"""Plain records the rest of the service exchanges with the store (no ORM objects leak out).
+
+Writes take `ScoredSample`, `RejectRecord` and `ImageBlob`; reads return the frozen
+dataclasses below. Timestamps are timezone-aware UTC on the way out; a naive datetime
+given to the store is taken to be UTC.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Mapping, NamedTuple
+
+import numpy as np
+
+from monitor.errors import InputError
+from monitor.names import INDICATORS
+
+LABEL_ID = "ID"
+LABEL_OOD = "OOD"
+LABEL_CODES = {LABEL_OOD: 1, LABEL_ID: 0}
+"""Label -> the integer the threshold fitting expects (1 OOD, 0 ID; -1 stands for unknown)."""
+UNLABELLED = -1
+
+
+class SourcePosition(NamedTuple):
+    """Where a message came from: replays of the same position are stored once."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def _check_indicator(name: str | None, what: str) -> None:
+    if name is not None and name not in INDICATORS:
+        raise InputError(f"{what}: unknown indicator {name!r}; expected one of {', '.join(INDICATORS)}")
+
+
+def _check_position(topic: str, partition: int, offset: int, what: str) -> None:
+    if not isinstance(topic, str) or not topic:
+        raise InputError(f"{what}: topic must be a non-empty string, got {topic!r}")
+    if not isinstance(partition, int) or partition < 0:
+        raise InputError(f"{what}: partition must be an integer >= 0, got {partition!r}")
+    if not isinstance(offset, int) or offset < 0:
+        raise InputError(f"{what}: offset must be an integer >= 0, got {offset!r}")
+
+
+@dataclass(frozen=True)
+class ImageBlob:
+    """Encoded image bytes kept for labelling, with their type and pixel size when known."""
+
+    content_type: str
+    data: bytes
+    width: int | None = None
+    height: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, (bytes, bytearray, memoryview)) or len(self.data) == 0:
+            raise InputError("image: data must be non-empty bytes")
+        if not self.content_type:
+            raise InputError("image: content_type must be given (e.g. 'image/png')")
+
+
+@dataclass(frozen=True)
+class ScoredSample:
+    """One scored message, as the stream hands it to the store.
+
+    `scores` maps canonical indicator names (monitor.names.INDICATORS) to values; a missing
+    name, None or NaN is stored as NULL (the indicator is unavailable for this model).
+    `score` is the value that was thresholded, `score_indicator` names its indicator.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    sample_key: str
+    model_id: int
+    received_at: datetime
+    scored_at: datetime
+    predicted_class: int
+    scores: Mapping[str, float | None]
+    flagged: bool
+    score: float | None = None
+    score_indicator: str | None = None
+    threshold_id: int | None = None
+    produced_at: datetime | None = None
+    image: ImageBlob | None = None
+
+    def __post_init__(self) -> None:
+        what = f"scored sample {self.topic}/{self.partition}/{self.offset}"
+        _check_position(self.topic, self.partition, self.offset, what)
+        for name in self.scores:
+            _check_indicator(name, what)
+        _check_indicator(self.score_indicator, f"{what} score_indicator")
+        if self.flagged and (self.threshold_id is None or self.score is None):
+            raise InputError(f"{what}: a flagged sample must carry its score and the threshold_id it was judged by")
+
+    @property
+    def position(self) -> SourcePosition:
+        return SourcePosition(self.topic, self.partition, self.offset)
+
+
+@dataclass(frozen=True)
+class RejectRecord:
+    """A message that could not become a model input (reason: a short code, detail: for humans)."""
+
+    topic: str
+    partition: int
+    offset: int
+    sample_key: str
+    reason: str
+    detail: str
+    size: int
+    received_at: datetime
+
+    def __post_init__(self) -> None:
+        what = f"reject {self.topic}/{self.partition}/{self.offset}"
+        _check_position(self.topic, self.partition, self.offset, what)
+        if not self.reason:
+            raise InputError(f"{what}: reason must be a non-empty code such as 'corrupt'")
+        if self.size < 0:
+            raise InputError(f"{what}: size must be >= 0, got {self.size}")
+
+    @property
+    def position(self) -> SourcePosition:
+        return SourcePosition(self.topic, self.partition, self.offset)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one batch write did: rows inserted and rows already present (replays)."""
+
+    samples_inserted: int = 0
+    samples_duplicate: int = 0
+    images_inserted: int = 0
+    rejects_inserted: int = 0
+    rejects_duplicate: int = 0
+    sample_ids: Mapping[SourcePosition, int] = field(default_factory=dict)
+    """Ids of the samples inserted by this write (replayed positions are absent)."""
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    id: int
+    name: str
+    fingerprint: str
+    preprocessing: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ThresholdRecord:
+    """A fitted threshold to store. `counts`: e.g. {"n": 5000, "labelled_ood": 12, "labelled_id": 40}."""
+
+    model_id: int
+    indicator: str
+    method: str
+    value: float
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    counts: Mapping[str, Any] = field(default_factory=dict)
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    fitted_by: str = "scheduler"
+
+    def __post_init__(self) -> None:
+        _check_indicator(self.indicator, "threshold")
+        if self.indicator is None:
+            raise InputError("threshold: indicator must be given")
+        if not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
+            raise InputError(f"threshold: value must be a finite number, got {self.value!r}")
+        if not self.method:
+            raise InputError("threshold: method must be given (e.g. 'two-means')")
+
+
+@dataclass(frozen=True)
+class ThresholdRow:
+    id: int
+    model_id: int
+    indicator: str
+    method: str
+    value: float
+    parameters: dict[str, Any]
+    counts: dict[str, Any]
+    window_start: datetime | None
+    window_end: datetime | None
+    active: bool
+    created_at: datetime
+    fitted_by: str
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    id: int
+    sample_id: int
+    label: str
+    labelled_by: str
+    labelled_at: datetime
+    note: str | None
+
+
+@dataclass(frozen=True)
+class SampleSummary:
+    """One row of the flagged queue."""
+
+    id: int
+    model_id: int
+    sample_key: str
+    scored_at: datetime
+    predicted_class: int
+    score: float | None
+    score_indicator: str | None
+    flagged: bool
+    label: str | None
+    """Current label (the latest), or None when unlabelled."""
+    has_image: bool
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    content_type: str
+    data: bytes
+    width: int | None
+    height: int | None
+    stored_at: datetime
+
+
+@dataclass(frozen=True)
+class SampleDetail:
+    """A sample with every indicator value, its image (if kept) and its label history (oldest first)."""
+
+    id: int
+    model_id: int
+    position: SourcePosition
+    sample_key: str
+    produced_at: datetime | None
+    received_at: datetime
+    scored_at: datetime
+    predicted_class: int
+    scores: dict[str, float | None]
+    score: float | None
+    score_indicator: str | None
+    flagged: bool
+    threshold_id: int | None
+    image: StoredImage | None
+    labels: list[LabelRow]
+
+    @property
+    def label(self) -> str | None:
+        return self.labels[-1].label if self.labels else None
+
+
+@dataclass(frozen=True)
+class QueuePage:
+    """One page of the flagged queue. `next_cursor` continues it (keyset); None on the last page."""
+
+    items: list[SampleSummary]
+    total: int
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class WindowScores:
+    """An indicator over a window, aligned with the current labels (1 OOD, 0 ID, -1 unknown).
+
+    Ordered oldest first. Samples where the indicator is NULL are left out.
+    """
+
+    indicator: str
+    sample_ids: np.ndarray
+    values: np.ndarray
+    labels: np.ndarray
+    start: datetime | None
+    end: datetime | None
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+
+@dataclass(frozen=True)
+class RateBucket:
+    start: datetime
+    total: int
+    flagged: int
+
+    @property
+    def rate(self) -> float:
+        return self.flagged / self.total if self.total else 0.0
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    created_at: datetime
+    published_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    id: int
+    period_start: datetime
+    period_end: datetime
+    summary: dict[str, Any]
+    file_path: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class JobRunRow:
+    id: int
+    job: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class RejectRow:
+    id: int
+    position: SourcePosition
+    sample_key: str
+    reason: str
+    detail: str
+    size: int
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class SummaryWeightsRow:
+    id: int
+    model_id: int
+    weights: dict[str, Any]
+    created_at: datetime
+    active: bool
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """What to keep. None means no limit. Ages in seconds; counts in rows (the newest are kept).
+
+    Deleting a sample deletes its image and labels with it.
+    """
+
+    image_max_age_s: float | None = None
+    image_max_count: int | None = None
+    sample_max_age_s: float | None = None
+    sample_max_count: int | None = None
+    reject_max_age_s: float | None = None
+    alert_max_age_s: float | None = None
+    job_run_max_age_s: float | None = None
+    chunk_size: int = 5000
+
+    def __post_init__(self) -> None:
+        for name in ("image_max_age_s", "sample_max_age_s", "reject_max_age_s", "alert_max_age_s", "job_run_max_age_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise InputError(f"retention: {name} must be > 0 seconds or unset, got {value!r}")
+        for name in ("image_max_count", "sample_max_count"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise InputError(f"retention: {name} must be an integer >= 0 or unset, got {value!r}")
+        if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
+            raise InputError(f"retention: chunk_size must be an integer >= 1, got {self.chunk_size!r}")
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    """Rows deleted by one retention pass, per table."""
+
+    images: int = 0
+    samples: int = 0
+    rejects: int = 0
+    alerts: int = 0
+    job_runs: int = 0

@@ -1,0 +1,984 @@
+"""The queries the rest of the service needs, behind one `Store` object.
+
+Writes take plain records (monitor.store.records) and run one transaction per call;
+reads return frozen dataclasses or numpy arrays. SQL lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy import Integer as SqlInteger
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from monitor.errors import InputError, MonitorError
+from monitor.names import INDICATORS
+from monitor.store.engine import WRITE_OPTION, connect, safe_url
+from monitor.store.models import (
+    INDICATOR_COLUMNS,
+    JOB_OUTCOMES,
+    LABEL_VALUES,
+    Alert,
+    Calibration,
+    JobRun,
+    Label,
+    MonitoredModel,
+    Reject,
+    Report,
+    Sample,
+    SampleImage,
+    SummaryWeights,
+    Threshold,
+)
+from monitor.store.records import (
+    LABEL_CODES,
+    UNLABELLED,
+    AlertRow,
+    JobRunRow,
+    LabelRow,
+    ModelRow,
+    PurgeResult,
+    QueuePage,
+    RateBucket,
+    RejectRecord,
+    RejectRow,
+    ReportRow,
+    RetentionPolicy,
+    SampleDetail,
+    SampleSummary,
+    ScoredSample,
+    SourcePosition,
+    StoredImage,
+    SummaryWeightsRow,
+    ThresholdRecord,
+    ThresholdRow,
+    WindowScores,
+    WriteResult,
+)
+
+log = logging.getLogger(__name__)
+
+QUEUE_SORTS = ("score", "time")
+DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
+
+
+class StoreError(MonitorError):
+    """A write was refused by the database; nothing of the batch was stored."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _check_window(last: int | None, since: datetime | None) -> None:
+    if last is not None and (not isinstance(last, int) or last < 1):
+        raise InputError(f"window: last must be an integer >= 1, got {last!r}")
+
+
+def _indicator_column(indicator: str):
+    try:
+        return INDICATOR_COLUMNS[indicator]
+    except KeyError:
+        raise InputError(f"unknown indicator {indicator!r}; expected one of {', '.join(INDICATORS)}") from None
+
+
+def _encode_cursor(sort_value: Any, sample_id: int) -> str:
+    if isinstance(sort_value, datetime):
+        sort_value = sort_value.isoformat()
+    raw = json.dumps([sort_value, sample_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, sort: str) -> tuple[Any, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        sort_value, sample_id = json.loads(raw)
+        if sort == "time":
+            sort_value = datetime.fromisoformat(sort_value)
+        else:
+            sort_value = float(sort_value)
+        return sort_value, int(sample_id)
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise InputError(f"cursor: {cursor!r} is not a cursor of a {sort!r}-sorted queue page") from None
+
+
+class Store:
+    """The service's database. Build it with `Store.open(url)` (or around an existing engine)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    @classmethod
+    def open(cls, url: str | None = None, *, require_current_schema: bool = True) -> "Store":
+        """Connect (failing clearly when unreachable) and, by default, refuse an out-of-date schema."""
+        engine = connect(url)
+        if require_current_schema:
+            from monitor.store.migrate import ensure_schema_current
+
+            try:
+                ensure_schema_current(engine)
+            except MonitorError:
+                engine.dispose()
+                raise
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({safe_url(self.engine.url)!r})"
+
+    # --- transactions ----------------------------------------------------------------------
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """One write transaction; a database refusal becomes StoreError after the rollback."""
+        try:
+            with self.engine.connect().execution_options(**{WRITE_OPTION: True}) as connection:
+                with connection.begin():
+                    yield connection
+        except IntegrityError as error:
+            raise StoreError(f"the database refused the write, nothing was stored: {error.orig}") from error
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection:
+            yield connection
+
+    def _insert(self, table):
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    # --- models and calibrations -----------------------------------------------------------
+
+    def register_model(self, name: str, fingerprint: str, preprocessing: Mapping[str, Any]) -> ModelRow:
+        """The row of this model and weights, created on first use (safe under concurrency)."""
+        if not name or not fingerprint:
+            raise InputError("model: name and weights fingerprint must be non-empty")
+        row = {"name": name, "fingerprint": fingerprint, "preprocessing": dict(preprocessing), "created_at": utcnow()}
+        with self._writing() as connection:
+            connection.execute(self._insert(MonitoredModel).on_conflict_do_nothing(), [row])
+            found = connection.execute(
+                select(MonitoredModel.__table__).where(
+                    MonitoredModel.name == name, MonitoredModel.fingerprint == fingerprint
+                )
+            ).one()
+        return ModelRow(**found._mapping)
+
+    def get_model(self, model_id: int) -> ModelRow | None:
+        with self._reading() as connection:
+            found = connection.execute(select(MonitoredModel.__table__).where(MonitoredModel.id == model_id)).first()
+        return ModelRow(**found._mapping) if found else None
+
+    def list_models(self) -> list[ModelRow]:
+        with self._reading() as connection:
+            rows = connection.execute(select(MonitoredModel.__table__).order_by(MonitoredModel.id)).all()
+        return [ModelRow(**row._mapping) for row in rows]
+
+    def save_calibration(self, fingerprint: str, stats: Mapping[str, Any]) -> None:
+        """Store (or replace) the 1C-Sum noise statistics of a weights fingerprint."""
+        statement = self._insert(Calibration).values(fingerprint=fingerprint, stats=dict(stats), created_at=utcnow())
+        statement = statement.on_conflict_do_update(
+            index_elements=[Calibration.fingerprint],
+            set_={"stats": statement.excluded.stats, "created_at": statement.excluded.created_at},
+        )
+        with self._writing() as connection:
+            connection.execute(statement)
+
+    def get_calibration(self, fingerprint: str) -> dict[str, Any] | None:
+        with self._reading() as connection:
+            return connection.execute(
+                select(Calibration.stats).where(Calibration.fingerprint == fingerprint)
+            ).scalar_one_or_none()
+
+    # --- the write path --------------------------------------------------------------------
+
+    @staticmethod
+    def _sample_row(sample: ScoredSample) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "model_id": sample.model_id,
+            "source_topic": sample.topic,
+            "source_partition": sample.partition,
+            "source_offset": sample.offset,
+            "sample_key": sample.sample_key,
+            "produced_at": sample.produced_at,
+            "received_at": sample.received_at,
+            "scored_at": sample.scored_at,
+            "predicted_class": int(sample.predicted_class),
+            "score": _finite_or_none(sample.score),
+            "score_indicator": sample.score_indicator,
+            "flagged": bool(sample.flagged),
+            "threshold_id": sample.threshold_id,
+        }
+        for name, column in INDICATOR_COLUMNS.items():
+            row[column.name] = _finite_or_none(sample.scores.get(name))
+        return row
+
+    def write(self, samples: Sequence[ScoredSample] = (), rejects: Sequence[RejectRecord] = ()) -> WriteResult:
+        """Store one batch in one transaction; replayed source positions are skipped, not duplicated.
+
+        Either everything new in the batch is stored or (on any error) nothing is.
+        """
+        sample_rows = [self._sample_row(sample) for sample in samples]
+        reject_rows = [
+            {
+                "source_topic": reject.topic,
+                "source_partition": reject.partition,
+                "source_offset": reject.offset,
+                "sample_key": reject.sample_key,
+                "reason": reject.reason,
+                "detail": reject.detail,
+                "size": reject.size,
+                "received_at": reject.received_at,
+            }
+            for reject in rejects
+        ]
+        sample_ids: dict[SourcePosition, int] = {}
+        images_inserted = rejects_inserted = 0
+        with self._writing() as connection:
+            if sample_rows:
+                statement = (
+                    self._insert(Sample)
+                    .on_conflict_do_nothing(index_elements=["source_topic", "source_partition", "source_offset"])
+                    .returning(Sample.id, Sample.source_topic, Sample.source_partition, Sample.source_offset)
+                )
+                for sample_id, topic, partition, offset in connection.execute(statement, sample_rows):
+                    sample_ids[SourcePosition(topic, partition, offset)] = sample_id
+                now = utcnow()
+                image_rows = [
+                    {
+                        "sample_id": sample_ids[sample.position],
+                        "content_type": sample.image.content_type,
+                        "data": bytes(sample.image.data),
+                        "width": sample.image.width,
+                        "height": sample.image.height,
+                        "stored_at": now,
+                    }
+                    for sample in samples
+                    if sample.image is not None and sample.position in sample_ids
+                ]
+                if image_rows:
+                    connection.execute(insert(SampleImage), image_rows)
+                    images_inserted = len(image_rows)
+            if reject_rows:
+                statement = (
+                    self._insert(Reject)
+                    .on_conflict_do_nothing(index_elements=["source_topic", "source_partition", "source_offset"])
+                    .returning(Reject.id)
+                )
+                rejects_inserted = len(connection.execute(statement, reject_rows).all())
+        return WriteResult(
+            samples_inserted=len(sample_ids),
+            samples_duplicate=len(sample_rows) - len(sample_ids),
+            images_inserted=images_inserted,
+            rejects_inserted=rejects_inserted,
+            rejects_duplicate=len(reject_rows) - rejects_inserted,
+            sample_ids=sample_ids,
+        )
+
+    def write_samples(self, samples: Sequence[ScoredSample]) -> WriteResult:
+        return self.write(samples=samples)
+
+    def write_rejects(self, rejects: Sequence[RejectRecord]) -> WriteResult:
+        return self.write(rejects=rejects)
+
+    # --- samples ---------------------------------------------------------------------------
+
+    def count_samples(self, model_id: int | None = None, *, flagged: bool | None = None) -> int:
+        statement = select(func.count()).select_from(Sample)
+        if model_id is not None:
+            statement = statement.where(Sample.model_id == model_id)
+        if flagged is not None:
+            statement = statement.where(Sample.flagged == flagged)
+        with self._reading() as connection:
+            return int(connection.execute(statement).scalar_one())
+
+    def get_sample(self, sample_id: int) -> SampleDetail | None:
+        """A sample with every indicator value, its kept image (if any) and its label history."""
+        with self._reading() as connection:
+            row = connection.execute(select(Sample.__table__).where(Sample.id == sample_id)).first()
+            if row is None:
+                return None
+            image = connection.execute(
+                select(
+                    SampleImage.content_type,
+                    SampleImage.data,
+                    SampleImage.width,
+                    SampleImage.height,
+                    SampleImage.stored_at,
+                ).where(SampleImage.sample_id == sample_id)
+            ).first()
+            labels = connection.execute(
+                select(Label.__table__).where(Label.sample_id == sample_id).order_by(Label.id)
+            ).all()
+        values = row._mapping
+        return SampleDetail(
+            id=values["id"],
+            model_id=values["model_id"],
+            position=SourcePosition(values["source_topic"], values["source_partition"], values["source_offset"]),
+            sample_key=values["sample_key"],
+            produced_at=values["produced_at"],
+            received_at=values["received_at"],
+            scored_at=values["scored_at"],
+            predicted_class=values["predicted_class"],
+            scores={name: values[column.name] for name, column in INDICATOR_COLUMNS.items()},
+            score=values["score"],
+            score_indicator=values["score_indicator"],
+            flagged=values["flagged"],
+            threshold_id=values["threshold_id"],
+            image=StoredImage(**image._mapping) if image else None,
+            labels=[LabelRow(**label._mapping) for label in labels],
+        )
+
+    def find_sample(self, position: SourcePosition) -> int | None:
+        """The id of the sample stored for a source position, if any."""
+        with self._reading() as connection:
+            return connection.execute(
+                select(Sample.id).where(
+                    Sample.source_topic == position.topic,
+                    Sample.source_partition == position.partition,
+                    Sample.source_offset == position.offset,
+                )
+            ).scalar_one_or_none()
+
+    def flagged_queue(
+        self,
+        *,
+        model_id: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        predicted_class: int | None = None,
+        labelled: bool | None = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        sort: str = "score",
+        descending: bool = True,
+        limit: int = 50,
+        cursor: str | None = None,
+        offset: int | None = None,
+    ) -> QueuePage:
+        """Flagged samples for operators: filtered, sorted by score or time, one page at a time.
+
+        Pagination is keyset (pass back `next_cursor`), which stays fast and stable while new
+        samples arrive; `offset` is accepted for numbered pages. `total` counts every match.
+        """
+        if sort not in QUEUE_SORTS:
+            raise InputError(f"sort: {sort!r} is not one of {', '.join(QUEUE_SORTS)}")
+        if not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InputError(f"limit: must be an integer from 1 to 1000, got {limit!r}")
+        if cursor is not None and offset is not None:
+            raise InputError("pagination: give either cursor or offset, not both")
+        if offset is not None and (not isinstance(offset, int) or offset < 0):
+            raise InputError(f"offset: must be an integer >= 0, got {offset!r}")
+        conditions = [Sample.flagged.is_(True)]
+        if model_id is not None:
+            conditions.append(Sample.model_id == model_id)
+        if since is not None:
+            conditions.append(Sample.scored_at >= since)
+        if until is not None:
+            conditions.append(Sample.scored_at < until)
+        if predicted_class is not None:
+            conditions.append(Sample.predicted_class == predicted_class)
+        if min_score is not None:
+            conditions.append(Sample.score >= min_score)
+        if max_score is not None:
+            conditions.append(Sample.score <= max_score)
+        if labelled is not None:
+            has_label = exists().where(Label.sample_id == Sample.id)
+            conditions.append(has_label if labelled else ~has_label)
+        sort_column = Sample.score if sort == "score" else Sample.scored_at
+        page_conditions = list(conditions)
+        if cursor is not None:
+            sort_value, after_id = _decode_cursor(cursor, sort)
+            key, bound = tuple_(sort_column, Sample.id), tuple_(literal(sort_value, sort_column.type), after_id)
+            page_conditions.append(key < bound if descending else key > bound)
+        order = (sort_column.desc(), Sample.id.desc()) if descending else (sort_column.asc(), Sample.id.asc())
+        statement = (
+            select(
+                Sample.id,
+                Sample.model_id,
+                Sample.sample_key,
+                Sample.scored_at,
+                Sample.predicted_class,
+                Sample.score,
+                Sample.score_indicator,
+                Sample.flagged,
+                SampleImage.sample_id.is_not(None).label("has_image"),
+            )
+            .outerjoin(SampleImage, SampleImage.sample_id == Sample.id)
+            .where(and_(*page_conditions))
+            .order_by(*order)
+            .limit(limit + 1)
+        )
+        if offset:
+            statement = statement.offset(offset)
+        with self._reading() as connection:
+            rows = connection.execute(statement).all()
+            total = int(connection.execute(select(func.count()).select_from(Sample).where(and_(*conditions))).scalar_one())
+            more = len(rows) > limit
+            rows = rows[:limit]
+            current = self._current_labels(connection, [row.id for row in rows])
+        items = [
+            SampleSummary(**row._mapping, label=current.get(row.id)) for row in rows
+        ]
+        next_cursor = None
+        if more and items:
+            last = items[-1]
+            next_cursor = _encode_cursor(last.score if sort == "score" else last.scored_at, last.id)
+        return QueuePage(items=items, total=total, next_cursor=next_cursor)
+
+    # --- labels ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _current_labels(connection: Connection, sample_ids: Sequence[int]) -> dict[int, str]:
+        if not sample_ids:
+            return {}
+        latest = (
+            select(func.max(Label.id).label("id")).where(Label.sample_id.in_(sample_ids)).group_by(Label.sample_id)
+        ).subquery()
+        rows = connection.execute(select(Label.sample_id, Label.label).join(latest, Label.id == latest.c.id))
+        return {sample_id: label for sample_id, label in rows}
+
+    def add_label(
+        self,
+        sample_id: int,
+        label: str,
+        labelled_by: str,
+        note: str | None = None,
+        labelled_at: datetime | None = None,
+    ) -> LabelRow:
+        """Record an operator's verdict; earlier labels stay in the history."""
+        normalised = str(label).strip().upper()
+        if normalised not in LABEL_VALUES:
+            raise InputError(f"label: {label!r} is not one of {', '.join(LABEL_VALUES)}")
+        if not labelled_by:
+            raise InputError("label: labelled_by must name who labelled the sample")
+        row = {
+            "sample_id": sample_id,
+            "label": normalised,
+            "labelled_by": labelled_by,
+            "labelled_at": labelled_at or utcnow(),
+            "note": note or None,
+        }
+        with self._writing() as connection:
+            if connection.execute(select(Sample.id).where(Sample.id == sample_id)).first() is None:
+                raise InputError(f"label: no sample with id {sample_id}")
+            label_id = connection.execute(insert(Label).returning(Label.id), [row]).scalar_one()
+        return LabelRow(id=label_id, **{**row, "labelled_at": row["labelled_at"].astimezone(timezone.utc)})
+
+    def label_history(self, sample_id: int) -> list[LabelRow]:
+        with self._reading() as connection:
+            rows = connection.execute(select(Label.__table__).where(Label.sample_id == sample_id).order_by(Label.id))
+            return [LabelRow(**row._mapping) for row in rows]
+
+    def labels_for_window(
+        self, model_id: int, *, since: datetime | None = None, until: datetime | None = None
+    ) -> list[LabelRow]:
+        """The current label of every labelled sample of a model scored in [since, until)."""
+        conditions = [Sample.model_id == model_id]
+        if since is not None:
+            conditions.append(Sample.scored_at >= since)
+        if until is not None:
+            conditions.append(Sample.scored_at < until)
+        latest = (
+            select(func.max(Label.id).label("id"))
+            .join(Sample, Sample.id == Label.sample_id)
+            .where(*conditions)
+            .group_by(Label.sample_id)
+        ).subquery()
+        with self._reading() as connection:
+            rows = connection.execute(
+                select(Label.__table__).join(latest, Label.id == latest.c.id).order_by(Label.sample_id)
+            )
+            return [LabelRow(**row._mapping) for row in rows]
+
+    # --- windows for refitting and reports -------------------------------------------------
+
+    def _window_conditions(self, model_id: int, since: datetime | None, until: datetime | None) -> list:
+        conditions = [Sample.model_id == model_id]
+        if since is not None:
+            conditions.append(Sample.scored_at >= since)
+        if until is not None:
+            conditions.append(Sample.scored_at < until)
+        return conditions
+
+    def window_scores(
+        self,
+        model_id: int,
+        indicator: str,
+        *,
+        last: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> WindowScores:
+        """An indicator's values over a window with the current labels aligned (1 OOD, 0 ID, -1 none).
+
+        The window is the samples scored in [since, until), and of those the `last` most recent
+        (both optional). Samples where the indicator is NULL are left out. Oldest first.
+        """
+        _check_window(last, since)
+        column = _indicator_column(indicator)
+        conditions = [*self._window_conditions(model_id, since, until), column.is_not(None)]
+        statement = select(Sample.id, column).where(*conditions)
+        if last is not None:
+            statement = statement.order_by(Sample.scored_at.desc(), Sample.id.desc()).limit(last)
+        else:
+            statement = statement.order_by(Sample.scored_at, Sample.id)
+        with self._reading() as connection:
+            rows = connection.execute(statement).all()
+            pairs = np.array(rows, dtype=np.float64).reshape(-1, 2)
+            if last is not None:
+                pairs = pairs[::-1]
+            sample_ids = pairs[:, 0].astype(np.int64)
+            values = np.ascontiguousarray(pairs[:, 1])
+            labels = np.full(sample_ids.shape[0], UNLABELLED, dtype=np.int8)
+            start = end = None
+            if sample_ids.size:
+                labels = self._aligned_labels(connection, sample_ids, model_id)
+                bounds = connection.execute(
+                    select(Sample.id, Sample.scored_at).where(
+                        Sample.id.in_([int(sample_ids[0]), int(sample_ids[-1])])
+                    )
+                ).all()
+                times = dict(bounds)
+                start, end = times[int(sample_ids[0])], times[int(sample_ids[-1])]
+        return WindowScores(indicator=indicator, sample_ids=sample_ids, values=values, labels=labels, start=start, end=end)
+
+    @staticmethod
+    def _aligned_labels(connection: Connection, sample_ids: np.ndarray, model_id: int) -> np.ndarray:
+        """Current label codes for the given sample ids (few labels, many samples: look labels up)."""
+        labels = np.full(sample_ids.shape[0], UNLABELLED, dtype=np.int8)
+        low, high = int(sample_ids.min()), int(sample_ids.max())
+        latest = (
+            select(func.max(Label.id).label("id"))
+            .where(Label.sample_id >= low, Label.sample_id <= high)
+            .group_by(Label.sample_id)
+        ).subquery()
+        found = connection.execute(select(Label.sample_id, Label.label).join(latest, Label.id == latest.c.id)).all()
+        if not found:
+            return labels
+        order = np.argsort(sample_ids, kind="stable")
+        sorted_ids = sample_ids[order]
+        labelled_ids = np.array([sample_id for sample_id, _ in found], dtype=np.int64)
+        codes = np.array([LABEL_CODES[label] for _, label in found], dtype=np.int8)
+        positions = np.searchsorted(sorted_ids, labelled_ids)
+        inside = positions < sorted_ids.shape[0]
+        inside[inside] = sorted_ids[positions[inside]] == labelled_ids[inside]
+        labels[order[positions[inside]]] = codes[inside]
+        return labels
+
+    def ood_rate(
+        self,
+        model_id: int,
+        *,
+        since: datetime,
+        until: datetime | None = None,
+        bucket_seconds: int = 3600,
+    ) -> list[RateBucket]:
+        """Flagged share per time bucket (UTC epoch-aligned), only buckets that hold samples."""
+        if not isinstance(bucket_seconds, int) or bucket_seconds < 1:
+            raise InputError(f"bucket_seconds: must be an integer >= 1, got {bucket_seconds!r}")
+        if self.dialect == "postgresql":
+            epoch = func.extract("epoch", Sample.scored_at)
+        else:
+            epoch = cast(func.strftime("%s", Sample.scored_at), SqlInteger)
+        bucket = (func.floor(epoch / bucket_seconds) * bucket_seconds).label("bucket")
+        statement = (
+            select(
+                cast(bucket, SqlInteger).label("bucket"),
+                func.count().label("total"),
+                func.sum(cast(Sample.flagged, SqlInteger)).label("flagged"),
+            )
+            .where(*self._window_conditions(model_id, since, until))
+            .group_by(cast(bucket, SqlInteger))
+            .order_by(cast(bucket, SqlInteger))
+        )
+        with self._reading() as connection:
+            rows = connection.execute(statement).all()
+        return [
+            RateBucket(
+                start=datetime.fromtimestamp(int(start), timezone.utc), total=int(total), flagged=int(flagged or 0)
+            )
+            for start, total, flagged in rows
+        ]
+
+    def indicator_percentiles(
+        self,
+        model_id: int,
+        indicators: Sequence[str] | None = None,
+        percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+        *,
+        last: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> dict[str, dict[float, float | None]]:
+        """Percentiles (0-100, linear interpolation) of each indicator over a window; None if no values.
+
+        PostgreSQL computes them in SQL (percentile_cont); SQLite has no percentile function,
+        so the window's columns are read and numpy computes the same interpolation.
+        """
+        _check_window(last, since)
+        names = list(indicators) if indicators is not None else list(INDICATORS)
+        columns = [_indicator_column(name) for name in names]
+        for q in percentiles:
+            if not 0 <= q <= 100:
+                raise InputError(f"percentiles: {q!r} is outside 0..100")
+        window = select(*columns).where(*self._window_conditions(model_id, since, until))
+        if last is not None:
+            window = window.order_by(Sample.scored_at.desc(), Sample.id.desc()).limit(last)
+        window = window.subquery()
+        fractions = [q / 100.0 for q in percentiles]
+        result: dict[str, dict[float, float | None]] = {}
+        with self._reading() as connection:
+            if self.dialect == "postgresql":
+                array = postgresql.array([literal(f) for f in fractions])
+                statement = select(
+                    *[func.percentile_cont(array).within_group(window.c[c.name]) for c in columns]
+                )
+                row = connection.execute(statement).one()
+                for name, values in zip(names, row):
+                    values = values or [None] * len(fractions)
+                    result[name] = {float(q): (None if v is None else float(v)) for q, v in zip(percentiles, values)}
+            else:
+                rows = connection.execute(select(window)).all()
+                matrix = np.array(rows, dtype=np.float64).reshape(-1, len(columns))
+                for index, name in enumerate(names):
+                    column_values = matrix[:, index]
+                    column_values = column_values[~np.isnan(column_values)]
+                    if column_values.size == 0:
+                        result[name] = {float(q): None for q in percentiles}
+                    else:
+                        found = np.percentile(column_values, list(percentiles), method="linear")
+                        result[name] = {float(q): float(v) for q, v in zip(percentiles, found)}
+        return result
+
+    # --- thresholds and 1C-Sum weights -----------------------------------------------------
+
+    def add_threshold(self, record: ThresholdRecord, *, activate: bool = True) -> ThresholdRow:
+        """Store a fitted threshold; with `activate` it replaces the active one atomically."""
+        row = {
+            "model_id": record.model_id,
+            "indicator": record.indicator,
+            "method": record.method,
+            "parameters": dict(record.parameters),
+            "window_start": record.window_start,
+            "window_end": record.window_end,
+            "counts": dict(record.counts),
+            "value": float(record.value),
+            "active": False,
+            "created_at": utcnow(),
+            "fitted_by": record.fitted_by,
+        }
+        with self._writing() as connection:
+            self._lock_model(connection, record.model_id)
+            threshold_id = connection.execute(insert(Threshold).returning(Threshold.id), [row]).scalar_one()
+            if activate:
+                self._activate(connection, threshold_id, record.model_id, record.indicator)
+            return self._threshold(connection, threshold_id)
+
+    def activate_threshold(self, threshold_id: int) -> ThresholdRow:
+        """Make a stored threshold the active one of its model and indicator (e.g. a rollback)."""
+        with self._writing() as connection:
+            found = connection.execute(
+                select(Threshold.model_id, Threshold.indicator).where(Threshold.id == threshold_id)
+            ).first()
+            if found is None:
+                raise InputError(f"threshold: no threshold with id {threshold_id}")
+            self._lock_model(connection, found.model_id)
+            self._activate(connection, threshold_id, found.model_id, found.indicator)
+            return self._threshold(connection, threshold_id)
+
+    def _lock_model(self, connection: Connection, model_id: int) -> None:
+        # Serialises activations per model on PostgreSQL; SQLite's write lock already does.
+        statement = select(MonitoredModel.id).where(MonitoredModel.id == model_id)
+        if self.dialect == "postgresql":
+            statement = statement.with_for_update()
+        if connection.execute(statement).first() is None:
+            raise InputError(f"no monitored model with id {model_id}")
+
+    @staticmethod
+    def _activate(connection: Connection, threshold_id: int, model_id: int, indicator: str) -> None:
+        connection.execute(
+            update(Threshold)
+            .where(Threshold.model_id == model_id, Threshold.indicator == indicator, Threshold.active.is_(True))
+            .values(active=False)
+        )
+        connection.execute(update(Threshold).where(Threshold.id == threshold_id).values(active=True))
+
+    @staticmethod
+    def _threshold(connection: Connection, threshold_id: int) -> ThresholdRow:
+        row = connection.execute(select(Threshold.__table__).where(Threshold.id == threshold_id)).one()
+        return ThresholdRow(**row._mapping)
+
+    def active_threshold(self, model_id: int, indicator: str) -> ThresholdRow | None:
+        _indicator_column(indicator)
+        with self._reading() as connection:
+            row = connection.execute(
+                select(Threshold.__table__).where(
+                    Threshold.model_id == model_id, Threshold.indicator == indicator, Threshold.active.is_(True)
+                )
+            ).first()
+        return ThresholdRow(**row._mapping) if row else None
+
+    def get_threshold(self, threshold_id: int) -> ThresholdRow | None:
+        with self._reading() as connection:
+            row = connection.execute(select(Threshold.__table__).where(Threshold.id == threshold_id)).first()
+        return ThresholdRow(**row._mapping) if row else None
+
+    def threshold_history(self, model_id: int, indicator: str | None = None, *, limit: int = 100) -> list[ThresholdRow]:
+        """Thresholds of a model (optionally one indicator), newest first."""
+        statement = select(Threshold.__table__).where(Threshold.model_id == model_id)
+        if indicator is not None:
+            _indicator_column(indicator)
+            statement = statement.where(Threshold.indicator == indicator)
+        statement = statement.order_by(Threshold.created_at.desc(), Threshold.id.desc()).limit(limit)
+        with self._reading() as connection:
+            return [ThresholdRow(**row._mapping) for row in connection.execute(statement)]
+
+    def add_summary_weights(
+        self, model_id: int, weights: Mapping[str, Any], *, activate: bool = True
+    ) -> SummaryWeightsRow:
+        """Store label-fitted 1C-Sum weights; with `activate` they replace the active set atomically."""
+        with self._writing() as connection:
+            self._lock_model(connection, model_id)
+            if activate:
+                connection.execute(
+                    update(SummaryWeights)
+                    .where(SummaryWeights.model_id == model_id, SummaryWeights.active.is_(True))
+                    .values(active=False)
+                )
+            row = connection.execute(
+                insert(SummaryWeights).returning(*SummaryWeights.__table__.c),
+                [{"model_id": model_id, "weights": dict(weights), "created_at": utcnow(), "active": activate}],
+            ).one()
+        return SummaryWeightsRow(**row._mapping)
+
+    def active_summary_weights(self, model_id: int) -> SummaryWeightsRow | None:
+        with self._reading() as connection:
+            row = connection.execute(
+                select(SummaryWeights.__table__).where(
+                    SummaryWeights.model_id == model_id, SummaryWeights.active.is_(True)
+                )
+            ).first()
+        return SummaryWeightsRow(**row._mapping) if row else None
+
+    # --- alerts, rejects, reports, job runs ------------------------------------------------
+
+    def add_alert(self, kind: str, payload: Mapping[str, Any], *, created_at: datetime | None = None) -> AlertRow:
+        if not kind:
+            raise InputError("alert: kind must be given (e.g. 'flagged', 'ood-rate')")
+        with self._writing() as connection:
+            row = connection.execute(
+                insert(Alert).returning(*Alert.__table__.c),
+                [{"kind": kind, "payload": dict(payload), "created_at": created_at or utcnow(), "published_at": None}],
+            ).one()
+        return AlertRow(**row._mapping)
+
+    def list_alerts(
+        self,
+        *,
+        unpublished_only: bool = False,
+        kind: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        oldest_first: bool = False,
+    ) -> list[AlertRow]:
+        """Alerts, newest first (or oldest first, as a publisher drains them)."""
+        statement = select(Alert.__table__)
+        if unpublished_only:
+            statement = statement.where(Alert.published_at.is_(None))
+        if kind is not None:
+            statement = statement.where(Alert.kind == kind)
+        if since is not None:
+            statement = statement.where(Alert.created_at >= since)
+        order = (Alert.id.asc(),) if oldest_first else (Alert.id.desc(),)
+        statement = statement.order_by(*order).limit(limit)
+        with self._reading() as connection:
+            return [AlertRow(**row._mapping) for row in connection.execute(statement)]
+
+    def mark_alerts_published(self, alert_ids: Iterable[int], *, published_at: datetime | None = None) -> int:
+        """Set published_at on alerts not yet published; returns how many changed."""
+        ids = list(alert_ids)
+        if not ids:
+            return 0
+        with self._writing() as connection:
+            result = connection.execute(
+                update(Alert)
+                .where(Alert.id.in_(ids), Alert.published_at.is_(None))
+                .values(published_at=published_at or utcnow())
+            )
+            return int(result.rowcount)
+
+    def list_rejects(self, *, since: datetime | None = None, reason: str | None = None, limit: int = 100) -> list[RejectRow]:
+        statement = select(Reject.__table__)
+        if since is not None:
+            statement = statement.where(Reject.received_at >= since)
+        if reason is not None:
+            statement = statement.where(Reject.reason == reason)
+        statement = statement.order_by(Reject.id.desc()).limit(limit)
+        with self._reading() as connection:
+            rows = connection.execute(statement).all()
+        return [
+            RejectRow(
+                id=row.id,
+                position=SourcePosition(row.source_topic, row.source_partition, row.source_offset),
+                sample_key=row.sample_key,
+                reason=row.reason,
+                detail=row.detail,
+                size=row.size,
+                received_at=row.received_at,
+            )
+            for row in rows
+        ]
+
+    def add_report(
+        self, period_start: datetime, period_end: datetime, summary: Mapping[str, Any], file_path: str | None = None
+    ) -> ReportRow:
+        if period_end < period_start:
+            raise InputError(f"report: period_end {period_end} is before period_start {period_start}")
+        with self._writing() as connection:
+            row = connection.execute(
+                insert(Report).returning(*Report.__table__.c),
+                [
+                    {
+                        "period_start": period_start,
+                        "period_end": period_end,
+                        "summary": dict(summary),
+                        "file_path": file_path,
+                        "created_at": utcnow(),
+                    }
+                ],
+            ).one()
+        return ReportRow(**row._mapping)
+
+    def list_reports(self, *, limit: int = 50) -> list[ReportRow]:
+        with self._reading() as connection:
+            rows = connection.execute(select(Report.__table__).order_by(Report.id.desc()).limit(limit))
+            return [ReportRow(**row._mapping) for row in rows]
+
+    def get_report(self, report_id: int) -> ReportRow | None:
+        with self._reading() as connection:
+            row = connection.execute(select(Report.__table__).where(Report.id == report_id)).first()
+        return ReportRow(**row._mapping) if row else None
+
+    def start_job_run(self, job: str, *, started_at: datetime | None = None) -> JobRunRow:
+        if not job:
+            raise InputError("job run: job must be named")
+        with self._writing() as connection:
+            row = connection.execute(
+                insert(JobRun).returning(*JobRun.__table__.c),
+                [{"job": job, "started_at": started_at or utcnow(), "outcome": "running", "error": None}],
+            ).one()
+        return JobRunRow(**row._mapping)
+
+    def finish_job_run(
+        self, run_id: int, outcome: str, *, error: str | None = None, finished_at: datetime | None = None
+    ) -> JobRunRow:
+        if outcome not in JOB_OUTCOMES or outcome == "running":
+            raise InputError(f"job run: outcome {outcome!r} is not one of ok, failed, skipped")
+        with self._writing() as connection:
+            row = connection.execute(
+                update(JobRun)
+                .where(JobRun.id == run_id)
+                .values(outcome=outcome, error=error, finished_at=finished_at or utcnow())
+                .returning(*JobRun.__table__.c)
+            ).first()
+            if row is None:
+                raise InputError(f"job run: no run with id {run_id}")
+        return JobRunRow(**row._mapping)
+
+    def list_job_runs(self, *, job: str | None = None, limit: int = 50) -> list[JobRunRow]:
+        statement = select(JobRun.__table__)
+        if job is not None:
+            statement = statement.where(JobRun.job == job)
+        statement = statement.order_by(JobRun.id.desc()).limit(limit)
+        with self._reading() as connection:
+            return [JobRunRow(**row._mapping) for row in connection.execute(statement)]
+
+    # --- retention -------------------------------------------------------------------------
+
+    def purge(self, policy: RetentionPolicy, *, now: datetime | None = None) -> PurgeResult:
+        """Delete what the policy no longer keeps, `policy.chunk_size` rows per transaction.
+
+        Short transactions keep the writer (stream) and readers (web UI) going during a large purge.
+        """
+        now = now or utcnow()
+
+        def older(seconds: float | None) -> datetime | None:
+            return None if seconds is None else now - timedelta(seconds=seconds)
+
+        images = self._purge_table(
+            SampleImage.sample_id, SampleImage.stored_at, older(policy.image_max_age_s), policy.image_max_count, policy.chunk_size
+        )
+        samples = self._purge_table(
+            Sample.id, Sample.scored_at, older(policy.sample_max_age_s), policy.sample_max_count, policy.chunk_size
+        )
+        rejects = self._purge_table(Reject.id, Reject.received_at, older(policy.reject_max_age_s), None, policy.chunk_size)
+        alerts = self._purge_table(Alert.id, Alert.created_at, older(policy.alert_max_age_s), None, policy.chunk_size)
+        job_runs = self._purge_table(JobRun.id, JobRun.started_at, older(policy.job_run_max_age_s), None, policy.chunk_size)
+        result = PurgeResult(images=images, samples=samples, rejects=rejects, alerts=alerts, job_runs=job_runs)
+        log.info("retention purge: %s", result)
+        return result
+
+    def _purge_table(self, key, time_column, before: datetime | None, keep_newest: int | None, chunk_size: int) -> int:
+        """Delete rows older than `before` and beyond the `keep_newest` newest (by key), in chunks."""
+        if before is None and keep_newest is None:
+            return 0
+        conditions = []
+        with self._reading() as connection:
+            if keep_newest is not None:
+                boundary = connection.execute(
+                    select(key).order_by(key.desc()).offset(keep_newest).limit(1)
+                ).scalar_one_or_none()
+                if boundary is not None:
+                    conditions.append(key <= boundary)
+        if before is not None:
+            conditions.append(time_column < before)
+        if not conditions:
+            return 0
+        deleted = 0
+        while True:
+            with self._writing() as connection:
+                chunk = connection.execute(
+                    select(key).where(or_(*conditions)).order_by(key).limit(chunk_size)
+                ).scalars().all()
+                if not chunk:
+                    return deleted
+                connection.execute(delete(key.table).where(key.in_(chunk)))
+            deleted += len(chunk)
