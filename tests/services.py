@@ -208,3 +208,87 @@ def wait_for_topic(bootstrap: str, name: str, partitions: int, api_version, time
                    f"topic {name} with {partitions} partitions on {bootstrap}", interval=0.2)
     finally:
         probe.close()
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+# The machine's PostgreSQL (127.0.0.1:5432, user postgres, trust auth; started by
+# `deploy/local/bootstrap.sh --test` when stopped). Every test run creates its own uniquely named
+# database and drops it afterwards, so parallel runs and other projects' databases are untouched.
+
+from contextlib import contextmanager  # noqa: E402
+from typing import Iterator  # noqa: E402
+from uuid import uuid4  # noqa: E402
+
+POSTGRES_HOST = os.environ.get("MONITOR_TEST_POSTGRES_HOST", "127.0.0.1")
+POSTGRES_PORT = int(os.environ.get("MONITOR_TEST_POSTGRES_PORT", "5432"))
+POSTGRES_USER = os.environ.get("MONITOR_TEST_POSTGRES_USER", "postgres")
+TEST_DATABASE_PREFIX = "ood_test"
+
+__all__ += ["POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "postgres_available", "postgres_database",
+            "postgres_url", "require_postgres"]
+
+
+def postgres_url(database: str) -> str:
+    """SQLAlchemy URL of a database on the test server (psycopg 3 driver)."""
+    return f"postgresql+psycopg://{POSTGRES_USER}@{POSTGRES_HOST}:{POSTGRES_PORT}/{database}"
+
+
+def _admin_connection():
+    import psycopg
+
+    return psycopg.connect(host=POSTGRES_HOST, port=POSTGRES_PORT, user=POSTGRES_USER, dbname="postgres",
+                           autocommit=True, connect_timeout=5)
+
+
+def postgres_available() -> bool:
+    try:
+        with _admin_connection():
+            return True
+    except Exception:
+        return False
+
+
+def require_postgres() -> None:
+    """Fail with what to do when the server is down (the suite needs the real PostgreSQL)."""
+    if not postgres_available():
+        raise RuntimeError(
+            f"PostgreSQL is not reachable at {POSTGRES_HOST}:{POSTGRES_PORT} as {POSTGRES_USER}: start it with "
+            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` "
+            "(deploy/local/bootstrap.sh --test does it)")
+
+
+def _drop_database(connection, name: str) -> None:
+    connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _drop_stale_test_databases(connection) -> None:
+    """Drop databases left by test runs that crashed (their process is gone)."""
+    rows = connection.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                              (f"{TEST_DATABASE_PREFIX}\\_%",)).fetchall()
+    for (name,) in rows:
+        parts = name.split("_")
+        pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
+        if pid is None:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            _drop_database(connection, name)
+        except PermissionError:
+            pass
+
+
+@contextmanager
+def postgres_database(purpose: str = "db") -> Iterator[str]:
+    """Create an empty, uniquely named database; yield its SQLAlchemy URL; drop it on exit."""
+    require_postgres()
+    safe_purpose = "".join(c for c in purpose.lower() if c.isalnum())[:16] or "db"
+    name = f"{TEST_DATABASE_PREFIX}_{os.getpid()}_{safe_purpose}_{uuid4().hex[:8]}"
+    with _admin_connection() as connection:
+        _drop_stale_test_databases(connection)
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield postgres_url(name)
+    finally:
+        with _admin_connection() as connection:
+            _drop_database(connection, name)

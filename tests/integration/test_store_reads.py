@@ -1,0 +1,307 @@
+"""The reads the stream, the scheduler and the web UI rely on, on both backends."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
+
+from monitor.errors import InputError
+from monitor.store import ThresholdRecord
+from monitor.store.models import Threshold
+from tests.integration.store_samples import T0, png_blob, scored
+
+
+@pytest.fixture
+def model(store):
+    return store.register_model("fashion-cnn", "sha256:abc", {"size": [28, 28]})
+
+
+@pytest.fixture
+def threshold(store, model):
+    return store.add_threshold(ThresholdRecord(model_id=model.id, indicator="1C-Sum", method="two-means", value=5.0))
+
+
+def ids_of(store, model, offsets):
+    return [store.find_sample(scored(offset, model.id).position) for offset in offsets]
+
+
+# --- refit window ------------------------------------------------------------------------------
+
+
+def test_window_scores_aligns_the_current_labels(store, model):
+    store.write([scored(i, model.id, scores={"ANG": float(i)}) for i in range(10)])
+    sample_ids = ids_of(store, model, range(10))
+    store.add_label(sample_ids[2], "OOD", "alice")
+    store.add_label(sample_ids[5], "OOD", "alice")
+    store.add_label(sample_ids[5], "ID", "bob", note="a plain shirt")  # the latest label wins
+    store.add_label(sample_ids[9], "id", "carol")
+
+    window = store.window_scores(model.id, "ANG")
+
+    assert window.values.tolist() == [float(i) for i in range(10)]
+    assert window.sample_ids.tolist() == sample_ids
+    assert window.labels.tolist() == [-1, -1, 1, -1, -1, 0, -1, -1, -1, 0]
+    assert window.labels.dtype == np.int8 and window.values.dtype == np.float64
+    assert (window.start, window.end) == (T0, T0 + timedelta(seconds=9))
+
+
+def test_window_scores_takes_the_last_n_or_a_time_range_oldest_first(store, model):
+    # Written out of time order: the window follows scored_at, not insertion order.
+    store.write([scored(i, model.id, seconds=100 - i, scores={"MP": float(i)}) for i in range(10)])
+
+    assert store.window_scores(model.id, "MP", last=3).values.tolist() == [2.0, 1.0, 0.0]
+    since = store.window_scores(model.id, "MP", since=T0 + timedelta(seconds=95), until=T0 + timedelta(seconds=98))
+    assert since.values.tolist() == [5.0, 4.0, 3.0]
+    assert len(store.window_scores(model.id, "MP", since=T0 + timedelta(days=1))) == 0
+
+
+def test_window_scores_leaves_out_unavailable_values_and_other_models(store, model):
+    other = store.register_model("other", "sha256:def", {})
+    store.write([scored(i, model.id, scores={"DSS": None if i % 2 else float(i)}) for i in range(6)])
+    store.write([scored(i, other.id, topic="other", scores={"DSS": 100.0}) for i in range(3)])
+
+    assert store.window_scores(model.id, "DSS").values.tolist() == [0.0, 2.0, 4.0]
+    with pytest.raises(InputError, match="unknown indicator 'dss'"):
+        store.window_scores(model.id, "dss")
+    with pytest.raises(InputError, match="last must be an integer >= 1"):
+        store.window_scores(model.id, "DSS", last=0)
+
+
+# --- the flagged queue ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def queue(store, model, threshold):
+    """20 samples, the even ones flagged; score = offset; class = offset % 3; images on flagged ones."""
+    store.write([
+        scored(i, model.id, flagged=i % 2 == 0, threshold_id=threshold.id, predicted_class=i % 3, score=float(i),
+               image=png_blob() if i % 2 == 0 else None)
+        for i in range(20)
+    ])
+    return ids_of(store, model, range(20))
+
+
+def test_the_queue_holds_flagged_samples_sorted_by_score(store, model, queue):
+    page = store.flagged_queue(limit=100)
+
+    assert page.total == 10
+    assert [item.score for item in page.items] == [float(i) for i in range(18, -1, -2)]
+    assert all(item.flagged and item.has_image and item.label is None for item in page.items)
+    ascending = store.flagged_queue(sort="time", descending=False, limit=100)
+    assert [item.id for item in ascending.items] == [queue[i] for i in range(0, 20, 2)]
+
+
+def test_keyset_pages_cover_the_queue_once_even_with_tied_scores(store, model, threshold):
+    store.write([scored(i, model.id, flagged=True, threshold_id=threshold.id, score=float(i // 3)) for i in range(25)])
+    for sort in ("score", "time"):
+        for descending in (True, False):
+            seen, cursor = [], None
+            while True:
+                page = store.flagged_queue(sort=sort, descending=descending, limit=4, cursor=cursor)
+                assert page.total == 25
+                seen.extend(item.id for item in page.items)
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            assert len(seen) == 25 and len(set(seen)) == 25, (sort, descending)
+
+
+def test_offset_pages_number_the_queue(store, model, queue):
+    first = store.flagged_queue(limit=4, offset=0)
+    third = store.flagged_queue(limit=4, offset=8)
+
+    assert [item.score for item in first.items] == [18.0, 16.0, 14.0, 12.0]
+    assert [item.score for item in third.items] == [2.0, 0.0]
+    assert third.next_cursor is None and third.total == 10
+
+
+def test_queue_filters(store, model, queue):
+    store.add_label(queue[4], "OOD", "alice")
+    store.add_label(queue[6], "ID", "alice")
+
+    def scores(**filters):
+        return sorted(item.score for item in store.flagged_queue(limit=100, **filters).items)
+
+    assert scores(predicted_class=0) == [0.0, 6.0, 12.0, 18.0]
+    assert scores(min_score=10, max_score=14) == [10.0, 12.0, 14.0]
+    assert scores(labelled=True) == [4.0, 6.0]
+    assert len(scores(labelled=False)) == 8
+    assert scores(since=T0 + timedelta(seconds=15), until=T0 + timedelta(seconds=18)) == [16.0]
+    assert scores(model_id=model.id + 1) == []
+    labels = {item.score: item.label for item in store.flagged_queue(limit=100, labelled=True).items}
+    assert labels == {4.0: "OOD", 6.0: "ID"}
+    assert store.flagged_queue(predicted_class=0, limit=2).total == 4
+
+
+def test_queue_rejects_bad_arguments(store, queue):
+    with pytest.raises(InputError, match="sort: 'loudness'"):
+        store.flagged_queue(sort="loudness")
+    with pytest.raises(InputError, match="limit"):
+        store.flagged_queue(limit=0)
+    with pytest.raises(InputError, match="cursor"):
+        store.flagged_queue(cursor="not-a-cursor")
+    with pytest.raises(InputError, match="either cursor or offset"):
+        store.flagged_queue(cursor=store.flagged_queue(limit=1).next_cursor, offset=2)
+
+
+# --- samples and labels ------------------------------------------------------------------------
+
+
+def test_a_sample_comes_with_its_label_history(store, model, queue):
+    store.add_label(queue[2], "OOD", "alice", note="a boot on a shirt model")
+    store.add_label(queue[2], "ID", "bob")
+
+    detail = store.get_sample(queue[2])
+
+    assert [(label.label, label.labelled_by) for label in detail.labels] == [("OOD", "alice"), ("ID", "bob")]
+    assert detail.labels[0].note == "a boot on a shirt model"
+    assert detail.label == "ID"
+    assert detail.image is not None
+    assert store.get_sample(queue[1]).image is None
+    assert store.get_sample(10**9) is None
+
+
+def test_labels_are_validated(store, queue):
+    with pytest.raises(InputError, match="'maybe' is not one of ID, OOD"):
+        store.add_label(queue[0], "maybe", "alice")
+    with pytest.raises(InputError, match="no sample with id 999999"):
+        store.add_label(999999, "OOD", "alice")
+    with pytest.raises(InputError, match="labelled_by"):
+        store.add_label(queue[0], "OOD", "")
+
+
+def test_labels_for_a_window_are_the_current_ones(store, model, queue):
+    store.add_label(queue[1], "OOD", "alice")
+    store.add_label(queue[1], "ID", "bob")
+    store.add_label(queue[15], "OOD", "alice")
+
+    current = store.labels_for_window(model.id, since=T0, until=T0 + timedelta(seconds=10))
+
+    assert [(label.sample_id, label.label) for label in current] == [(queue[1], "ID")]
+    assert len(store.labels_for_window(model.id)) == 2
+
+
+# --- thresholds and weights --------------------------------------------------------------------
+
+
+def test_one_threshold_is_active_per_model_and_indicator(store, model, threshold):
+    newer = store.add_threshold(ThresholdRecord(
+        model_id=model.id, indicator="1C-Sum", method="proportion", value=7.0, parameters={"p": 0.05},
+        counts={"n": 5000}, window_start=T0, window_end=T0 + timedelta(hours=1), fitted_by="refit"))
+    other_indicator = store.add_threshold(ThresholdRecord(model_id=model.id, indicator="ANG++", method="two-means", value=0.3))
+    candidate = store.add_threshold(ThresholdRecord(model_id=model.id, indicator="1C-Sum", method="two-means", value=6.0),
+                                    activate=False)
+
+    active = store.active_threshold(model.id, "1C-Sum")
+    assert active.id == newer.id and active.parameters == {"p": 0.05} and active.counts == {"n": 5000}
+    assert (active.window_start, active.window_end, active.fitted_by) == (T0, T0 + timedelta(hours=1), "refit")
+    assert store.active_threshold(model.id, "ANG++").id == other_indicator.id
+    assert not candidate.active
+
+    store.activate_threshold(threshold.id)  # rolling back to the first fit
+    history = store.threshold_history(model.id, "1C-Sum")
+    assert [row.id for row in history] == [candidate.id, newer.id, threshold.id]
+    assert [row.active for row in history] == [False, False, True]
+    assert store.active_threshold(model.id, "MP") is None
+
+
+def test_the_database_itself_refuses_a_second_active_threshold(store, model, threshold):
+    row = {"model_id": model.id, "indicator": "1C-Sum", "method": "manual", "parameters": {}, "counts": {},
+           "value": 1.0, "active": True, "created_at": T0, "fitted_by": "sql"}
+    with pytest.raises(IntegrityError):
+        with store.engine.begin() as connection:
+            connection.execute(insert(Threshold), [row])
+
+
+def test_threshold_input_is_validated(store, model):
+    with pytest.raises(InputError, match="finite"):
+        ThresholdRecord(model_id=model.id, indicator="MP", method="two-means", value=float("nan"))
+    with pytest.raises(InputError, match="unknown indicator"):
+        ThresholdRecord(model_id=model.id, indicator="XX", method="two-means", value=1.0)
+    with pytest.raises(InputError, match="no threshold with id"):
+        store.activate_threshold(424242)
+    with pytest.raises(InputError, match="no monitored model"):
+        store.add_threshold(ThresholdRecord(model_id=model.id + 99, indicator="MP", method="two-means", value=1.0))
+
+
+def test_summary_weights_replace_the_active_set(store, model):
+    assert store.active_summary_weights(model.id) is None
+    first = store.add_summary_weights(model.id, {"MP": 1.0, "ANG": 0.5})
+    second = store.add_summary_weights(model.id, {"MP": 0.8, "ANG": 0.9})
+
+    active = store.active_summary_weights(model.id)
+    assert active.id == second.id and active.weights == {"MP": 0.8, "ANG": 0.9}
+    assert first.id != second.id
+
+
+# --- rates and percentiles ---------------------------------------------------------------------
+
+
+def test_ood_rate_per_bucket(store, model, threshold):
+    # Minute 0: 1 of 4 flagged; minute 1: nothing; minute 2: 2 of 2 flagged.
+    flags = {0: False, 10: True, 20: False, 59: False, 120: True, 150: True}
+    store.write([scored(i, model.id, seconds=s, flagged=f, threshold_id=threshold.id) for i, (s, f) in enumerate(flags.items())])
+
+    buckets = store.ood_rate(model.id, since=T0, until=T0 + timedelta(hours=1), bucket_seconds=60)
+
+    assert [(b.start, b.total, b.flagged) for b in buckets] == [(T0, 4, 1), (T0 + timedelta(minutes=2), 2, 2)]
+    assert buckets[0].rate == 0.25
+
+
+def test_percentiles_match_numpy_linear_interpolation(store, model):
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=101)
+    store.write([scored(i, model.id, scores={"ANG++": float(v), "MP": None}) for i, v in enumerate(values)])
+
+    found = store.indicator_percentiles(model.id, ["ANG++", "MP"], [5, 50, 99])
+    last = store.indicator_percentiles(model.id, ["ANG++"], [50], last=11)
+
+    expected = np.percentile(values, [5, 50, 99])
+    assert list(found["ANG++"]) == [5.0, 50.0, 99.0]
+    assert np.allclose(list(found["ANG++"].values()), expected)
+    assert found["MP"] == {5.0: None, 50.0: None, 99.0: None}
+    assert last["ANG++"][50.0] == pytest.approx(float(np.median(values[-11:])))
+
+
+# --- alerts, reports, job runs, rejects -----------------------------------------------------------
+
+
+def test_alerts_wait_until_published(store):
+    first = store.add_alert("flagged", {"sample_id": 1, "score": 9.1})
+    second = store.add_alert("ood-rate", {"rate": 0.3, "expected": 0.05})
+
+    pending = store.list_alerts(unpublished_only=True, oldest_first=True)
+    assert [alert.id for alert in pending] == [first.id, second.id]
+    assert pending[0].payload == {"sample_id": 1, "score": 9.1}
+    assert store.mark_alerts_published([first.id]) == 1
+    assert store.mark_alerts_published([first.id]) == 0  # already published: left as it was
+    assert [alert.id for alert in store.list_alerts(unpublished_only=True)] == [second.id]
+    assert [alert.id for alert in store.list_alerts()] == [second.id, first.id]
+    assert store.list_alerts(kind="flagged")[0].published_at is not None
+
+
+def test_job_runs_record_start_and_outcome(store):
+    run = store.start_job_run("refit")
+    assert run.outcome == "running" and run.finished_at is None
+
+    done = store.finish_job_run(run.id, "failed", error="too few samples: 12 < 500")
+
+    assert done.outcome == "failed" and done.error == "too few samples: 12 < 500"
+    assert done.finished_at >= done.started_at
+    assert [r.id for r in store.list_job_runs(job="refit")] == [run.id]
+    with pytest.raises(InputError, match="outcome"):
+        store.finish_job_run(run.id, "great")
+
+
+def test_reports_are_listed_newest_first(store):
+    first = store.add_report(T0, T0 + timedelta(days=1), {"drift": False}, "var/reports/1.html")
+    second = store.add_report(T0 + timedelta(days=1), T0 + timedelta(days=2), {"drift": True}, None)
+
+    assert [report.id for report in store.list_reports()] == [second.id, first.id]
+    assert store.get_report(first.id).summary == {"drift": False}
+    with pytest.raises(InputError, match="before period_start"):
+        store.add_report(T0, T0 - timedelta(days=1), {})
