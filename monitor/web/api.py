@@ -1,0 +1,313 @@
+"""The JSON API: everything the pages show and do, for scripts (bearer token) and the pages' own script.
+
+Roles: viewer reads, labeller also labels, admin also undoes other operators' labels and
+lists the configured accounts. Errors are JSON `{"detail": ...}`; a bad parameter answers
+422 with `parameter` naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+from monitor.web import queries, views
+from monitor.web.app import REPORT_CSP, api_principal, image_response, state_of
+from monitor.web.auth import Principal
+from monitor.web.filters import (
+    FilterError,
+    parse_indicator,
+    parse_int,
+    parse_queue_filters,
+    parse_window_hours,
+    reject_unknown,
+)
+
+router = APIRouter(prefix="/api", tags=["api"])
+
+REPORT_TYPES = {".html": "text/html; charset=utf-8", ".htm": "text/html; charset=utf-8", ".json": "application/json",
+                ".pdf": "application/pdf", ".png": "image/png", ".svg": "image/svg+xml", ".md": "text/markdown; charset=utf-8",
+                ".txt": "text/plain; charset=utf-8", ".csv": "text/csv; charset=utf-8"}
+
+
+def viewer(request: Request) -> Principal:
+    return api_principal(request, "viewer")
+
+
+def labeller(request: Request) -> Principal:
+    return api_principal(request, "labeller")
+
+
+def admin(request: Request) -> Principal:
+    return api_principal(request, "admin")
+
+
+def _json(value) -> JSONResponse:
+    return JSONResponse(jsonable_encoder(value))
+
+
+def _model_param(request: Request) -> int | None:
+    return parse_int("model", request.query_params.get("model") or None, minimum=1)
+
+
+def _not_found(error: views.NotFound) -> HTTPException:
+    return HTTPException(status_code=404, detail=str(error))
+
+
+class LabelIn(BaseModel):
+    label: Literal["ID", "OOD"] = Field(description="ID: the model may be trusted on it; OOD: it may not.")
+    note: str | None = Field(default=None, max_length=2000, description="Optional free text kept with the label.")
+
+
+@router.get("/me", summary="Who is calling, with which role")
+def me(principal: Principal = Depends(viewer)):
+    return {"name": principal.name, "role": principal.role, "via": principal.via}
+
+
+@router.get("/accounts", summary="The configured accounts and tokens (names and roles only; admin)")
+def accounts(request: Request, principal: Principal = Depends(admin)):
+    auth = state_of(request).auth
+    return {
+        "accounts": [{"name": c.name, "role": c.role} for c in auth.accounts.values()],
+        "tokens": [{"name": c.name, "role": c.role} for c in auth.tokens],
+    }
+
+
+@router.get("/models", summary="Monitored models, newest first")
+def models(request: Request, principal: Principal = Depends(viewer)):
+    with state_of(request).engine.connect() as connection:
+        return _json(queries.list_models(connection))
+
+
+@router.get("/overview", summary="Volume and flagged share over the window, active thresholds, lag, jobs, alerts")
+def overview(
+    request: Request,
+    model: int | None = Query(None, description="Model id; default the newest."),
+    window_hours: str | None = Query(None, description="Length of the window ending now, in hours."),
+    principal: Principal = Depends(viewer),
+):
+    reject_unknown(request.query_params, ("model", "window_hours"))
+    state = state_of(request)
+    hours = parse_window_hours("window_hours", window_hours, state.settings.web.window_hours)
+    with state.engine.connect() as connection:
+        try:
+            chosen = views.pick_model(queries.list_models(connection), _model_param(request))
+        except views.NotFound as error:
+            raise _not_found(error) from None
+        data = views.overview(connection, chosen, hours, state.consumer_lag)
+    body = jsonable_encoder(data)
+    body["buckets"] = [
+        {"start": b.start.isoformat(), "total": b.total, "flagged": b.flagged, "flagged_share": b.rate}
+        for b in data.buckets
+    ]
+    return JSONResponse(body)
+
+
+@router.get("/flagged", summary="The flagged queue: filter, sort, one page")
+def flagged(
+    request: Request,
+    model: int | None = Query(None, description="Model id; default the newest."),
+    since: str | None = Query(None, description="Scored at or after (ISO 8601; UTC when no offset)."),
+    until: str | None = Query(None, description="Scored before (ISO 8601)."),
+    predicted_class: str | None = Query(None, alias="class", description="Predicted class index."),
+    labelled: str | None = Query(None, description="any, no, yes, ID or OOD (the current label)."),
+    min_score: str | None = Query(None, description="Lowest thresholded score."),
+    max_score: str | None = Query(None, description="Highest thresholded score."),
+    sort: str | None = Query(None, description="time_desc (default), time_asc, score_desc, score_asc."),
+    page: str | None = Query(None, description="Page number, from 1."),
+    per_page: str | None = Query(None, description="Samples per page, 1 to 200."),
+    principal: Principal = Depends(viewer),
+):
+    state = state_of(request)
+    filters = parse_queue_filters(request.query_params, state.settings.web.page_size)
+    with state.engine.connect() as connection:
+        try:
+            chosen = views.pick_model(queries.list_models(connection), _model_param(request))
+        except views.NotFound as error:
+            raise _not_found(error) from None
+        if chosen is None:
+            result = queries.QueueResult(items=[], total=0, page=filters.page, per_page=filters.per_page)
+        else:
+            result = queries.flagged_queue(connection, chosen.id, filters)
+    return _json({
+        "model": chosen.id if chosen else None, "total": result.total, "page": result.page,
+        "per_page": result.per_page, "pages": result.pages, "items": result.items,
+    })
+
+
+@router.get("/samples/{sample_id}", summary="A sample: every indicator with its percentile in the window, labels")
+def sample(request: Request, sample_id: int, principal: Principal = Depends(viewer)):
+    state = state_of(request)
+    with state.engine.connect() as connection:
+        try:
+            report = views.sample_report(connection, sample_id, state.settings.web.window_hours)
+        except views.NotFound as error:
+            raise _not_found(error) from None
+    body = jsonable_encoder(report.sample)
+    body["label"] = report.sample.label
+    body["image_url"] = f"/api/samples/{sample_id}/image" if report.sample.image_content_type else None
+    body["indicators"] = jsonable_encoder(report.readings)
+    body["window"] = {"start": report.window_start.isoformat(), "end": report.window_end.isoformat()}
+    body["threshold"] = jsonable_encoder(report.threshold)
+    return JSONResponse(body)
+
+
+@router.get(
+    "/samples/{sample_id}/image",
+    summary="The sample's stored image bytes, with their stored content type",
+    response_class=JSONResponse,
+    responses={200: {"content": {"image/*": {}}}},
+)
+def sample_image(request: Request, sample_id: int, principal: Principal = Depends(viewer)):
+    with state_of(request).engine.connect() as connection:
+        image = queries.get_image(connection, sample_id)
+        if image is None:
+            exists = queries.sample_exists(connection, sample_id)
+    if image is None:
+        detail = f"sample {sample_id} has no stored image" if exists else f"sample {sample_id} not found"
+        raise HTTPException(status_code=404, detail=detail)
+    return image_response(image)
+
+
+@router.get("/samples/{sample_id}/labels", summary="The sample's label history, oldest first")
+def sample_labels(request: Request, sample_id: int, principal: Principal = Depends(viewer)):
+    with state_of(request).engine.connect() as connection:
+        if not queries.sample_exists(connection, sample_id):
+            raise HTTPException(status_code=404, detail=f"sample {sample_id} not found")
+        history = queries.label_history(connection, sample_id)
+    return _json({"sample_id": sample_id, "current_label": history[-1].label if history else None, "history": history})
+
+
+def _label_answer(sample_id: int, history) -> JSONResponse:
+    return _json({"sample_id": sample_id, "current_label": history[-1].label if history else None, "history": history})
+
+
+@router.post("/samples/{sample_id}/labels", status_code=201, summary="Label a sample ID or OOD (labeller)")
+def add_label(request: Request, sample_id: int, body: LabelIn = Body(...), principal: Principal = Depends(labeller)):
+    state = state_of(request)
+    with state.engine.connect() as connection:
+        if not queries.sample_exists(connection, sample_id):
+            raise HTTPException(status_code=404, detail=f"sample {sample_id} not found")
+    state.store.add_label(sample_id, body.label, principal.name, (body.note or "").strip() or None)
+    with state.engine.connect() as connection:
+        history = queries.label_history(connection, sample_id)
+    response = _label_answer(sample_id, history)
+    response.status_code = 201
+    return response
+
+
+@router.post("/samples/{sample_id}/labels/undo", summary="Undo the latest label by restoring the one before (labeller)")
+def undo_label(request: Request, sample_id: int, principal: Principal = Depends(labeller)):
+    state = state_of(request)
+    with state.engine.connect() as connection:
+        if not queries.sample_exists(connection, sample_id):
+            raise HTTPException(status_code=404, detail=f"sample {sample_id} not found")
+    try:
+        history = queries.undo_label(state.engine, sample_id, principal.name, principal.can("admin"))
+    except queries.LabelConflict as error:
+        raise HTTPException(status_code=409, detail=str(error)) from None
+    return _label_answer(sample_id, history)
+
+
+@router.get("/thresholds", summary="Score histogram of the window with the fitted thresholds, and their history")
+def thresholds(
+    request: Request,
+    model: int | None = Query(None, description="Model id; default the newest."),
+    indicator: str | None = Query(None, description="Indicator to plot; default that of the active threshold."),
+    window_hours: str | None = Query(None, description="Length of the window ending now, in hours."),
+    bins: str | None = Query(None, description="Histogram bins, 5 to 200 (default 40)."),
+    principal: Principal = Depends(viewer),
+):
+    reject_unknown(request.query_params, ("model", "indicator", "window_hours", "bins"))
+    state = state_of(request)
+    hours = parse_window_hours("window_hours", window_hours, state.settings.web.window_hours)
+    chosen_indicator = parse_indicator("indicator", indicator, "") or None
+    bin_count = parse_int("bins", bins or None, minimum=5, maximum=200) or 40
+    with state.engine.connect() as connection:
+        try:
+            chosen = views.pick_model(queries.list_models(connection), _model_param(request))
+        except views.NotFound as error:
+            raise _not_found(error) from None
+        data = views.thresholds_view(connection, chosen, chosen_indicator, state.settings.stream.indicator, hours, bin_count)
+    body = jsonable_encoder(data)
+    for row in body["history"]:
+        row["labels_used"] = views.labels_used(next(r for r in data.history if r.id == row["id"]))
+    return JSONResponse(body)
+
+
+@router.get("/alerts", summary="Alerts, newest first")
+def alerts(
+    request: Request,
+    limit: str | None = Query(None, description="At most this many, 1 to 500 (default 50)."),
+    offset: str | None = Query(None, description="Skip this many."),
+    principal: Principal = Depends(viewer),
+):
+    reject_unknown(request.query_params, ("limit", "offset"))
+    count = parse_int("limit", limit or None, minimum=1, maximum=500) or 50
+    skip = parse_int("offset", offset or None, minimum=0) or 0
+    with state_of(request).engine.connect() as connection:
+        return _json(queries.recent_alerts(connection, count, skip))
+
+
+@router.get("/jobs", summary="Recent runs of the scheduled jobs, newest first")
+def jobs(
+    request: Request,
+    limit: str | None = Query(None, description="At most this many, 1 to 500 (default 50)."),
+    principal: Principal = Depends(viewer),
+):
+    reject_unknown(request.query_params, ("limit",))
+    count = parse_int("limit", limit or None, minimum=1, maximum=500) or 50
+    with state_of(request).engine.connect() as connection:
+        return _json(queries.recent_job_runs(connection, count))
+
+
+@router.get("/reports", summary="Drift reports, newest first")
+def reports(
+    request: Request,
+    limit: str | None = Query(None, description="At most this many, 1 to 500 (default 50)."),
+    offset: str | None = Query(None, description="Skip this many."),
+    principal: Principal = Depends(viewer),
+):
+    reject_unknown(request.query_params, ("limit", "offset"))
+    count = parse_int("limit", limit or None, minimum=1, maximum=500) or 50
+    skip = parse_int("offset", offset or None, minimum=0) or 0
+    with state_of(request).engine.connect() as connection:
+        rows = queries.list_reports(connection, count, skip)
+    # The server-side path stays private: clients fetch the file by report id.
+    return _json([
+        {**{k: v for k, v in jsonable_encoder(row).items() if k != "file_path"},
+         "file_url": f"/api/reports/{row.id}/file" if row.file_path else None}
+        for row in rows
+    ])
+
+
+def report_file_response(request: Request, report_id: int):
+    """The report's file as the job wrote it: the path comes from the database row, never the request."""
+    with state_of(request).engine.connect() as connection:
+        report = queries.get_report(connection, report_id)
+    if report is None:
+        raise HTTPException(status_code=404, detail=f"report {report_id} not found")
+    path = queries.report_file(report)
+    if path is None:
+        raise HTTPException(status_code=404, detail=f"report {report_id} has no file on disk (removed or never written)")
+    media_type = REPORT_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    headers = {"Content-Security-Policy": REPORT_CSP, "Cache-Control": "private, no-cache"}
+    if media_type == "application/octet-stream":
+        headers["Content-Disposition"] = f'attachment; filename="report-{report_id}{path.suffix[:10]}"'
+    return FileResponse(path, media_type=media_type, headers=headers)
+
+
+@router.get("/reports/{report_id}/file", summary="The drift report's file as produced by the job")
+def report_file(request: Request, report_id: int, principal: Principal = Depends(viewer)):
+    return report_file_response(request, report_id)
+
+
+@router.get("/openapi.json", include_in_schema=False)
+def openapi(request: Request, principal: Principal = Depends(viewer)):
+    return request.app.openapi()
+
+
+__all__ = ["router", "FilterError"]

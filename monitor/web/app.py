@@ -1,0 +1,231 @@
+"""The operator web app: `create_app(settings, store)` returns a FastAPI application.
+
+It is served alone by `ood-monitor web` and inside `ood-monitor run`, which passes its own
+operability routes (/healthz, /readyz, /metrics) as `extra_routers` and a `consumer_lag`
+callable. Everything else needs a login: a session cookie for the pages, a bearer token
+(or the page's session plus its CSRF header) for /api.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from typing import Callable, Iterable
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import Engine
+
+from monitor.errors import ConfigError
+from monitor.web import charts
+from monitor.web.auth import (
+    CSRF_HEADER,
+    ROLES,
+    SESSION_COOKIE,
+    Authenticator,
+    Credential,
+    Principal,
+    check_hash_format,
+    csrf_matches,
+)
+from monitor.web.filters import FilterError
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).parent
+
+# Pages load only their own stylesheet and script; charts are inline SVG; images come from this app.
+PAGE_CSP = (
+    "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+# Drift reports are files written by the jobs: shown sandboxed, with their inline styles and plots.
+REPORT_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'self'"
+
+
+def parse_credentials(entries: Iterable[str], key: str) -> list[Credential]:
+    """'NAME:ROLE:HASH' entries of [web] accounts / tokens -> credentials; ConfigError naming the entry."""
+    credentials: list[Credential] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        where = f"[web] {key}[{index}]"
+        name, sep1, rest = entry.partition(":")
+        role, sep2, secret_hash = rest.partition(":")
+        if not (sep1 and sep2 and name.strip()):
+            raise ConfigError(f"{where}: expected 'NAME:ROLE:HASH', got {entry[:40]!r}")
+        if role not in ROLES:
+            raise ConfigError(f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
+        try:
+            check_hash_format(secret_hash)
+        except ValueError as error:
+            raise ConfigError(f"{where} ({name}): {error}") from None
+        if name in seen:
+            raise ConfigError(f"{where}: {name!r} appears twice")
+        seen.add(name)
+        credentials.append(Credential(name=name.strip(), role=role, secret_hash=secret_hash))
+    return credentials
+
+
+def _as_store(store):
+    from monitor.store import Store
+
+    if isinstance(store, Store):
+        return store
+    if isinstance(store, Engine):
+        return Store(store)
+    raise TypeError(f"create_app: store must be a monitor.store.Store or an SQLAlchemy Engine, got {type(store).__name__}")
+
+
+class WebState:
+    """What the routes share: settings, the database, the authenticator, templates."""
+
+    def __init__(self, settings, store, consumer_lag: Callable[[], int | None] | None):
+        web = settings.web
+        self.settings = settings
+        self.store = store
+        self.engine: Engine = store.engine
+        self.consumer_lag = consumer_lag
+        secret = web.session_secret
+        if secret is None:
+            log.warning(
+                "[web] session_secret is not set: sessions are signed with a random key and end when this "
+                "process stops (set MONITOR_WEB__SESSION_SECRET for restarts and replicas)"
+            )
+            secret = secrets.token_urlsafe(32)
+        elif len(secret) < 32:
+            raise ConfigError("[web] session_secret: must be at least 32 characters")
+        accounts = parse_credentials(web.accounts, "accounts")
+        tokens = parse_credentials(web.tokens, "tokens")
+        if not accounts and not tokens:
+            log.warning("[web] no accounts or tokens are configured: nobody can log in "
+                        "(see `ood-monitor web hash-password` and docs/web.md)")
+        self.auth = Authenticator(accounts, tokens, secret.encode(), web.session_lifetime_s)
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        env = self.templates.env
+        env.filters["dt"] = _format_datetime
+        env.filters["num"] = _format_number
+        env.globals["ROLES"] = ROLES
+
+    # --- who is asking ---------------------------------------------------------------------------
+    def principal(self, request: Request) -> Principal | None:
+        header = request.headers.get("authorization", "")
+        if header[:7].lower() == "bearer ":
+            return self.auth.principal_for_token(header[7:].strip())
+        return self.auth.principal_for_session(request.cookies.get(SESSION_COOKIE))
+
+
+def _format_datetime(value) -> str:
+    if value is None:
+        return "—"
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _format_number(value, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.{digits}g}"
+
+
+def state_of(request: Request) -> WebState:
+    return request.app.state.web
+
+
+def api_principal(request: Request, role: str) -> Principal:
+    """The caller of an API route with at least `role`; 401 without credentials, 403 below the role.
+
+    A browser session may call the API too (the queue's keyboard labelling does), but its
+    state-changing calls must carry the session's CSRF token in the X-CSRF-Token header.
+    """
+    principal = state_of(request).principal(request)
+    if principal is None:
+        raise HTTPException(
+            status_code=401,
+            detail="authentication required: send 'Authorization: Bearer <token>' or log in",
+            headers={"WWW-Authenticate": 'Bearer realm="ood-monitor"'},
+        )
+    if not principal.can(role):
+        raise HTTPException(status_code=403, detail=f"{principal.name} is a {principal.role}; this needs the {role} role")
+    if principal.via == "session" and request.method not in ("GET", "HEAD", "OPTIONS"):
+        if not csrf_matches(principal.csrf, request.headers.get(CSRF_HEADER)):
+            raise HTTPException(status_code=403, detail=f"missing or wrong {CSRF_HEADER} header for a session request")
+    return principal
+
+
+def image_response(image) -> Response:
+    """Stored bytes with their stored type; never sniffed, never a page of their own."""
+    content_type = image.content_type if image.content_type.startswith("image/") or image.content_type in (
+        "application/x-npy", "application/octet-stream") else "application/octet-stream"
+    return Response(
+        content=image.data,
+        media_type=content_type,
+        headers={
+            "Cache-Control": "private, max-age=3600",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "Content-Disposition": "inline",
+        },
+    )
+
+
+def create_app(
+    settings,
+    store,
+    extra_routers: Iterable[APIRouter] = (),
+    consumer_lag: Callable[[], int | None] | None = None,
+) -> FastAPI:
+    """The operator app over `store` (a monitor Store or an SQLAlchemy Engine).
+
+    `extra_routers` are mounted as given and stay public (health and metrics probes);
+    `consumer_lag` returns the consumer group's total lag in messages, or None if unknown.
+    """
+    from monitor.web import api, pages  # import here: the routers need the helpers above
+
+    state = WebState(settings, _as_store(store), consumer_lag)
+    app = FastAPI(
+        title="ood-monitor",
+        summary="Operators' view of the flagged inputs of a monitored image classifier.",
+        version=_version(),
+        # Swagger UI would load its script from a CDN: /docs is our own page over /openapi.json,
+        # and both need a login like everything else (see monitor.web.api).
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.web = state
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        if response.headers.get("content-type", "").startswith("text/html"):
+            response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.exception_handler(FilterError)
+    async def bad_filter(request: Request, error: FilterError):
+        if request.url.path.startswith("/api/"):
+            return JSONResponse(status_code=422, content={"detail": str(error), "parameter": error.parameter})
+        return pages.error_page(request, 400, "Bad request", str(error))
+
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    for router in extra_routers:
+        app.include_router(router)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    pages.install_error_pages(app)
+    return app
+
+
+def _version() -> str:
+    from monitor import __version__
+
+    return __version__
+
+
+__all__ = ["create_app", "parse_credentials", "charts"]

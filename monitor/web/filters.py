@@ -1,0 +1,168 @@
+"""Request parameters -> validated values, with errors that name the parameter.
+
+The pages and the API share these parsers, so a bad filter reads the same in both: the
+API answers 422 with the message, a page shows it above the form.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Mapping
+
+from monitor.names import INDICATORS
+
+LABELLED_CHOICES = ("any", "no", "yes", "ID", "OOD")
+SORT_CHOICES = ("time_desc", "time_asc", "score_desc", "score_asc")
+MAX_PER_PAGE = 200
+QUEUE_PARAMETERS = ("model", "since", "until", "class", "labelled", "min_score", "max_score", "sort", "page", "per_page")
+
+
+class FilterError(ValueError):
+    """A request parameter that cannot be used; `parameter` names it for the 4xx answer."""
+
+    def __init__(self, parameter: str, message: str):
+        super().__init__(f"{parameter}: {message}")
+        self.parameter = parameter
+        self.message = message
+
+
+@dataclass(frozen=True)
+class QueueFilters:
+    since: datetime | None = None
+    until: datetime | None = None
+    predicted_class: int | None = None
+    labelled: str = "any"
+    min_score: float | None = None
+    max_score: float | None = None
+    sort: str = "time_desc"
+    page: int = 1
+    per_page: int = 48
+
+    def as_params(self, **changes) -> dict[str, str]:
+        """The filters as query parameters (defaults left out), e.g. for pagination links."""
+        filters = replace(self, **changes)
+        params: dict[str, str] = {}
+        if filters.since is not None:
+            params["since"] = filters.since.strftime("%Y-%m-%dT%H:%M")
+        if filters.until is not None:
+            params["until"] = filters.until.strftime("%Y-%m-%dT%H:%M")
+        if filters.predicted_class is not None:
+            params["class"] = str(filters.predicted_class)
+        if filters.labelled != "any":
+            params["labelled"] = filters.labelled
+        if filters.min_score is not None:
+            params["min_score"] = repr(filters.min_score)
+        if filters.max_score is not None:
+            params["max_score"] = repr(filters.max_score)
+        if filters.sort != "time_desc":
+            params["sort"] = filters.sort
+        if filters.page != 1:
+            params["page"] = str(filters.page)
+        params["per_page"] = str(filters.per_page)
+        return params
+
+
+def _present(params: Mapping[str, str], name: str) -> str | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None  # an empty form field means "no filter"
+
+
+def parse_datetime(name: str, text: str | None) -> datetime | None:
+    """ISO 8601 date or date-time; without an offset it is taken as UTC."""
+    if text is None:
+        return None
+    candidate = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
+    if "T" in candidate and " " in candidate:  # a '+' offset left unescaped in a URL arrives as a space
+        candidate = candidate.replace(" ", "+")
+    try:
+        value = datetime.fromisoformat(candidate)
+    except ValueError:
+        raise FilterError(name, f"{text!r} is not an ISO 8601 date-time such as 2026-11-27T14:00 or 2026-11-27T14:00:00Z") from None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def parse_int(name: str, text: str | None, minimum: int | None = None, maximum: int | None = None) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise FilterError(name, f"{text!r} is not a whole number") from None
+    if minimum is not None and value < minimum:
+        raise FilterError(name, f"must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise FilterError(name, f"must be at most {maximum}, got {value}")
+    return value
+
+
+def parse_float(name: str, text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise FilterError(name, f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise FilterError(name, f"must be a finite number, got {text!r}")
+    return value
+
+
+def parse_choice(name: str, text: str | None, choices: tuple[str, ...], default: str) -> str:
+    if text is None:
+        return default
+    for choice in choices:
+        if text.lower() == choice.lower():
+            return choice
+    raise FilterError(name, f"{text!r} is not one of {', '.join(choices)}")
+
+
+def reject_unknown(params: Mapping[str, str], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise FilterError(unknown[0], f"unknown parameter; expected one of {', '.join(allowed)}")
+
+
+def parse_queue_filters(params: Mapping[str, str], default_per_page: int) -> QueueFilters:
+    """Validate the flagged-queue parameters (all optional); raises FilterError naming the first bad one."""
+    reject_unknown(params, QUEUE_PARAMETERS)
+    since = parse_datetime("since", _present(params, "since"))
+    until = parse_datetime("until", _present(params, "until"))
+    if since is not None and until is not None and since >= until:
+        raise FilterError("until", f"must be after since ({since:%Y-%m-%d %H:%M} UTC)")
+    min_score = parse_float("min_score", _present(params, "min_score"))
+    max_score = parse_float("max_score", _present(params, "max_score"))
+    if min_score is not None and max_score is not None and min_score > max_score:
+        raise FilterError("max_score", f"must not be below min_score ({min_score:g})")
+    return QueueFilters(
+        since=since,
+        until=until,
+        predicted_class=parse_int("class", _present(params, "class"), minimum=0),
+        labelled=parse_choice("labelled", _present(params, "labelled"), LABELLED_CHOICES, "any"),
+        min_score=min_score,
+        max_score=max_score,
+        sort=parse_choice("sort", _present(params, "sort"), SORT_CHOICES, "time_desc"),
+        page=parse_int("page", _present(params, "page"), minimum=1, maximum=1_000_000) or 1,
+        per_page=parse_int("per_page", _present(params, "per_page"), minimum=1, maximum=MAX_PER_PAGE) or default_per_page,
+    )
+
+
+def parse_indicator(name: str, text: str | None, default: str) -> str:
+    if text is None or not text.strip():
+        return default
+    if text not in INDICATORS:
+        raise FilterError(name, f"{text!r} is not an indicator; expected one of {', '.join(INDICATORS)}")
+    return text
+
+
+def parse_window_hours(name: str, text: str | None, default: float) -> float:
+    value = parse_float(name, text.strip() if text else None)
+    if value is None:
+        return default
+    if not 0 < value <= 24 * 366:
+        raise FilterError(name, f"must be between 0 and {24 * 366} hours, got {value:g}")
+    return value

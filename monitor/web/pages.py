@@ -1,0 +1,346 @@
+"""The server-rendered pages (Jinja2). Forms post with a CSRF token; reads need any role."""
+
+from __future__ import annotations
+
+import secrets
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from monitor.names import INDICATORS
+from monitor.web import charts, queries, views
+from monitor.web.api import report_file_response
+from monitor.web.app import image_response, state_of
+from monitor.web.auth import CSRF_FIELD, LOGIN_CSRF_COOKIE, SESSION_COOKIE, Principal, csrf_matches
+from monitor.web.filters import (
+    LABELLED_CHOICES,
+    SORT_CHOICES,
+    FilterError,
+    parse_indicator,
+    parse_int,
+    parse_queue_filters,
+    parse_window_hours,
+    reject_unknown,
+)
+
+router = APIRouter(include_in_schema=False)
+
+NAV = (("overview", "/", "Overview"), ("queue", "/queue", "Flagged queue"), ("thresholds", "/thresholds", "Thresholds"),
+       ("reports", "/reports", "Reports & alerts"))
+WINDOW_CHOICES = ((1, "1 h"), (6, "6 h"), (24, "24 h"), (168, "7 d"), (720, "30 d"))
+SORT_NAMES = {"time_desc": "Newest first", "time_asc": "Oldest first", "score_desc": "Highest score first",
+              "score_asc": "Lowest score first"}
+
+
+class LoginRequired(Exception):
+    """Raised by a page whose visitor has no session; answered by a redirect to /login."""
+
+
+def _safe_next(target: str | None) -> str:
+    # Only paths of this site: never an absolute or protocol-relative URL (open redirect).
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def page_principal(request: Request, role: str = "viewer") -> Principal:
+    principal = state_of(request).principal(request)
+    if principal is None or principal.via != "session":
+        raise LoginRequired()
+    if not principal.can(role):
+        raise HTTPException(status_code=403, detail=f"{principal.name} is a {principal.role}; this needs the {role} role")
+    return principal
+
+
+def render(request: Request, template: str, principal: Principal | None, status_code: int = 200, **context) -> HTMLResponse:
+    state = state_of(request)
+    return state.templates.TemplateResponse(
+        request,
+        template,
+        {
+            "principal": principal,
+            "csrf": principal.csrf if principal else "",
+            "nav": NAV,
+            "can_label": bool(principal and principal.can("labeller")),
+            **context,
+        },
+        status_code=status_code,
+    )
+
+
+def error_page(request: Request, status_code: int, title: str, message: str) -> Response:
+    principal = state_of(request).principal(request)
+    principal = principal if principal and principal.via == "session" else None
+    return render(request, "error.html", principal, status_code=status_code, title=title, message=message, active="")
+
+
+def install_error_pages(app: FastAPI) -> None:
+    @app.exception_handler(LoginRequired)
+    async def to_login(request: Request, _error: LoginRequired):
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", "text/html"):
+            return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+        titles = {401: "Login required", 403: "Not allowed", 404: "Not found", 405: "Method not allowed", 409: "Conflict"}
+        return error_page(request, error.status_code, titles.get(error.status_code, "Error"), str(error.detail))
+
+
+def _models_and_choice(connection, request: Request):
+    models = queries.list_models(connection)
+    requested = parse_int("model", request.query_params.get("model") or None, minimum=1)
+    try:
+        return models, views.pick_model(models, requested)
+    except views.NotFound as error:
+        raise HTTPException(status_code=404, detail=str(error)) from None
+
+
+# --- login --------------------------------------------------------------------------------------
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, next: str | None = None):
+    token = secrets.token_urlsafe(24)
+    response = render(request, "login.html", None, login_csrf=token, next=_safe_next(next), error=None, active="")
+    response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", max_age=3600,
+                        secure=state_of(request).settings.web.cookie_secure)
+    return response
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request):
+    form = await request.form()
+    state = state_of(request)
+    target = _safe_next(str(form.get("next") or "/"))
+    if not csrf_matches(request.cookies.get(LOGIN_CSRF_COOKIE, ""), str(form.get(CSRF_FIELD) or "")):
+        return _login_again(request, target, "The login form expired; please try again.", 403)
+    name, password = str(form.get("username") or "").strip(), str(form.get("password") or "")
+    account = state.auth.login(name, password) if name and password else None
+    if account is None:
+        return _login_again(request, target, "Unknown user name or wrong password.", 401)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE, state.auth.issue_session(account.name), max_age=int(state.auth.session_lifetime_s),
+        httponly=True, samesite="lax", secure=state.settings.web.cookie_secure, path="/",
+    )
+    response.delete_cookie(LOGIN_CSRF_COOKIE)
+    return response
+
+
+def _login_again(request: Request, target: str, message: str, status_code: int) -> HTMLResponse:
+    token = secrets.token_urlsafe(24)
+    response = render(request, "login.html", None, status_code=status_code, login_csrf=token, next=target,
+                      error=message, active="")
+    response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", max_age=3600,
+                        secure=state_of(request).settings.web.cookie_secure)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request):
+    principal = page_principal(request)
+    form = await request.form()
+    if not csrf_matches(principal.csrf, str(form.get(CSRF_FIELD) or "")):
+        raise HTTPException(status_code=403, detail="missing or wrong CSRF token")
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+# --- overview -----------------------------------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse)
+def overview_page(request: Request):
+    principal = page_principal(request)
+    reject_unknown(request.query_params, ("model", "window_hours"))
+    state = state_of(request)
+    hours = parse_window_hours("window_hours", request.query_params.get("window_hours"), state.settings.web.window_hours)
+    with state.engine.connect() as connection:
+        models, model = _models_and_choice(connection, request)
+        data = views.overview(connection, model, hours, state.consumer_lag)
+    chart = charts.volume_chart(data.buckets, views.describe_bucket(data.bucket_s))
+    return render(request, "overview.html", principal, active="overview", data=data, chart=chart, models=models,
+                  windows=WINDOW_CHOICES, hours=hours, bucket_label=views.describe_bucket(data.bucket_s))
+
+
+# --- queue --------------------------------------------------------------------------------------
+
+
+@router.get("/queue", response_class=HTMLResponse)
+def queue_page(request: Request):
+    principal = page_principal(request)
+    state = state_of(request)
+    error = None
+    try:
+        filters = parse_queue_filters(request.query_params, state.settings.web.page_size)
+    except FilterError as problem:
+        error = str(problem)
+        filters = parse_queue_filters({}, state.settings.web.page_size)
+    with state.engine.connect() as connection:
+        models, model = _models_and_choice(connection, request)
+        if model is None:
+            result = queries.QueueResult(items=[], total=0, page=1, per_page=filters.per_page)
+        else:
+            result = queries.flagged_queue(connection, model.id, filters)
+    model_param = {"model": str(model.id)} if model and request.query_params.get("model") else {}
+
+    def page_url(number: int) -> str:
+        return "/queue?" + urlencode({**model_param, **filters.as_params(page=number)})
+
+    return render(
+        request, "queue.html", principal, status_code=400 if error else 200, active="queue", error=error,
+        filters=filters, result=result, models=models, model=model, page_url=page_url,
+        labelled_choices=LABELLED_CHOICES, sort_choices=[(s, SORT_NAMES[s]) for s in SORT_CHOICES],
+        since_value=filters.since.strftime("%Y-%m-%dT%H:%M") if filters.since else "",
+        until_value=filters.until.strftime("%Y-%m-%dT%H:%M") if filters.until else "",
+        back=request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+    )
+
+
+# --- one sample ---------------------------------------------------------------------------------
+
+
+@router.get("/samples/{sample_id}", response_class=HTMLResponse)
+def sample_page(request: Request, sample_id: int):
+    principal = page_principal(request)
+    state = state_of(request)
+    with state.engine.connect() as connection:
+        try:
+            report = views.sample_report(connection, sample_id, state.settings.web.window_hours)
+        except views.NotFound as error:
+            raise HTTPException(status_code=404, detail=str(error)) from None
+    notice = {"labelled": "Label saved.", "undone": "Label undone."}.get(request.query_params.get("done", ""))
+    return render(request, "sample.html", principal, active="queue", report=report, sample=report.sample,
+                  notice=notice, error=request.query_params.get("error") and _ERRORS.get(request.query_params["error"]),
+                  back=_safe_next(request.query_params.get("back")) if request.query_params.get("back") else "/queue")
+
+
+_ERRORS = {
+    "nothing": "Nothing to undo.",
+    "first": "A sample's first label cannot be undone, only replaced: label it ID or OOD instead.",
+    "others": "The latest label is another operator's; only an admin may undo it.",
+}
+
+
+@router.get("/samples/{sample_id}/image")
+def sample_image_page(request: Request, sample_id: int):
+    page_principal(request)
+    with state_of(request).engine.connect() as connection:
+        image = queries.get_image(connection, sample_id)
+    if image is None:
+        raise HTTPException(status_code=404, detail=f"sample {sample_id} has no stored image")
+    return image_response(image)
+
+
+async def _label_form(request: Request, sample_id: int) -> tuple[Principal, dict]:
+    principal = page_principal(request, "labeller")
+    form = await request.form()
+    if not csrf_matches(principal.csrf, str(form.get(CSRF_FIELD) or "")):
+        raise HTTPException(status_code=403, detail="missing or wrong CSRF token; reload the page and try again")
+    with state_of(request).engine.connect() as connection:
+        if not queries.sample_exists(connection, sample_id):
+            raise HTTPException(status_code=404, detail=f"sample {sample_id} not found")
+    return principal, {key: str(value) for key, value in form.items()}
+
+
+def _back_to_sample(sample_id: int, form: dict, **params) -> RedirectResponse:
+    query = dict(params)
+    if form.get("back"):
+        query["back"] = _safe_next(form["back"])
+    return RedirectResponse(f"/samples/{sample_id}?{urlencode(query)}", status_code=303)
+
+
+@router.post("/samples/{sample_id}/label")
+async def label_form(request: Request, sample_id: int):
+    principal, form = await _label_form(request, sample_id)
+    label = form.get("label", "")
+    if label not in ("ID", "OOD"):
+        raise HTTPException(status_code=400, detail=f"label: {label!r} is not ID or OOD")
+    note = form.get("note", "").strip()
+    if len(note) > 2000:
+        raise HTTPException(status_code=400, detail="note: at most 2000 characters")
+    state_of(request).store.add_label(sample_id, label, principal.name, note or None)
+    return _back_to_sample(sample_id, form, done="labelled")
+
+
+@router.post("/samples/{sample_id}/undo")
+async def undo_form(request: Request, sample_id: int):
+    principal, form = await _label_form(request, sample_id)
+    try:
+        queries.undo_label(state_of(request).engine, sample_id, principal.name, principal.can("admin"))
+    except queries.LabelConflict as conflict:
+        text = str(conflict)
+        code = "first" if "first label" in text else "others" if "admin" in text else "nothing"
+        return _back_to_sample(sample_id, form, error=code)
+    return _back_to_sample(sample_id, form, done="undone")
+
+
+# --- thresholds ---------------------------------------------------------------------------------
+
+
+@router.get("/thresholds", response_class=HTMLResponse)
+def thresholds_page(request: Request):
+    principal = page_principal(request)
+    reject_unknown(request.query_params, ("model", "indicator", "window_hours"))
+    state = state_of(request)
+    hours = parse_window_hours("window_hours", request.query_params.get("window_hours"), state.settings.web.window_hours)
+    indicator = parse_indicator("indicator", request.query_params.get("indicator"), "") or None
+    with state.engine.connect() as connection:
+        models, model = _models_and_choice(connection, request)
+        data = views.thresholds_view(connection, model, indicator, state.settings.stream.indicator, hours)
+    marks = [
+        charts.ThresholdMark(value=row.value, label=f"{row.method} #{row.id}" + (" (active)" if row.active else ""),
+                             active=row.active)
+        for row in data.shown_on_chart
+    ]
+    chart = charts.histogram_chart(data.histogram.edges, data.histogram.counts, marks, data.indicator)
+    return render(request, "thresholds.html", principal, active="thresholds", data=data, chart=chart, models=models,
+                  windows=WINDOW_CHOICES, hours=hours, labels_used=views.labels_used, indicators=INDICATORS)
+
+
+# --- reports and alerts -------------------------------------------------------------------------
+
+
+@router.get("/reports", response_class=HTMLResponse)
+def reports_page(request: Request):
+    principal = page_principal(request)
+    with state_of(request).engine.connect() as connection:
+        reports = queries.list_reports(connection, 50)
+        alerts = queries.recent_alerts(connection, 100)
+        jobs = queries.recent_job_runs(connection, 30)
+    return render(request, "reports.html", principal, active="reports", reports=reports, alerts=alerts, jobs=jobs)
+
+
+@router.get("/reports/{report_id}/file")
+def report_file_page(request: Request, report_id: int):
+    page_principal(request)
+    return report_file_response(request, report_id)
+
+
+# --- API description ----------------------------------------------------------------------------
+
+
+@router.get("/openapi.json")
+def openapi_document(request: Request):
+    principal = state_of(request).principal(request)
+    if principal is None:
+        raise HTTPException(status_code=401, detail="authentication required", headers={"WWW-Authenticate": "Bearer"})
+    return JSONResponse(request.app.openapi())
+
+
+@router.get("/docs", response_class=HTMLResponse)
+def api_docs(request: Request):
+    principal = page_principal(request)
+    schema = request.app.openapi()
+    operations = [
+        {"method": method.upper(), "path": path, "summary": op.get("summary", ""),
+         "parameters": [p for p in op.get("parameters", []) if p.get("in") == "query"]}
+        for path, methods in schema.get("paths", {}).items()
+        for method, op in methods.items()
+    ]
+    return render(request, "docs.html", principal, active="", operations=operations)

@@ -1,0 +1,179 @@
+"""What each page shows, assembled once and shared by the HTML pages and the JSON API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable
+
+from sqlalchemy import Connection
+
+from monitor.names import INDICATORS
+from monitor.store.records import AlertRow, JobRunRow, LabelRow, ModelRow, RateBucket, ReportRow, ThresholdRow
+from monitor.web import queries
+from monitor.web.queries import Histogram, QueueResult, SampleView, WindowCounts
+
+
+class NotFound(LookupError):
+    """An id in the request names nothing stored; the message says what."""
+
+
+def pick_model(models: list[ModelRow], requested: int | None) -> ModelRow | None:
+    """The requested model, else the newest; None when no model has been registered yet."""
+    if requested is None:
+        return models[0] if models else None
+    for model in models:
+        if model.id == requested:
+            return model
+    raise NotFound(f"model {requested} not found")
+
+
+def bucket_seconds(window_hours: float) -> int:
+    """About 48 bars per chart, rounded to a readable step."""
+    target = window_hours * 3600 / 48
+    for step in (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800):
+        if step >= target:
+            return step
+    return 604800
+
+
+def describe_bucket(seconds: int) -> str:
+    if seconds % 86400 == 0:
+        days = seconds // 86400
+        return "day" if days == 1 else f"{days} days"
+    if seconds % 3600 == 0:
+        hours = seconds // 3600
+        return "hour" if hours == 1 else f"{hours} hours"
+    return f"{seconds // 60} minutes"
+
+
+@dataclass(frozen=True)
+class Overview:
+    model: ModelRow | None
+    window_start: datetime
+    window_end: datetime
+    window_hours: float
+    bucket_s: int
+    buckets: list[RateBucket]
+    counts: WindowCounts
+    active_thresholds: list[ThresholdRow]
+    consumer_lag: int | None
+    job_runs: list[JobRunRow]
+    alerts: list[AlertRow]
+
+
+def overview(
+    connection: Connection, model: ModelRow | None, window_hours: float, consumer_lag: Callable[[], int | None] | None
+) -> Overview:
+    start, end = queries.window_bounds(window_hours)
+    step = bucket_seconds(window_hours)
+    if model is None:
+        buckets, counts, active = [], WindowCounts(0, 0, 0), []
+    else:
+        buckets = queries.volume_buckets(connection, model.id, start, end, step)
+        counts = queries.window_counts(connection, model.id, start, end)
+        active = queries.active_thresholds(connection, model.id)
+    lag = None
+    if consumer_lag is not None:
+        try:
+            lag = consumer_lag()
+        except Exception:  # noqa: BLE001 - the lag is informative; its failure must not break the page
+            lag = None
+    return Overview(
+        model=model, window_start=start, window_end=end, window_hours=window_hours, bucket_s=step, buckets=buckets,
+        counts=counts, active_thresholds=active, consumer_lag=lag,
+        job_runs=queries.recent_job_runs(connection, 10), alerts=queries.recent_alerts(connection, 10),
+    )
+
+
+@dataclass(frozen=True)
+class IndicatorReading:
+    name: str
+    value: float | None
+    percentile: float | None
+    thresholded: bool
+
+
+@dataclass(frozen=True)
+class SampleReport:
+    sample: SampleView
+    readings: list[IndicatorReading]
+    window_start: datetime
+    window_end: datetime
+    threshold: ThresholdRow | None
+
+
+def sample_report(connection: Connection, sample_id: int, window_hours: float) -> SampleReport:
+    sample = queries.get_sample(connection, sample_id)
+    if sample is None:
+        raise NotFound(f"sample {sample_id} not found")
+    start, end = queries.window_bounds(window_hours)
+    percentiles = queries.percentiles_in_window(connection, sample.model_id, sample.scores, start, end)
+    readings = [
+        IndicatorReading(
+            name=name, value=sample.scores[name], percentile=percentiles.get(name),
+            thresholded=(name == sample.score_indicator),
+        )
+        for name in INDICATORS
+        if sample.scores.get(name) is not None
+    ]
+    threshold = None
+    if sample.threshold_id is not None:
+        for row in queries.threshold_history(connection, sample.model_id, sample.score_indicator, limit=500):
+            if row.id == sample.threshold_id:
+                threshold = row
+                break
+    return SampleReport(sample=sample, readings=readings, window_start=start, window_end=end, threshold=threshold)
+
+
+@dataclass(frozen=True)
+class ThresholdsView:
+    model: ModelRow | None
+    indicator: str
+    indicators_fitted: list[str]
+    window_start: datetime
+    window_end: datetime
+    histogram: Histogram
+    history: list[ThresholdRow]
+    shown_on_chart: list[ThresholdRow] = field(default_factory=list)
+
+
+def thresholds_view(
+    connection: Connection, model: ModelRow | None, indicator: str | None, default_indicator: str,
+    window_hours: float, bins: int = 40,
+) -> ThresholdsView:
+    start, end = queries.window_bounds(window_hours)
+    if model is None:
+        empty = Histogram(indicator=indicator or default_indicator, edges=[], counts=[], total=0)
+        return ThresholdsView(None, indicator or default_indicator, [], start, end, empty, [])
+    history = queries.threshold_history(connection, model.id)
+    fitted = sorted({row.indicator for row in history}, key=INDICATORS.index)
+    if indicator is None:
+        active = [row for row in history if row.active]
+        indicator = active[0].indicator if active else (fitted[0] if fitted else default_indicator)
+    # The chart shows the thresholds of this indicator: the active one and the latest few before it.
+    on_chart = [row for row in history if row.indicator == indicator][:6]
+    histogram = queries.score_histogram(
+        connection, model.id, indicator, start, end, bins=bins, include=[row.value for row in on_chart]
+    )
+    return ThresholdsView(
+        model=model, indicator=indicator, indicators_fitted=fitted, window_start=start, window_end=end,
+        histogram=histogram, history=history, shown_on_chart=on_chart,
+    )
+
+
+def labels_used(row: ThresholdRow) -> str:
+    """'12 OOD, 40 ID' from a threshold's counts, whatever keys the fitting job used for them."""
+    counts: dict[str, Any] = row.counts or {}
+    ood = next((counts[k] for k in ("labelled_ood", "labels_ood", "ood_labels", "n_ood") if k in counts), None)
+    ind = next((counts[k] for k in ("labelled_id", "labels_id", "id_labels", "n_id") if k in counts), None)
+    if ood is None and ind is None:
+        return "none"
+    return f"{ood or 0} OOD, {ind or 0} ID"
+
+
+__all__ = [
+    "AlertRow", "IndicatorReading", "JobRunRow", "LabelRow", "NotFound", "Overview", "QueueResult", "ReportRow",
+    "SampleReport", "ThresholdsView", "bucket_seconds", "describe_bucket", "labels_used", "overview", "pick_model",
+    "sample_report", "thresholds_view",
+]
