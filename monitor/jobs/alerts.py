@@ -1,0 +1,76 @@
+"""Alerts raised by the scheduled jobs: stored as a row of `alerts`, then published.
+
+The row comes first so that an alert is never lost: if the publisher fails (broker down),
+the row stays with `published_at` unset and the failure is logged; the job itself does not
+fail because the alerts topic is unreachable. Payload schemas: docs/jobs.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+THRESHOLD_CHANGED = "threshold_changed"
+OOD_RATE = "ood_rate"
+DRIFT = "drift"
+JOB_FAILED = "job_failed"
+ALERT_KINDS = (THRESHOLD_CHANGED, OOD_RATE, DRIFT, JOB_FAILED)
+SCHEMA_VERSION = 1
+
+
+class AlertPublisher(Protocol):
+    def publish_alert(self, kind: str, payload: dict[str, Any]) -> None: ...
+
+
+class NoPublisher:
+    """Used when no alerts topic is configured: alerts are stored and logged only."""
+
+    def publish_alert(self, kind: str, payload: dict[str, Any]) -> None:
+        log.info("alert %s (no publisher configured): %s", kind, payload)
+
+
+def utc_iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def json_number(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: those become null."""
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return float(value)
+
+
+class AlertSink:
+    """Store the alert as a row, then publish it; a row that could not be published keeps
+    `published_at` unset. If the database itself is down, the alert is still published."""
+
+    def __init__(self, store: Any, publisher: AlertPublisher | None) -> None:
+        self.store = store
+        self.publisher = publisher or NoPublisher()
+
+    def raise_alert(self, kind: str, payload: dict[str, Any]) -> int | None:
+        if kind not in ALERT_KINDS:
+            raise ValueError(f"unknown alert kind {kind!r}; expected one of {', '.join(ALERT_KINDS)}")
+        created_at = datetime.now(timezone.utc)
+        document = {"schema_version": SCHEMA_VERSION, "kind": kind, "created_at": utc_iso(created_at), **payload}
+        try:
+            alert_id: int | None = self.store.add_alert(kind, document, created_at=created_at).id
+        except Exception as error:  # noqa: BLE001 - the database is down: publishing still tells operators
+            log.error("alert %s could not be stored (%s); publishing it anyway", kind, error)
+            alert_id = None
+        try:
+            self.publisher.publish_alert(kind, {**document, "alert_id": alert_id})
+        except Exception as error:  # noqa: BLE001 - a dead broker must not fail the job; the row stays unpublished
+            log.error("alert %s #%s stored but not published: %s", kind, alert_id, error)
+            return alert_id
+        if alert_id is not None:
+            self.store.mark_alerts_published([alert_id])
+        return alert_id

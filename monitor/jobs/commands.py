@@ -1,0 +1,172 @@
+"""The `ood-monitor scheduler`, `refit` and `report` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from monitor.errors import InputError, MonitorError
+from monitor.jobs.alerts import AlertSink, utc_iso
+from monitor.jobs.leader import job_lock
+from monitor.jobs.scheduler import JobContext, check_jobs_settings, start_scheduler
+
+log = logging.getLogger(__name__)
+
+
+def _settings_and_store(args: argparse.Namespace):
+    from monitor.settings import load_settings
+    from monitor.store import Store
+
+    settings = load_settings(getattr(args, "config", None))
+    check_jobs_settings(settings.jobs)
+    return settings, Store.open(settings.store.url)
+
+
+def kafka_client_options(kafka: Any) -> dict[str, Any]:
+    """kafka-python options of the [kafka] section (brokers, version, TLS, SASL)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": list(kafka.bootstrap_servers),
+        "client_id": f"{kafka.client_id}-jobs",
+        "security_protocol": kafka.security_protocol,
+        "request_timeout_ms": kafka.request_timeout_ms,
+    }
+    if kafka.api_version_tuple() is not None:
+        options["api_version"] = kafka.api_version_tuple()
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", "sasl_mechanism",
+                "sasl_plain_username", "sasl_plain_password"):
+        if getattr(kafka, key) is not None:
+            options[key] = getattr(kafka, key)
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_check_hostname"] = kafka.ssl_check_hostname
+    return options
+
+
+def alerts_publisher(settings: Any):
+    """The alerts topic (and webhook) publisher for the standalone commands."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    from monitor.stream.alerts import AlertProducer, Webhook
+
+    alerts = settings.alerts
+    webhook = (Webhook(alerts.webhook_url, retries=alerts.webhook_retries, timeout_s=alerts.webhook_timeout_s,
+                       backoff_s=alerts.webhook_backoff_s) if alerts.webhook_url else None)
+    try:
+        producer = KafkaProducer(acks="all", **kafka_client_options(settings.kafka))
+    except KafkaError as error:
+        # Alerts are stored first; an unreachable broker must not stop the jobs themselves.
+        log.error("alerts topic unreachable (%s): alerts are stored, and sent to the webhook if any", error)
+        return AlertProducer(None, None, webhook)
+    return _ClosingAlertProducer(producer, settings.kafka.alerts_topic, webhook)
+
+
+class _ClosingAlertProducer:
+    """AlertProducer that also closes the Kafka producer it owns."""
+
+    def __init__(self, producer: Any, topic: str, webhook: Any) -> None:
+        from monitor.stream.alerts import AlertProducer
+
+        self.producer = producer
+        self.inner = AlertProducer(producer, topic, webhook)
+
+    def publish_alert(self, kind: str, payload: dict[str, Any]) -> None:
+        self.inner.publish_alert(kind, payload)
+
+    def close(self) -> None:
+        self.inner.close()
+        self.producer.close(timeout=10)
+
+
+def parse_moment(text: str, option: str) -> datetime:
+    """ISO 8601 date/time (UTC when no zone is given) or a relative '24h', '90m', '7d' ago."""
+    text = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+        return datetime.now(timezone.utc) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(f"{option}: {text!r} is neither an ISO date/time (2026-11-27T08:00) "
+                         "nor a duration ago such as 24h, 90m or 7d") from None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def run_scheduler_command(args: argparse.Namespace) -> int:
+    """`ood-monitor scheduler`: the jobs alone, until SIGTERM or SIGINT."""
+    settings, store = _settings_and_store(args)
+    publisher = alerts_publisher(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    handle = start_scheduler(settings, store, publisher, progress=False)
+    try:
+        stop.wait()
+    finally:
+        handle.shutdown(wait=True)
+        close = getattr(publisher, "close", None)
+        if close:
+            close()
+        store.close()
+    return 0
+
+
+def run_refit_command(args: argparse.Namespace) -> int:
+    """`ood-monitor refit`: one re-fit now, under the same lock as the scheduled job."""
+    from monitor.jobs.refit import refit
+
+    settings, store = _settings_and_store(args)
+    publisher = alerts_publisher(settings)
+    try:
+        context = JobContext(settings=settings, store=store, alerts=AlertSink(store, publisher), progress=True)
+        with job_lock(store.engine, "refit") as held:
+            if not held:
+                raise MonitorError("a re-fit is running in another process right now; try again when it ends")
+            run = store.start_job_run("refit", started_at=context.now())
+            try:
+                result = refit(context, model_id=args.model_id, fitted_by="ood-monitor refit")
+            except Exception as error:
+                store.finish_job_run(run.id, "failed", error=str(error), finished_at=context.now())
+                raise
+            store.finish_job_run(run.id, "ok" if result.fitted else "skipped",
+                                 error=None if result.fitted else result.message, finished_at=context.now())
+        print(result.message)
+        if result.weights_message:
+            print(result.weights_message)
+        return 0 if result.fitted else 1
+    finally:
+        close = getattr(publisher, "close", None)
+        if close:
+            close()
+        store.close()
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    """`ood-monitor report [--since ...] [--until ...]`: one drift report now."""
+    from monitor.jobs.drift_report import make_report
+
+    settings, store = _settings_and_store(args)
+    until = parse_moment(args.until, "--until") if args.until else datetime.now(timezone.utc)
+    if args.since:
+        since = parse_moment(args.since, "--since")
+    else:
+        since = until - timedelta(hours=settings.jobs.report_every_hours or 24.0)
+    if not since < until:
+        raise InputError(f"--since: {utc_iso(since)} is not before --until {utc_iso(until)}")
+    if args.output_dir:
+        settings.jobs.report_dir = args.output_dir
+    publisher = alerts_publisher(settings)
+    try:
+        context = JobContext(settings=settings, store=store, alerts=AlertSink(store, publisher),
+                             progress=not args.no_progress)
+        result = make_report(context, since, until)
+        print(result.message)
+        return 0 if result.report else 1
+    finally:
+        close = getattr(publisher, "close", None)
+        if close:
+            close()
+        store.close()

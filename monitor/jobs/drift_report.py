@@ -1,0 +1,176 @@
+"""The drift report job: one self-contained HTML file per period, indexed in `reports`.
+
+Scheduled runs report the period that just ended: [fire time - report_every_hours, fire time).
+The reference window is the `reference_hours` just before the period. The report covers the
+model of the most recently scored sample in the period (a new set of weights is a new model).
+A `drift` alert is raised when at least one indicator drifts (monitor.reports.drift).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from monitor.errors import InputError
+from monitor.jobs import queries
+from monitor.jobs.alerts import DRIFT, json_number, utc_iso
+from monitor.jobs.scheduler import JobContext, JobOutcome, latest_fire_time
+from monitor.names import INDICATORS
+from monitor.reports.drift import compare_indicators
+from monitor.reports.render import OodSample, ReportContent, ThresholdPoint, VolumeBin, render_report
+from monitor.store.records import ReportRow
+
+log = logging.getLogger(__name__)
+
+# Bin widths for the volume plot: the first giving at most MAX_BINS bins over the period.
+BIN_CHOICES_S = (60, 300, 900, 1800, 3600, 2 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
+MAX_BINS = 60
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    report: ReportRow | None
+    path: Path | None
+    drifted: list[str]
+    message: str
+
+
+def bin_seconds_for(period: timedelta) -> int:
+    seconds = period.total_seconds()
+    for choice in BIN_CHOICES_S:
+        if seconds / choice <= MAX_BINS:
+            return choice
+    return BIN_CHOICES_S[-1]
+
+
+def make_report(context: JobContext, start: datetime, end: datetime) -> ReportResult:
+    """Build, write and index the drift report of [start, end); alert when drift is found."""
+    if start.tzinfo is None or end.tzinfo is None:
+        raise InputError("report period: start and end must be timezone-aware (UTC)")
+    if not start < end:
+        raise InputError(f"report period: start {utc_iso(start)} is not before end {utc_iso(end)}")
+    jobs = context.settings.jobs
+    store = context.store
+    indicator = context.settings.stream.indicator
+    model_id = queries.latest_model_id(store, until=end)
+    if model_id is None:
+        return ReportResult(None, None, [], f"no scored samples before {utc_iso(end)}: no report")
+    reference_start = start - timedelta(hours=jobs.reference_hours)
+    steps = tqdm(total=4, desc="report data", unit="query", disable=not context.progress)
+    bins = _volume(store, model_id, start, end)
+    steps.update()
+    period = queries.indicator_window(store, model_id, list(INDICATORS), start=start, end=end)
+    steps.update()
+    reference = queries.indicator_window(store, model_id, list(INDICATORS), start=reference_start, end=start)
+    steps.update()
+    present = [name for name in INDICATORS
+               if _has_values(period.values[name]) or _has_values(reference.values[name])]
+    drift = compare_indicators(
+        {name: period.values[name] for name in present}, {name: reference.values[name] for name in present},
+        alpha=jobs.drift_alpha, min_effect=jobs.drift_min_effect, min_samples=jobs.drift_min_samples,
+    )
+    history = [row for row in reversed(store.threshold_history(model_id, limit=500)) if row.created_at < end]
+    top = queries.top_scored_samples(store, model_id, indicator, start, end, jobs.report_top_samples)
+    labels = queries.label_counts(store, model_id, start, end)
+    steps.update()
+    steps.close()
+    notes = []
+    if len(reference) == 0:
+        notes.append("The reference window holds no samples: no indicator could be compared.")
+    content = ReportContent(
+        period_start=start, period_end=end, reference_start=reference_start, reference_end=start,
+        indicator=indicator, expected_share=jobs.expected_share, alpha=jobs.drift_alpha,
+        min_effect=jobs.drift_min_effect, volume=bins,
+        period_values={name: period.values[name] for name in present},
+        reference_values={name: reference.values[name] for name in present},
+        drift=drift,
+        thresholds=[ThresholdPoint(row.created_at, row.indicator, row.method, row.value,
+                                   int(row.counts.get("n", 0)),
+                                   int(row.counts.get("n_labelled_ood", 0)) + int(row.counts.get("n_labelled_id", 0)))
+                    for row in history],
+        label_counts=labels,
+        top_ood=[OodSample(str(sample.sample_key), sample.score, sample.scored_at, sample.label, sample.image)
+                 for sample in top],
+        generated_at=context.now(), notes=notes,
+    )
+    html = render_report(content, progress=context.progress)
+    path = _write(Path(jobs.report_dir), start, end, html)
+    drifted = [entry for entry in drift if entry.drifted]
+    summary = {
+        "model_id": model_id,
+        "indicator": indicator,
+        "samples": content.total,
+        "flagged": content.flagged,
+        "reference": {"start": utc_iso(reference_start), "end": utc_iso(start), "samples": len(reference)},
+        "labels": labels,
+        "drifted": [entry.indicator for entry in drifted],
+        "tests": [{"indicator": entry.indicator, "statistic": json_number(entry.statistic),
+                   "p_value": json_number(entry.p_value), "adjusted_p_value": json_number(entry.adjusted_p_value),
+                   "drifted": entry.drifted} for entry in drift],
+        "correction": "holm",
+        "alpha": jobs.drift_alpha,
+        "min_effect": jobs.drift_min_effect,
+    }
+    row = store.add_report(start, end, summary, str(path))
+    if drifted:
+        context.alerts.raise_alert(DRIFT, {
+            "report_id": row.id,
+            "model_id": model_id,
+            "period": {"start": utc_iso(start), "end": utc_iso(end)},
+            "reference": {"start": utc_iso(reference_start), "end": utc_iso(start)},
+            "drifted": [{"indicator": entry.indicator, "statistic": json_number(entry.statistic),
+                         "p_value": json_number(entry.p_value),
+                         "adjusted_p_value": json_number(entry.adjusted_p_value)} for entry in drifted],
+            "test": "two-sample Kolmogorov-Smirnov",
+            "correction": "holm",
+            "alpha": jobs.drift_alpha,
+            "min_effect": jobs.drift_min_effect,
+            "file_path": str(path),
+        })
+    message = (f"report #{row.id} {path}: {content.total} samples, "
+               + (f"drift in {', '.join(summary['drifted'])}" if drifted else "no drift"))
+    return ReportResult(row, path, summary["drifted"], message)
+
+
+def drift_report_job(context: JobContext) -> JobOutcome:
+    period = timedelta(hours=context.settings.jobs.report_every_hours)
+    end = latest_fire_time(context.now(), period.total_seconds())
+    start = end - period
+    if any(row.period_start == start and row.period_end == end for row in context.store.list_reports(limit=20)):
+        return JobOutcome.skipped(f"the report of {utc_iso(start)} to {utc_iso(end)} exists already")
+    result = make_report(context, start, end)
+    return JobOutcome.ok(result.message) if result.report else JobOutcome.skipped(result.message)
+
+
+def _has_values(values) -> bool:
+    return bool(np.isfinite(values).any())
+
+
+def _volume(store, model_id: int, start: datetime, end: datetime) -> list[VolumeBin]:
+    """Bins covering [start, end) on the store's epoch-aligned buckets; empty bins included."""
+    width = bin_seconds_for(end - start)
+    buckets = {bucket.start: bucket for bucket in store.ood_rate(model_id, since=start, until=end, bucket_seconds=width)}
+    first = datetime.fromtimestamp(math.floor(start.timestamp() / width) * width, timezone.utc)
+    bins = []
+    moment = first
+    while moment < end:
+        bucket = buckets.get(moment)
+        bins.append(VolumeBin(moment, bucket.total if bucket else 0, bucket.flagged if bucket else 0))
+        moment += timedelta(seconds=width)
+    return bins
+
+
+def _write(directory: Path, start: datetime, end: datetime, html: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"drift-{start:%Y%m%dT%H%M%SZ}-{end:%Y%m%dT%H%M%SZ}.html"
+    partial = path.with_suffix(".html.partial")
+    partial.write_text(html, encoding="utf-8")
+    os.replace(partial, path)  # readers never see a half-written report
+    return path.resolve()

@@ -1,0 +1,172 @@
+"""Re-fit the threshold of the monitored indicator on a recent window, with the operators' labels.
+
+Window: the last `refit_window_samples` samples of the model, or those of the last
+`refit_window_hours` hours when that is set. Method and its parameters: `[jobs]`. Every
+current label in the window steers the fit (monitor.thresholds.fit_threshold). Too few
+samples: the active threshold stays and the run is recorded as skipped with the reason.
+With at least `min_labels_for_weights` labels of each kind, the 1C-Sum weights are re-fitted
+too (paper section 5) and stored as the model's active weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+
+from monitor.errors import MonitorError
+from monitor.jobs import queries
+from monitor.jobs.alerts import THRESHOLD_CHANGED, json_number, utc_iso
+from monitor.jobs.scheduler import JobContext, JobOutcome
+from monitor.names import INDICATORS, SUMMARY_MEMBERS_EXCLUDED
+from monitor.store.records import ThresholdRecord, ThresholdRow
+from monitor.thresholds import NotEnoughData, fit_summary_weights, fit_threshold
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RefitResult:
+    model_id: int | None
+    indicator: str
+    threshold: ThresholdRow | None  # the new active threshold; None when the fit was refused
+    previous: ThresholdRow | None
+    message: str  # what was fitted, or why nothing was
+    weights_message: str = ""
+    summary_weights_id: int | None = None
+
+    @property
+    def fitted(self) -> bool:
+        return self.threshold is not None
+
+
+def method_parameters(jobs_settings: Any) -> dict[str, float]:
+    """The keyword parameters of fit_threshold for the configured method."""
+    if jobs_settings.refit_method == "proportion":
+        return {"p": jobs_settings.expected_share}
+    if jobs_settings.refit_method == "extreme-value":
+        return {"q": jobs_settings.extreme_value_q}
+    return {}
+
+
+def window_description(jobs_settings: Any) -> dict[str, Any]:
+    if jobs_settings.refit_window_hours is not None:
+        return {"hours": jobs_settings.refit_window_hours}
+    return {"last_samples": jobs_settings.refit_window_samples}
+
+
+def refit(context: JobContext, *, model_id: int | None = None, fitted_by: str | None = None) -> RefitResult:
+    """Fit, store and activate a new threshold (and 1C-Sum weights when labels allow); alert on change."""
+    jobs = context.settings.jobs
+    store = context.store
+    indicator = context.settings.stream.indicator
+    if model_id is None:
+        model_id = queries.latest_model_id(store)
+        if model_id is None:
+            return RefitResult(None, indicator, None, None, "no scored samples yet: nothing to fit")
+    elif store.get_model(model_id) is None:
+        raise MonitorError(f"--model-id: no monitored model with id {model_id}")
+    now = context.now()
+    if jobs.refit_window_hours is not None:
+        window = store.window_scores(model_id, indicator, since=now - timedelta(hours=jobs.refit_window_hours))
+    else:
+        window = store.window_scores(model_id, indicator, last=jobs.refit_window_samples)
+    previous = store.active_threshold(model_id, indicator)
+    try:
+        fit = fit_threshold(window.values, jobs.refit_method, window.labels,
+                            min_samples=jobs.min_samples, **method_parameters(jobs))
+    except NotEnoughData as refusal:
+        kept = (f"kept threshold #{previous.id} ({previous.value:.6g}, {previous.method})" if previous
+                else "no threshold is active yet")
+        return RefitResult(model_id, indicator, None, previous, f"{refusal}; {kept}")
+
+    parameters = {**fit.parameters, "window": window_description(jobs), "used_labels": fit.used_labels,
+                  "details": _json_ready(fit.details)}
+    row = store.add_threshold(ThresholdRecord(
+        model_id=model_id, indicator=indicator, method=fit.method, value=float(fit.threshold),
+        parameters=parameters, counts=fit.counts(), window_start=window.start, window_end=window.end,
+        fitted_by=fitted_by or f"scheduler {context.runner}",
+    ), activate=True)
+    weights_message, weights_id = _refit_summary_weights(context, model_id, window)
+    if _changed(previous, row):
+        context.alerts.raise_alert(THRESHOLD_CHANGED, {
+            "model_id": model_id,
+            "indicator": indicator,
+            "threshold_id": row.id,
+            "value": row.value,
+            "method": row.method,
+            "parameters": _json_ready(fit.parameters),
+            "previous_threshold_id": previous.id if previous else None,
+            "previous_value": previous.value if previous else None,
+            "window": {"start": utc_iso(window.start), "end": utc_iso(window.end), **window_description(jobs)},
+            "counts": fit.counts(),
+            "summary_weights_id": weights_id,
+            "explanation": fit.explain(),
+        })
+    message = f"threshold #{row.id}: {fit.explain()}"
+    return RefitResult(model_id, indicator, row, previous, message, weights_message, weights_id)
+
+
+def refit_job(context: JobContext) -> JobOutcome:
+    result = refit(context)
+    detail = result.message + (f"; {result.weights_message}" if result.weights_message else "")
+    return JobOutcome.ok(detail) if result.fitted else JobOutcome.skipped(detail)
+
+
+def _changed(previous: ThresholdRow | None, new: ThresholdRow) -> bool:
+    """A refit that lands on the same value and method is stored (history) but not alerted."""
+    if previous is None:
+        return True
+    same_value = math.isclose(previous.value, new.value, rel_tol=1e-9, abs_tol=1e-12)
+    return not (same_value and previous.method == new.method)
+
+
+def _refit_summary_weights(context: JobContext, model_id: int, window: Any) -> tuple[str, int | None]:
+    """Re-fit the 1C-Sum weights on the window's labelled samples; (what happened, stored row id)."""
+    jobs = context.settings.jobs
+    labels = np.asarray(window.labels)
+    n_ood, n_id = int((labels == 1).sum()), int((labels == 0).sum())
+    needed = jobs.min_labels_for_weights
+    if min(n_ood, n_id) < needed:
+        return (f"1C-Sum weights unchanged: {n_ood} OOD and {n_id} ID labels in the window, "
+                f"re-weighting needs {needed} of each"), None
+    model = context.store.get_model(model_id)
+    calibration = context.store.get_calibration(model.fingerprint) if model else None
+    if not calibration or "means" not in calibration:
+        return "1C-Sum weights unchanged: no noise calibration stored for the model's weights", None
+    members = [name for name in INDICATORS
+               if name in calibration["means"] and name not in SUMMARY_MEMBERS_EXCLUDED]
+    labelled_ids = window.sample_ids[labels >= 0]
+    rows = queries.indicator_window(context.store, model_id, members,
+                                    start=window.start, end=window.end + timedelta(microseconds=1))
+    keep = np.isin(rows.sample_ids, labelled_ids)
+    complete = keep & np.all([np.isfinite(rows.values[name]) for name in members], axis=0)
+    if not complete.any():
+        return "1C-Sum weights unchanged: the labelled samples lack member indicator values", None
+    fitted = fit_summary_weights(
+        {name: rows.values[name][complete] for name in members}, rows.labels[complete],
+        calibration["means"], calibration["stds"], min_per_class=needed,
+    )
+    if not fitted.used_labels:
+        return fitted.reason, None
+    stored = context.store.add_summary_weights(model_id, {**_json_ready(fitted.to_dict()), "members": members})
+    return f"1C-Sum weights #{stored.id} {fitted.reason}", stored.id
+
+
+def _json_ready(value: Any) -> Any:
+    """numpy scalars and non-finite floats made JSON-safe, recursively."""
+    if isinstance(value, dict):
+        return {str(key): _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return json_number(float(value))
+    return value

@@ -1,0 +1,246 @@
+"""The scheduler: APScheduler 3 running the jobs of `[jobs]`, one replica at a time per job.
+
+Every replica runs the same scheduler. Fire times are aligned on a fixed anchor
+(2000-01-01T00:00Z + k * interval), so all replicas agree on them. A replica that fires takes
+the job's lock (monitor.jobs.leader); if another replica holds it, or already started a run
+at or after this fire time, it does nothing. So each fire time yields one run, and when a
+replica dies (its lock freed by the database or the kernel) the others carry on at the next
+fire time. Missed fire times are coalesced into one run.
+
+A job run is a `job_runs` row: running -> ok | skipped (with the reason) | failed (with the
+error, alerted as `job_failed`). A failure never propagates: the next fire time retries, and
+the consumer that hosts the scheduler keeps consuming.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from monitor.errors import MonitorError
+from monitor.jobs import queries
+from monitor.jobs.alerts import JOB_FAILED, AlertPublisher, AlertSink, utc_iso
+from monitor.jobs.leader import job_lock
+
+log = logging.getLogger(__name__)
+
+# Fire times of every replica are anchor + k * interval, so replicas agree on them.
+SCHEDULE_ANCHOR = datetime(2000, 1, 1, tzinfo=timezone.utc)
+INTERRUPTED = "interrupted: the process running it stopped before it finished"
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What a job reports: 'ok', or 'skipped' with the reason (e.g. too few samples)."""
+
+    outcome: str
+    detail: str = ""
+
+    @classmethod
+    def ok(cls, detail: str = "") -> "JobOutcome":
+        return cls("ok", detail)
+
+    @classmethod
+    def skipped(cls, reason: str) -> "JobOutcome":
+        return cls("skipped", reason)
+
+
+@dataclass
+class JobContext:
+    """Everything a job needs; built once per scheduler (or per CLI command)."""
+
+    settings: Any  # monitor.settings.Settings
+    store: Any  # monitor.store Store
+    alerts: AlertSink
+    runner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    progress: bool = False
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+
+    @property
+    def engine(self):
+        return self.store.engine
+
+
+@dataclass(frozen=True)
+class JobRunResult:
+    run_id: int
+    job: str
+    outcome: str
+    detail: str
+
+
+def _job_functions() -> dict[str, Callable[[JobContext], JobOutcome]]:
+    from monitor.jobs.drift_report import drift_report_job
+    from monitor.jobs.rate_alert import rate_alert_job
+    from monitor.jobs.refit import refit_job
+    from monitor.jobs.retention import retention_job
+
+    return {"refit": refit_job, "rate_alert": rate_alert_job, "drift_report": drift_report_job,
+            "retention": retention_job}
+
+
+JOB_NAMES = ("refit", "rate_alert", "drift_report", "retention")
+
+
+def job_intervals(jobs_settings: Any) -> dict[str, float]:
+    """Job name -> seconds between runs, for the jobs the settings enable (interval > 0)."""
+    intervals = {
+        "refit": float(jobs_settings.refit_every_s),
+        "rate_alert": float(jobs_settings.rate_every_s),
+        "drift_report": float(jobs_settings.report_every_hours) * 3600.0,
+        "retention": float(jobs_settings.retention_every_s),
+    }
+    return {name: seconds for name, seconds in intervals.items() if seconds > 0}
+
+
+def latest_fire_time(now: datetime, every_s: float) -> datetime:
+    """The most recent aligned fire time at or before `now`."""
+    elapsed = (now - SCHEDULE_ANCHOR).total_seconds()
+    return SCHEDULE_ANCHOR + timedelta(seconds=math.floor(elapsed / every_s + 1e-9) * every_s)
+
+
+def run_job(context: JobContext, name: str, *, scheduled_for: datetime | None = None) -> JobRunResult | None:
+    """Run job `name` once under its lock and record it; None when another replica has it.
+
+    With `scheduled_for` (scheduled runs), a run that another replica already started at or
+    after that time counts as this one. Exceptions of the job are recorded, alerted and
+    swallowed; the result says 'failed'.
+    """
+    function = _job_functions()[name]
+    with job_lock(context.engine, name) as held:
+        if not held:
+            log.info("job %s: another process is running it; nothing to do here", name)
+            return None
+        for interrupted in queries.close_interrupted_runs(context.store, name, INTERRUPTED, context.now()):
+            _alert_failure(context, name, interrupted.id, interrupted.started_at, INTERRUPTED)
+        if scheduled_for is not None and queries.run_started_since(context.store, name, scheduled_for):
+            log.debug("job %s: the run due at %s was made by another process", name, utc_iso(scheduled_for))
+            return None
+        started_at = context.now()
+        run_id = context.store.start_job_run(name, started_at=started_at).id
+        log.info("job %s: run #%d started by %s", name, run_id, context.runner)
+        try:
+            outcome = function(context)
+        except Exception as error:  # noqa: BLE001 - a failed job is recorded and retried, never fatal
+            message = _describe(error)
+            log.error("job %s: run #%d failed: %s", name, run_id, message,
+                      exc_info=not isinstance(error, MonitorError))
+            context.store.finish_job_run(run_id, "failed", error=message, finished_at=context.now())
+            _alert_failure(context, name, run_id, started_at, message)
+            return JobRunResult(run_id, name, "failed", message)
+        # The error column holds the reason of a skipped run; an ok run's detail goes to the log.
+        reason = outcome.detail or None if outcome.outcome != "ok" else None
+        context.store.finish_job_run(run_id, outcome.outcome, error=reason, finished_at=context.now())
+        log.info("job %s: run #%d %s%s", name, run_id, outcome.outcome,
+                 f" ({outcome.detail})" if outcome.detail else "")
+        return JobRunResult(run_id, name, outcome.outcome, outcome.detail)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, MonitorError):
+        return str(error)
+    last = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+    where = f" at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno}" if last else ""
+    return f"{type(error).__name__}: {error}{where}"
+
+
+def _alert_failure(context: JobContext, name: str, run_id: int, started_at: datetime, message: str) -> None:
+    try:
+        context.alerts.raise_alert(JOB_FAILED, {
+            "job": name,
+            "run_id": run_id,
+            "error": message,
+            "started_at": utc_iso(started_at),
+            "failed_at": utc_iso(context.now()),
+            "runner": context.runner,
+        })
+    except Exception:  # noqa: BLE001 - alerting about a failure must not fail in turn
+        log.exception("job %s: could not raise the job_failed alert for run #%d", name, run_id)
+
+
+def _run_scheduled(context: JobContext, name: str, every_s: float) -> None:
+    """APScheduler's entry point: never raises (a raising job would only be logged by APScheduler)."""
+    try:
+        run_job(context, name, scheduled_for=latest_fire_time(context.now(), every_s))
+    except Exception:  # noqa: BLE001 - e.g. the database is unreachable: log and retry at the next fire
+        log.exception("job %s: could not run (will retry at the next fire time)", name)
+
+
+class SchedulerHandle:
+    """A started scheduler; `shutdown()` stops firing and waits for running jobs."""
+
+    def __init__(self, scheduler: BackgroundScheduler, context: JobContext, intervals: dict[str, float]):
+        self.scheduler = scheduler
+        self.context = context
+        self.intervals = intervals
+        self._lock = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        return bool(self.scheduler.running)
+
+    def next_fire_times(self) -> dict[str, datetime | None]:
+        return {job.id: job.next_run_time for job in self.scheduler.get_jobs()}
+
+    def shutdown(self, wait: bool = True) -> None:
+        with self._lock:
+            if self.scheduler.running:
+                self.scheduler.shutdown(wait=wait)
+                log.info("scheduler stopped")
+
+
+def start_scheduler(settings: Any, store: Any, publisher: AlertPublisher | None,
+                    *, progress: bool = False) -> SchedulerHandle:
+    """Start the jobs of `settings.jobs` in background threads; returns a handle with `shutdown()`.
+
+    Used inside `ood-monitor run` and by `ood-monitor scheduler`.
+    """
+    check_jobs_settings(settings.jobs)
+    context = JobContext(settings=settings, store=store, alerts=AlertSink(store, publisher), progress=progress)
+    intervals = job_intervals(settings.jobs)
+    scheduler = BackgroundScheduler(
+        timezone=timezone.utc,
+        # One thread per job at most: a slow report does not delay the rate alert.
+        executors={"default": ThreadPoolExecutor(max_workers=max(1, len(intervals)))},
+    )
+    for name, every_s in intervals.items():
+        scheduler.add_job(
+            _run_scheduled,
+            IntervalTrigger(seconds=every_s, start_date=SCHEDULE_ANCHOR, timezone=timezone.utc),
+            args=(context, name, every_s),
+            id=name,
+            name=f"ood-monitor {name}",
+            coalesce=True,  # a backlog of missed fire times becomes one run
+            max_instances=1,
+            misfire_grace_time=max(1, int(every_s)),  # a run late by up to one interval still happens
+            replace_existing=True,
+        )
+    scheduler.start()
+    log.info("scheduler started as %s: %s", context.runner,
+             ", ".join(f"{name} every {every_s:g} s" for name, every_s in intervals.items()) or "no jobs enabled")
+    return SchedulerHandle(scheduler, context, intervals)
+
+
+def check_jobs_settings(jobs_settings: Any) -> None:
+    """Rules between [jobs] keys the per-key checks cannot see; raises ConfigError naming the keys."""
+    from monitor.errors import ConfigError
+
+    problems = []
+    if jobs_settings.refit_window_hours is None and jobs_settings.refit_window_samples is None:
+        problems.append("[jobs] refit_window_samples / refit_window_hours: set one of them")
+    if jobs_settings.refit_window_samples is not None and jobs_settings.refit_window_samples < jobs_settings.min_samples:
+        problems.append(f"[jobs] refit_window_samples: {jobs_settings.refit_window_samples} is below "
+                        f"min_samples {jobs_settings.min_samples}; every re-fit would be refused")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))

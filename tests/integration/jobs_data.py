@@ -1,0 +1,94 @@
+"""Scored samples, settings and contexts for the scheduled-jobs tests."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timedelta, timezone
+from typing import Any, Sequence
+
+import numpy as np
+
+from monitor.jobs.alerts import AlertSink
+from monitor.jobs.scheduler import JobContext
+from monitor.names import INDICATORS
+from monitor.settings import settings_from_mapping
+from monitor.store import ImageBlob, ScoredSample
+from monitor.store.records import ThresholdRecord
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
+
+
+class RecordingPublisher:
+    """Collects what the jobs publish (for tests that check the store side; broker tests use Kafka)."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any]]] = []
+
+    def publish_alert(self, kind: str, payload: dict[str, Any]) -> None:
+        self.published.append((kind, payload))
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.published]
+
+
+def job_settings(url: str, **jobs: Any):
+    return settings_from_mapping({"store": {"url": url}, "jobs": jobs}, environ={})
+
+
+def context_for(store, publisher=None, now: datetime = NOW, **jobs: Any) -> JobContext:
+    settings = job_settings(str(store.engine.url.render_as_string(hide_password=False)), **jobs)
+    return JobContext(settings=settings, store=store, alerts=AlertSink(store, publisher),
+                      runner="test", now=lambda: now)
+
+
+def png_bytes(value: float, size: int = 28) -> bytes:
+    """A small grey-level PNG whose brightness follows `value` (thumbnails differ visibly)."""
+    from PIL import Image
+
+    level = int(np.clip(40 + 20 * value, 0, 255))
+    pixels = np.full((size, size), level, dtype=np.uint8)
+    pixels[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 255 - level
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_scores(store, model_id: int, values: Sequence[float], *, end: datetime = NOW,
+                 span: timedelta = timedelta(hours=1), first_offset: int = 0, flagged: Sequence[bool] | None = None,
+                 threshold_id: int | None = None, shifts: dict[str, float] | None = None,
+                 images: bool = False, seed: int = 0) -> list[int]:
+    """Samples spread evenly over [end - span, end); `values` go to every indicator (plus a per-
+    indicator offset, and `shifts[name]` added to that indicator). Returns the new sample ids."""
+    rng = np.random.default_rng(seed)
+    count = len(values)
+    step = span / max(count, 1)
+    records = []
+    for index, value in enumerate(values):
+        scores = {name: float(value) + 0.01 * position + (shifts or {}).get(name, 0.0)
+                  + 0.05 * float(rng.standard_normal())
+                  for position, name in enumerate(INDICATORS)}
+        is_flagged = bool(flagged[index]) if flagged is not None else False
+        records.append(ScoredSample(
+            topic="images", partition=0, offset=first_offset + index, sample_key=f"s{first_offset + index}",
+            model_id=model_id, received_at=end - span + step * index, scored_at=end - span + step * index,
+            predicted_class=index % 10, scores=scores, flagged=is_flagged,
+            score=scores["1C-Sum"], score_indicator="1C-Sum",
+            threshold_id=threshold_id if is_flagged else None,
+            image=ImageBlob("image/png", png_bytes(value)) if images else None,
+        ))
+    result = store.write(samples=records)
+    return [result.sample_ids[record.position] for record in records]
+
+
+def mixture(n_id: int, n_ood: int, *, ood_mean: float = 8.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """ID-like N(0, 1) and OOD-like N(ood_mean, 1) values, shuffled; and 1 where OOD."""
+    rng = np.random.default_rng(seed)
+    values = np.concatenate([rng.normal(0.0, 1.0, n_id), rng.normal(ood_mean, 1.0, n_ood)])
+    truth = np.concatenate([np.zeros(n_id, dtype=int), np.ones(n_ood, dtype=int)])
+    order = rng.permutation(values.size)
+    return values[order], truth[order]
+
+
+def add_threshold(store, model_id: int, value: float, method: str = "manual") -> int:
+    return store.add_threshold(ThresholdRecord(model_id=model_id, indicator="1C-Sum", method=method,
+                                               value=value, fitted_by="test")).id
