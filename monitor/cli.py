@@ -95,5 +95,47 @@ def _add_db(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_lazy("monitor.store.migrate:run_db_command"))
 
 
+@subcommand
+def _add_scheduler(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "scheduler",
+        help="run the scheduled jobs alone (refit, rate alert, drift report, retention)",
+        description="The jobs of [jobs] without the consumer, until SIGTERM/SIGINT. Several replicas may "
+        "run it against one PostgreSQL: each job runs on one of them at a time (docs/jobs.md).",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML settings (default: $MONITOR_CONFIG or config/monitor.toml)")
+    parser.set_defaults(run=_lazy("monitor.jobs.commands:run_scheduler_command"))
+
+
+@subcommand
+def _add_refit(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "refit",
+        help="re-fit and activate the threshold now, with the operators' labels",
+        description="One re-fit now, with the window, method and labels rule of [jobs]. Exit status 1 when "
+        "there are too few samples (the active threshold stays; the reason is printed).",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML settings (default: $MONITOR_CONFIG or config/monitor.toml)")
+    parser.add_argument("--model-id", type=int, metavar="ID", help="model to re-fit (default: the most recently scored)")
+    parser.set_defaults(run=_lazy("monitor.jobs.commands:run_refit_command"))
+
+
+@subcommand
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "report",
+        help="make a drift report (self-contained HTML) now",
+        description="Drift report of [--since, --until) against the reference window before it; written to "
+        "[jobs] report_dir and indexed in the database. Times: ISO 8601 (UTC unless a zone is given) or a "
+        "duration ago such as 24h, 90m, 7d.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML settings (default: $MONITOR_CONFIG or config/monitor.toml)")
+    parser.add_argument("--since", metavar="WHEN", help="start of the period (default: one report period ago)")
+    parser.add_argument("--until", metavar="WHEN", help="end of the period (default: now)")
+    parser.add_argument("--output-dir", metavar="DIR", help="write the report here instead of [jobs] report_dir")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(run=_lazy("monitor.jobs.commands:run_report_command"))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
