@@ -137,5 +137,31 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_lazy("monitor.jobs.commands:run_report_command"))
 
 
+@subcommand
+def _add_web(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "web",
+        help="serve the operator web pages and JSON API alone (they also run inside `ood-monitor run`)",
+        description="The flagged queue, labelling, thresholds, reports and alerts over the configured store "
+        "(docs/web.md). `ood-monitor web hash-password` prints a [web] accounts/tokens entry.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML settings (default: $MONITOR_CONFIG or config/monitor.toml)")
+    parser.add_argument("--host", help="listen address (default: [web] host)")
+    parser.add_argument("--port", type=int, help="listen port (default: [web] port)")
+    actions = parser.add_subparsers(dest="web_action", metavar="ACTION")
+    hasher = actions.add_parser(
+        "hash-password",
+        help="hash a password (or a new API token) for [web] accounts / tokens",
+        description="Prints 'NAME:ROLE:HASH' (salted scrypt) to paste into [web] accounts, or into [web] tokens "
+        "with --token / --new-token. The password is asked twice, or read from standard input with --stdin.",
+    )
+    hasher.add_argument("--name", required=True, help="the operator or client name recorded on its labels")
+    hasher.add_argument("--role", default="labeller", help="viewer, labeller or admin (default: labeller)")
+    hasher.add_argument("--stdin", action="store_true", help="read the secret from standard input (one line)")
+    hasher.add_argument("--token", action="store_true", help="the secret is an API token: print a [web] tokens entry")
+    hasher.add_argument("--new-token", action="store_true", help="make a random API token, print it and its entry")
+    parser.set_defaults(run=_lazy("monitor.web.cli:run_web_command"))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
