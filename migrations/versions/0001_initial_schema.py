@@ -191,12 +191,10 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['sample_id'], ['samples.id'], name=op.f('fk_sample_images_sample_id_samples'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('sample_id', name=op.f('pk_sample_images'))
     )
-    op.create_index('ix_sample_images_stored_at', 'sample_images', ['stored_at'], unique=False)
 
 
 
 def downgrade() -> None:
-    op.drop_index('ix_sample_images_stored_at', table_name='sample_images')
 
     op.drop_table('sample_images')
     op.drop_index('ix_labels_sample_id_id', table_name='labels')

@@ -129,7 +129,6 @@ class SampleImage(Base):
     """Image bytes kept for labelling: every flagged sample, plus a configurable share of the rest."""
 
     __tablename__ = "sample_images"
-    __table_args__ = (Index("ix_sample_images_stored_at", "stored_at"),)
 
     sample_id: Mapped[int] = mapped_column(
         BigIntegerKey, ForeignKey("samples.id", ondelete="CASCADE"), primary_key=True

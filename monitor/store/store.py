@@ -943,8 +943,14 @@ class Store:
         def older(seconds: float | None) -> datetime | None:
             return None if seconds is None else now - timedelta(seconds=seconds)
 
+        # An image's age is its sample's: the same clock as sample retention and every window.
         images = self._purge_table(
-            SampleImage.sample_id, SampleImage.stored_at, older(policy.image_max_age_s), policy.image_max_count, policy.chunk_size
+            SampleImage.sample_id,
+            Sample.scored_at,
+            older(policy.image_max_age_s),
+            policy.image_max_count,
+            policy.chunk_size,
+            join_on=Sample.id == SampleImage.sample_id,
         )
         samples = self._purge_table(
             Sample.id, Sample.scored_at, older(policy.sample_max_age_s), policy.sample_max_count, policy.chunk_size
@@ -956,7 +962,9 @@ class Store:
         log.info("retention purge: %s", result)
         return result
 
-    def _purge_table(self, key, time_column, before: datetime | None, keep_newest: int | None, chunk_size: int) -> int:
+    def _purge_table(
+        self, key, time_column, before: datetime | None, keep_newest: int | None, chunk_size: int, join_on=None
+    ) -> int:
         """Delete rows older than `before` and beyond the `keep_newest` newest (by key), in chunks."""
         if before is None and keep_newest is None:
             return 0
@@ -975,8 +983,11 @@ class Store:
         deleted = 0
         while True:
             with self._writing() as connection:
+                candidates = select(key).select_from(key.table)
+                if join_on is not None:
+                    candidates = candidates.join(time_column.table, join_on)
                 chunk = connection.execute(
-                    select(key).where(or_(*conditions)).order_by(key).limit(chunk_size)
+                    candidates.where(or_(*conditions)).order_by(key).limit(chunk_size)
                 ).scalars().all()
                 if not chunk:
                     return deleted

@@ -1,0 +1,141 @@
+"""Alembic owns the schema: up and down on both backends, no drift from the models, clear refusals."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from monitor.cli import main
+from monitor.errors import MonitorError
+from monitor.store import Store, ThresholdRecord, connect, ensure_schema_current
+from monitor.store.migrate import current_revision, downgrade, head_revision, upgrade
+from monitor.store.models import Base
+from tests.integration.store_samples import png_blob, scored
+from tests.services import POSTGRES_HOST, POSTGRES_PORT, postgres_database
+
+TABLES = {table.name for table in Base.metadata.sorted_tables}
+
+
+@contextmanager
+def empty_database(backend: str, tmp_path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+    else:
+        with postgres_database("migrations") as url:
+            yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_url(request, tmp_path):
+    with empty_database(request.param, tmp_path) as url:
+        yield url
+
+
+def user_tables(engine) -> set[str]:
+    return set(inspect(engine).get_table_names()) - {"alembic_version"}
+
+
+def test_upgrade_and_downgrade_an_empty_database(fresh_url):
+    engine = connect(fresh_url)
+    try:
+        assert current_revision(engine) is None and user_tables(engine) == set()
+        upgrade(engine)
+        assert current_revision(engine) == head_revision()
+        assert user_tables(engine) == TABLES
+        downgrade(engine, "base")
+        assert current_revision(engine) is None and user_tables(engine) == set()
+        upgrade(engine)
+        assert user_tables(engine) == TABLES
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_keeps_data_and_downgrade_to_base_removes_it(fresh_url):
+    engine = connect(fresh_url)
+    try:
+        upgrade(engine)
+        store = Store(engine)
+        model = store.register_model("cnn", "sha256:1", {})
+        threshold = store.add_threshold(ThresholdRecord(model_id=model.id, indicator="MP", method="two-means", value=0.5))
+        result = store.write([scored(i, model.id, flagged=True, threshold_id=threshold.id, image=png_blob()) for i in range(5)])
+        store.add_label(next(iter(result.sample_ids.values())), "OOD", "alice")
+        store.add_alert("flagged", {"n": 5})
+
+        upgrade(engine)  # already at head: nothing changes, nothing is lost
+        assert store.count_samples() == 5 and store.active_threshold(model.id, "MP").id == threshold.id
+
+        downgrade(engine, "base")  # the first revision owns every table: going below it removes them
+        assert current_revision(engine) is None and user_tables(engine) == set()
+
+        upgrade(engine)
+        store = Store(engine)
+        assert store.count_samples() == 0 and store.list_models() == []
+        model = store.register_model("cnn", "sha256:1", {})
+        assert store.write([scored(0, model.id)]).samples_inserted == 1
+    finally:
+        engine.dispose()
+
+
+def test_the_migrations_match_the_models(fresh_url):
+    engine = connect(fresh_url)
+    try:
+        upgrade(engine)
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_an_out_of_date_schema_is_refused(fresh_url):
+    engine = connect(fresh_url)
+    try:
+        with pytest.raises(MonitorError, match=r"database schema is at nothing .*code expects .*run `ood-monitor db upgrade`"):
+            ensure_schema_current(engine)
+        with pytest.raises(MonitorError, match="ood-monitor db upgrade"):
+            Store.open(fresh_url)
+        upgrade(engine)
+        ensure_schema_current(engine)
+        Store.open(fresh_url).close()
+    finally:
+        engine.dispose()
+
+
+def test_db_command_upgrades_reports_and_downgrades(fresh_url, capsys, monkeypatch):
+    monkeypatch.delenv("MONITOR_STORE__URL", raising=False)
+    assert main(["db", "current", "--url", fresh_url]) == 1
+    assert "code expects" in capsys.readouterr().out
+
+    assert main(["db", "upgrade", "--url", fresh_url]) == 0
+    monkeypatch.setenv("MONITOR_STORE__URL", fresh_url)  # the environment names the database from now on
+    assert main(["db", "current"]) == 0
+    assert f"{head_revision()} (up to date)" in capsys.readouterr().out
+
+    assert main(["db", "downgrade", "base"]) == 0
+    assert main(["db", "current"]) == 1
+
+
+def test_bad_urls_get_clear_errors(capsys):
+    assert main(["db", "upgrade", "--url", "definitely not a url"]) == 2
+    assert "is not a database URL" in capsys.readouterr().err
+    assert main(["db", "upgrade", "--url", "mysql://user@host/db"]) == 2
+    assert "backend 'mysql' is not supported" in capsys.readouterr().err
+
+
+def test_an_unreachable_server_is_named_without_its_password(capsys):
+    closed_port = POSTGRES_PORT + 1 if POSTGRES_PORT < 65535 else 1
+    url = f"postgresql+psycopg://monitor:s3cret-pw@{POSTGRES_HOST}:{closed_port}/monitor"
+
+    assert main(["db", "current", "--url", url]) == 2
+
+    err = capsys.readouterr().err
+    assert f"cannot reach PostgreSQL at {POSTGRES_HOST}:{closed_port}" in err
+    assert "s3cret-pw" not in err
+    with pytest.raises(MonitorError, match="cannot reach PostgreSQL") as caught:
+        connect(url)
+    assert "s3cret-pw" not in str(caught.value)
