@@ -96,6 +96,50 @@ def _add_db(sub: argparse._SubParsersAction) -> None:
 
 
 @subcommand
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "bench",
+        help="benchmarks: OOD detection quality on offline sets, scoring speed",
+        description="Reproducible benchmarks; figures are printed and written as JSON, Markdown and PNG "
+        "(see docs/evaluation.md).",
+    )
+    kinds = parser.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
+
+    ood = kinds.add_parser(
+        "ood",
+        help="auROC, FPR at 95 %% TPR, average ranks, supervised baseline and thresholds, per OOD set",
+        description="The paper's protocol with Fashion-MNIST as in-distribution and the bundled demo model "
+        "against every OOD set available offline, plus a near-OOD split (held-out classes).",
+    )
+    ood.add_argument("--quick", action="store_true", help="small sets (300 ID, 150 per OOD set): a smoke run")
+    ood.add_argument("--limit", type=int, metavar="N", help="at most N images per set (ID and each OOD set)")
+    ood.add_argument("--sets", nargs="+", metavar="NAME", help="far-OOD sets to use (default: all)")
+    ood.add_argument("--no-near-ood", action="store_true", help="skip the held-out-classes split")
+    ood.add_argument("--no-odin", action="store_true", help="leave ODIN out (it costs a backward pass)")
+    ood.add_argument("--batch-size", type=int, default=250, metavar="B", help="scoring batch size (default 250)")
+    ood.add_argument("--seed", type=int, default=0, help="seed of the subsets, noise and splits (default 0)")
+    ood.add_argument("--device", default=None, help="cpu, cuda (default: CUDA when available)")
+    ood.add_argument("--output-dir", default="docs/benchmarks", metavar="DIR", help="default: docs/benchmarks")
+    ood.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ood.set_defaults(run=_lazy("monitor.evaluation.ood_bench:main"))
+
+    speed = kinds.add_parser(
+        "speed",
+        help="images/s of the Scorer beside the forward pass and pytorch-ood's detectors",
+        description="Images per second of the bare forward pass, the Scorer (without and with ODIN) and "
+        "pytorch-ood's MSP, Energy, Entropy, MaxLogit and ODIN on the same models and batches.",
+    )
+    speed.add_argument("--quick", action="store_true", help="tiny batches, one round, no 224x224: a smoke run")
+    speed.add_argument(
+        "--device", action="append", metavar="DEVICE",
+        help="cpu or cuda; repeat for several (default: cpu, and cuda when available)",
+    )
+    speed.add_argument("--output-dir", default="docs/benchmarks", metavar="DIR", help="default: docs/benchmarks")
+    speed.add_argument("--no-progress", action="store_true", help="no progress bars")
+    speed.set_defaults(run=_lazy("monitor.evaluation.speed:main"))
+
+
+@subcommand
 def _add_scheduler(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "scheduler",
@@ -135,6 +179,105 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--output-dir", metavar="DIR", help="write the report here instead of [jobs] report_dir")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=_lazy("monitor.jobs.commands:run_report_command"))
+
+
+# --- the monitored model and offline scoring -----------------------------------------------
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected C,H,W (e.g. 3,224,224), not {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, default_spec: str | None = None) -> None:
+    """The options naming the monitored classifier (read by monitor.classifiers.load_from_args)."""
+    group = parser.add_argument_group("monitored model (see docs/models.md)")
+    group.add_argument(
+        "--model",
+        required=default_spec is None,
+        default=default_spec,
+        metavar="SPEC",
+        help="'demo', a torchvision architecture (resnet18, ...), or package.module:factory"
+        + (f" (default: {default_spec})" if default_spec else ""),
+    )
+    group.add_argument("--weights", metavar="FILE", help="state_dict file (read with weights_only=True)")
+    group.add_argument("--num-classes", type=_positive_int, metavar="K", help="classes of the model's head")
+    group.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="input shape the model takes")
+    group.add_argument("--mean", type=_floats, metavar="M,...", help="normalisation mean, one per channel")
+    group.add_argument("--std", type=_floats, metavar="S,...", help="normalisation std, one per channel")
+    group.add_argument(
+        "--class-names", type=lambda text: tuple(n.strip() for n in text.split(",")), metavar="A,B,...",
+        help="class names in output order",
+    )
+    group.add_argument("--head", metavar="MODULE", help="dotted name of the head nn.Linear if not the last one")
+    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    group.add_argument(
+        "--cache-dir", metavar="DIR",
+        help="1C-Sum calibration cache (default: $MONITOR_CACHE_DIR, else ~/.cache/ood-monitor)",
+    )
+
+
+@subcommand
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "score",
+        help="score image files or folders offline: predicted class and every indicator, CSV or JSON lines",
+        description="One row per image (folders are searched recursively for .png .jpg .jpeg .webp .bmp "
+        ".npy). Files that cannot be used are rows with their reject reason. Exit 0 when at least one "
+        "image was scored, 1 when none could be, 2 on a usage or model error.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders")
+    add_model_arguments(parser)
+    parser.add_argument("--odin", action="store_true", help="also compute ODIN (one backward pass per batch)")
+    parser.add_argument(
+        "--format", choices=("csv", "jsonl"),
+        help="output format (default: jsonl for an --output ending in .jsonl/.json, else csv)",
+    )
+    parser.add_argument("--output", "-o", metavar="FILE", help="write rows here (default: standard output)")
+    parser.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="default 64")
+    parser.add_argument("--max-bytes", type=_positive_int, metavar="N", help="largest input in bytes (10 MiB)")
+    parser.add_argument("--max-pixels", type=_positive_int, metavar="N", help="largest image (40 megapixels)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on standard error")
+    parser.set_defaults(run=_lazy("monitor.offline:run_score"))
+
+
+@subcommand
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "demo",
+        help="score the bundled sample images with the demo classifier and show which stand out",
+        description="Scores the bundled Fashion-MNIST and out-of-distribution sample images with the "
+        "bundled demo classifier; prints them sorted by 1C-Sum with the two-means threshold and the "
+        "auROC of every indicator.",
+    )
+    parser.add_argument("--offline", action="store_true", help="score the samples in this process (no broker)")
+    parser.add_argument("--odin", action="store_true", help="also compute ODIN")
+    parser.add_argument("--device", default=None, help="cpu, cuda (default: CUDA when available)")
+    parser.add_argument("--cache-dir", metavar="DIR", help="1C-Sum calibration cache")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(run=_lazy("monitor.offline:run_offline_demo"))
 
 
 @subcommand
