@@ -1,0 +1,115 @@
+"""Alert delivery: JSON on the alerts topic, and an optional webhook.
+
+`AlertProducer.publish_alert(kind, payload)` is what the scheduled jobs call (monitor.jobs.alerts)
+and what the stream uses for flagged samples' webhooks. The webhook runs on its own thread with
+retries and a doubling backoff, so a slow or dead endpoint never holds up scoring; after the last
+retry the alert is logged as undelivered (the alerts topic, and the alerts table for job alerts,
+still have it).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any, Callable
+
+from monitor.stream.messages import encode_json, message_key
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_QUEUE_SIZE = 10_000
+
+
+class Webhook:
+    """POST each alert as JSON to `url`; retry failures (network errors, 5xx, 429) `retries` times."""
+
+    def __init__(self, url: str, *, retries: int = 3, timeout_s: float = 5.0, backoff_s: float = 0.5,
+                 on_result: Callable[[bool], None] | None = None):
+        import httpx
+
+        self.url = url
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.on_result = on_result
+        self.client = httpx.Client(timeout=timeout_s, headers={"user-agent": "ood-monitor"})
+        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue(WEBHOOK_QUEUE_SIZE)
+        self._stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="webhook", daemon=True)
+        self.thread.start()
+
+    def post(self, document: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait(document)
+        except queue.Full:
+            log.error("webhook queue full (%d alerts waiting): alert %s for %s not sent to the webhook",
+                      WEBHOOK_QUEUE_SIZE, document.get("kind"), document.get("sample_key"))
+
+    def _deliver(self, document: dict[str, Any]) -> bool:
+        wait = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.client.post(self.url, content=encode_json(document),
+                                            headers={"content-type": "application/json"})
+                if response.status_code < 300:
+                    return True
+                retryable = response.status_code >= 500 or response.status_code == 429
+                problem = f"HTTP {response.status_code}"
+            except Exception as error:  # noqa: BLE001 - any transport error is retried
+                retryable, problem = True, repr(error)
+            if not retryable or attempt == self.retries:
+                log.error("webhook %s: alert %s not delivered after %d attempt(s): %s", self.url,
+                          document.get("kind"), attempt + 1, problem)
+                return False
+            log.warning("webhook %s: %s, retrying in %.1f s", self.url, problem, wait)
+            if self._stopped.wait(wait):
+                return False
+            wait *= 2
+        return False
+
+    def _run(self) -> None:
+        while True:
+            document = self.queue.get()
+            if document is None:
+                return
+            delivered = self._deliver(document)
+            if self.on_result:
+                self.on_result(delivered)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued (up to `timeout`), then stop."""
+        try:
+            self.queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        self.thread.join(timeout)
+        self._stopped.set()
+        self.client.close()
+
+
+class AlertProducer:
+    """Publishes alert documents: the alerts topic (acknowledged before returning) and the webhook."""
+
+    def __init__(self, producer: Any, topic: str | None, webhook: Webhook | None = None,
+                 send_timeout_s: float = 30.0):
+        self.producer = producer
+        self.topic = topic
+        self.webhook = webhook
+        self.send_timeout_s = send_timeout_s
+
+    def publish_alert(self, kind: str, payload: dict[str, Any]) -> None:
+        document = payload if payload.get("kind") == kind else {**payload, "kind": kind}
+        if self.topic is not None:
+            future = self.producer.send(self.topic, encode_json(document), key=message_key(document))
+            future.get(timeout=self.send_timeout_s)
+        if self.webhook is not None:
+            self.webhook.post(document)
+
+    def to_webhook(self, document: dict[str, Any]) -> None:
+        """For alerts already on the topic (flagged samples, published with their batch)."""
+        if self.webhook is not None:
+            self.webhook.post(document)
+
+    def close(self) -> None:
+        if self.webhook is not None:
+            self.webhook.close()

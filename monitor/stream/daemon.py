@@ -1,0 +1,302 @@
+"""`ood-monitor run`: the long-running consumer that scores every image of the configured topics.
+
+Start-up: open the store (refusing an out-of-date schema), load the model and its 1C-Sum calibration,
+register the model, connect to Kafka in the consumer group, serve /healthz /readyz /metrics (and the
+web app), start the scheduled jobs. Then consume until SIGTERM or SIGINT. Details: docs/daemon.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from monitor.errors import MonitorError
+from monitor.settings import Settings
+from monitor.stream.operability import DaemonState, HttpServer, build_http_app
+from monitor.stream.pipeline import (
+    PipelineParts,
+    ScorerAdapter,
+    ThresholdSource,
+    build_pipeline,
+    image_decoder,
+    install_default_threshold,
+)
+from monitor.stream.steps import Batch, BatchAbandoned, Shutdown, Step
+
+log = logging.getLogger(__name__)
+
+POLL_TIMEOUT_MS = 100
+
+
+# --- logging -------------------------------------------------------------------------------------
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        document = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document, ensure_ascii=False)
+
+
+JsonLogFormatter.converter = time.gmtime
+
+
+def configure_logging(logging_settings: Any, verbose: bool = False) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else getattr(logging, logging_settings.level))
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler(sys.stderr))
+    for handler in root.handlers:
+        if logging_settings.format == "json":
+            handler.setFormatter(JsonLogFormatter())
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO lines are per-connection noise
+
+
+# --- the consume loop ----------------------------------------------------------------------------
+
+
+def consume(source: Any, head: Step, shutdown: Shutdown, state: DaemonState | None = None, *,
+            max_records: int | None = None, poll_timeout_ms: int = POLL_TIMEOUT_MS,
+            until: Callable[[], bool] | None = None) -> None:
+    """Feed the pipeline until shutdown (or `until()`), then finish or abandon the batch in flight.
+
+    The batch in flight at shutdown gets the grace period of `shutdown.request`; if it cannot be
+    stored by then it is abandoned: not committed, so consumed again after restart.
+    """
+    try:
+        while not shutdown.stopping.is_set() and not (until and until()):
+            messages = source.poll(timeout_ms=poll_timeout_ms, max_records=max_records)
+            if state is not None:
+                state.polled()
+                lag = getattr(source, "lag", None)
+                if lag is not None:
+                    state.lag_value = lag()
+            for message in messages:
+                head.submit(message)
+            head.poll()
+        head.join()
+    except BatchAbandoned as abandoned:
+        log.warning("%s; the messages not stored will be consumed again", abandoned)
+        head.discard()
+
+
+class Daemon:
+    """The whole service in one process; `run()` blocks until stopped."""
+
+    def __init__(self, settings: Settings, *, observers: Sequence[Callable[[Batch], None]] = (),
+                 install_signal_handlers: bool = True, progress: bool = False):
+        self.settings = settings
+        self.observers = list(observers)
+        self.install_signal_handlers = install_signal_handlers
+        self.progress = progress
+        self.shutdown = Shutdown()
+        self.state = DaemonState()
+        self.store = None
+        self.scorer = None
+        self.classifier = None
+        self.model_row = None
+        self.producer = None
+        self.source = None
+        self.alerts = None
+        self.http: HttpServer | None = None
+        self.web_app_included = False
+        self.scheduler = None
+        self.head: Step | None = None
+        self.thresholds: ThresholdSource | None = None
+        self.ready = threading.Event()
+
+    # --- start-up ------------------------------------------------------------------------------
+
+    def open_store(self):
+        from monitor.store import Store
+        from monitor.store.engine import connect, safe_url
+        from monitor.store.migrate import current_revision, ensure_schema_current, head_revision, upgrade
+
+        engine = connect(self.settings.store.url)
+        if engine.dialect.name == "sqlite" and self.settings.store.auto_upgrade_sqlite:
+            before = current_revision(engine)
+            if before != head_revision():
+                upgrade(engine)
+                log.info("embedded SQLite database %s upgraded from %s to %s", safe_url(engine.url),
+                         before or "empty", head_revision())
+        try:
+            ensure_schema_current(engine)
+        except MonitorError:
+            engine.dispose()
+            raise
+        return Store(engine)
+
+    def load_model(self):
+        from monitor.calibration_cache import load_or_calibrate
+        from monitor.classifiers import load_classifier, pick_device
+        from monitor.indicators import Scorer
+
+        model_settings = self.settings.model
+        device = pick_device(model_settings.device)
+        self.classifier = load_classifier(model_settings.spec, weights=model_settings.weights,
+                                          num_classes=model_settings.num_classes, device=device)
+        preprocessing = self.classifier.preprocessing
+        self.scorer = Scorer(self.classifier.model, mean=preprocessing.mean, std=preprocessing.std,
+                             odin=model_settings.odin, input_shape=preprocessing.input_shape)
+        Path(model_settings.cache_dir).mkdir(parents=True, exist_ok=True)
+        load_or_calibrate(self.scorer, model_settings.cache_dir, progress=self.progress)
+        if self.settings.stream.indicator not in self.scorer.available:
+            raise MonitorError(f"[stream] indicator: {self.settings.stream.indicator} is not available for "
+                               f"this model (available: {', '.join(self.scorer.available)})")
+        self.state.metrics.device.info({"device": str(self.scorer.device), "model": self.classifier.name,
+                                        "spec": model_settings.spec})
+
+    def setup(self) -> "Daemon":
+        from monitor.imaging import ImageLimits
+        from monitor.stream.alerts import AlertProducer, Webhook
+        from monitor.stream.kafka_backend import KafkaSource, make_consumer, make_producer
+
+        settings = self.settings
+        self.store = self.open_store()
+        self.load_model()
+        preprocessing = self.classifier.preprocessing
+        self.model_row = self.store.register_model(self.classifier.name, self.scorer.fingerprint(),
+                                                   preprocessing.to_dict())
+        install_default_threshold(self.store, self.model_row.id, settings.stream.indicator,
+                                  settings.stream.default_threshold)
+        self.thresholds = ThresholdSource(self.store, self.model_row.id, settings.stream.indicator,
+                                          settings.stream.threshold_refresh_s)
+        self.state.model_loaded = True
+
+        self.producer = make_producer(settings.kafka)
+        alerts_settings = settings.alerts
+        webhook = None
+        if alerts_settings.webhook_url:
+            webhook = Webhook(alerts_settings.webhook_url, retries=alerts_settings.webhook_retries,
+                              timeout_s=alerts_settings.webhook_timeout_s, backoff_s=alerts_settings.webhook_backoff_s)
+        self.alerts = AlertProducer(self.producer, settings.kafka.alerts_topic, webhook)
+
+        def write(samples, rejects):
+            result = self.store.write(samples=samples, rejects=rejects)
+            self.state.store_ok()
+            return result
+
+        parts = PipelineParts(
+            decode=image_decoder(preprocessing.input_shape,
+                                 ImageLimits(max_bytes=settings.imaging.max_bytes,
+                                             max_pixels=settings.imaging.max_pixels)),
+            scorer=ScorerAdapter(self.scorer), current_threshold=self.thresholds, write=write,
+            producer=self.producer, commit=lambda offsets: self.source.commit(offsets),
+            model_id=self.model_row.id, model_name=self.classifier.name, indicator=settings.stream.indicator,
+            dead_letter_topic=settings.kafka.dead_letter_topic,
+            alerts_topic=settings.kafka.alerts_topic if alerts_settings.on_flagged else None,
+            group_id=settings.kafka.group_id, batch_size=settings.stream.batch_size,
+            max_batch_wait_s=settings.stream.max_batch_wait_ms / 1000, decode_threads=settings.stream.decode_threads,
+            keep_image_share=settings.store.keep_image_share, retry_initial_s=settings.stream.store_retry_initial_s,
+            retry_max_s=settings.stream.store_retry_max_s, class_name=preprocessing.class_name,
+            on_alert=self.alerts.to_webhook, on_store_failure=self.state.store_failed,
+        )
+        self.head = build_pipeline(parts, self.shutdown, [self._observe, *self.observers])
+
+        def on_revoke() -> None:
+            try:  # finish the batch in flight so the partitions' new owner starts after it
+                self.head.join()
+            except BatchAbandoned:
+                self.head.discard()
+
+        def on_assign(count: int) -> None:
+            self.state.assigned_partitions = count
+
+        self.source = KafkaSource(make_consumer(settings.kafka), settings.kafka.topics,
+                                  on_revoke=on_revoke, on_assign=on_assign)
+        if settings.stream.http:
+            app, self.web_app_included = build_http_app(self.state, settings, self.store)
+            self.http = HttpServer(app, settings.web.host, settings.web.port).start()
+            log.info("serving %s on http://%s:%d (/healthz /readyz /metrics)",
+                     "the web app" if self.web_app_included else "the probes", settings.web.host, self.http.port)
+        if settings.jobs.enabled:
+            self.start_jobs()
+        return self
+
+    def start_jobs(self) -> None:
+        try:
+            from monitor.jobs.scheduler import start_scheduler
+        except ImportError:  # a build without the jobs package
+            log.info("scheduled jobs not installed; none started")
+            return
+        self.scheduler = start_scheduler(self.settings, self.store, self.alerts, progress=False)
+
+    def _observe(self, batch: Batch) -> None:
+        result = batch.write_result
+        replays = (result.samples_duplicate + result.rejects_duplicate) if result else 0
+        self.state.metrics.observe_batch(batch, replays)
+
+    # --- running ---------------------------------------------------------------------------------
+
+    def request_stop(self, grace_s: float | None = None) -> None:
+        grace = self.settings.stream.shutdown_grace_s if grace_s is None else grace_s
+        if self.shutdown.stopping.is_set():
+            log.warning("second stop request: abandoning the batch in flight (it will be consumed again)")
+            self.shutdown.abandon_now()
+        else:
+            log.info("stopping: finishing the batch in flight (up to %.0f s)", grace)
+            self.shutdown.request(grace)
+        self.state.stopping = True
+
+    def _signal(self, signum: int, _frame: Any) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        self.request_stop()
+
+    def run(self) -> int:
+        if self.install_signal_handlers:
+            signal.signal(signal.SIGTERM, self._signal)
+            signal.signal(signal.SIGINT, self._signal)
+        try:
+            if self.head is None:
+                self.setup()
+            self.ready.set()
+            log.info("consuming %s as group %s (model %s on %s, batch %d, indicator %s)",
+                     ", ".join(self.settings.kafka.topics), self.settings.kafka.group_id, self.classifier.name,
+                     self.scorer.device, self.settings.stream.batch_size, self.settings.stream.indicator)
+            consume(self.source, self.head, self.shutdown, self.state,
+                    max_records=self.settings.kafka.max_poll_records)
+        finally:
+            self.close()
+        log.info("stopped")
+        return 0
+
+    def close(self) -> None:
+        for name, action in (
+            ("scheduler", lambda: self.scheduler and self.scheduler.shutdown(wait=False)),
+            ("pipeline", lambda: self.head and self.head.close()),
+            ("consumer", lambda: self.source and self.source.close()),
+            ("alerts", lambda: self.alerts and self.alerts.close()),
+            ("producer", lambda: self.producer and self.producer.close(timeout=10)),
+            ("http", lambda: self.http and self.http.stop()),
+            ("store", lambda: self.store and self.store.close()),
+            ("scorer", lambda: self.scorer and self.scorer.close()),
+        ):
+            try:
+                action()
+            except Exception as error:  # noqa: BLE001 - close everything even if one part fails
+                log.warning("closing the %s failed: %s", name, error)
+        self.scheduler = self.head = self.source = self.alerts = self.producer = self.http = None
+        self.store = None
+
+
+def run_daemon(args) -> int:
+    """Entry point of `ood-monitor run`."""
+    from monitor.settings import load_settings
+
+    settings = load_settings(getattr(args, "config", None))
+    configure_logging(settings.logging, getattr(args, "verbose", False))
+    return Daemon(settings).run()

@@ -1,0 +1,146 @@
+"""kafka-python clients built from [kafka] settings, and the consumer side of the daemon.
+
+The consumer is in a group with auto-commit off: offsets are committed by the pipeline's last step
+only. On a rebalance the batch in flight is finished (stored, published, committed) before the
+partitions are given up, so their new owner starts where this process stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from monitor.errors import ConfigError, MonitorError
+from monitor.stream.messages import InboundMessage
+
+log = logging.getLogger(__name__)
+
+
+def client_options(kafka: Any) -> dict[str, Any]:
+    """Options every kafka-python client shares, from a KafkaSettings."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": list(kafka.bootstrap_servers),
+        "client_id": kafka.client_id,
+        "security_protocol": kafka.security_protocol,
+    }
+    version = kafka.api_version_tuple()
+    if version is not None:
+        options["api_version"] = version
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", "sasl_mechanism",
+                "sasl_plain_username", "sasl_plain_password"):
+        value = getattr(kafka, key)
+        if value is not None:
+            options[key] = value
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_check_hostname"] = kafka.ssl_check_hostname
+    return options
+
+
+def _unreachable(kafka: Any, error: Exception) -> MonitorError:
+    return MonitorError(f"cannot reach the Kafka brokers {', '.join(kafka.bootstrap_servers)} "
+                        f"([kafka] bootstrap_servers, api_version={kafka.api_version}): {error!r}")
+
+
+def make_producer(kafka: Any, **overrides: Any):
+    """A producer that waits for every in-sync replica (acks=all) and retries transient errors."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    options = client_options(kafka)
+    options.update(acks="all", retries=5, linger_ms=5, request_timeout_ms=kafka.request_timeout_ms,
+                   max_block_ms=max(kafka.request_timeout_ms, 10000))
+    options.update(overrides)
+    try:
+        return KafkaProducer(**options)
+    except KafkaError as error:
+        raise _unreachable(kafka, error) from None
+    except (TypeError, ValueError, AssertionError) as error:
+        raise ConfigError(f"[kafka]: the Kafka client refused the settings: {error}") from None
+
+
+def make_consumer(kafka: Any, **overrides: Any):
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    options = client_options(kafka)
+    options.update(
+        group_id=kafka.group_id, enable_auto_commit=False, auto_offset_reset=kafka.auto_offset_reset,
+        max_poll_records=kafka.max_poll_records, session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=max(100, kafka.session_timeout_ms // 3),
+        request_timeout_ms=max(kafka.request_timeout_ms, kafka.session_timeout_ms + 5000),
+    )
+    options.update(overrides)
+    try:
+        return KafkaConsumer(**options)
+    except KafkaError as error:
+        raise _unreachable(kafka, error) from None
+    except (TypeError, ValueError, AssertionError) as error:
+        raise ConfigError(f"[kafka]: the Kafka client refused the settings: {error}") from None
+
+
+class KafkaSource:
+    """The consumer side of the daemon: poll messages, commit offsets, follow rebalances."""
+
+    def __init__(self, consumer: Any, topics: list[str], *, on_revoke: Callable[[], None] | None = None,
+                 on_assign: Callable[[int], None] | None = None):
+        from kafka import ConsumerRebalanceListener
+
+        self.consumer = consumer
+        self.on_revoke = on_revoke
+        self.on_assign = on_assign
+        self._lag_checked_at = 0.0
+        self._lag: int | None = None
+        source = self
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                if revoked:
+                    log.info("partitions revoked: %s", _names(revoked))
+                    if source.on_revoke:
+                        source.on_revoke()
+
+            def on_partitions_assigned(self, assigned):
+                log.info("partitions assigned: %s", _names(assigned) or "none")
+                if source.on_assign:
+                    source.on_assign(len(assigned))
+
+        consumer.subscribe(topics=list(topics), listener=Listener())
+
+    def poll(self, timeout_ms: int, max_records: int | None = None) -> list[InboundMessage]:
+        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        messages = [InboundMessage.from_kafka(record) for records in batches.values() for record in records]
+        messages.sort(key=lambda message: (message.topic, message.partition, message.offset))
+        return messages
+
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        from kafka import OffsetAndMetadata, TopicPartition
+
+        if offsets:
+            self.consumer.commit({TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+                                  for (topic, partition), offset in offsets.items()})
+
+    def lag(self) -> int | None:
+        """Messages between this process's positions and the end of its partitions (checked <= 1/s)."""
+        now = time.monotonic()
+        if now - self._lag_checked_at < 1.0:
+            return self._lag
+        self._lag_checked_at = now
+        try:
+            total = 0
+            for partition in self.consumer.assignment():
+                highwater = self.consumer.highwater(partition)
+                if highwater is None:
+                    continue
+                total += max(0, highwater - self.consumer.position(partition, timeout_ms=1000))
+            self._lag = total
+        except Exception as error:  # noqa: BLE001 - a metric must never stop consumption
+            log.debug("consumer lag unavailable: %s", error)
+        return self._lag
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+
+
+def _names(partitions) -> str:
+    return ", ".join(sorted(f"{p.topic}/{p.partition}" for p in partitions))

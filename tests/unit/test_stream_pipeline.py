@@ -1,0 +1,232 @@
+"""The stream's pipeline end to end on the in-memory broker, a real SQLite store and a real Scorer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from monitor.imaging import ImageLimits
+from monitor.store import ThresholdRecord
+from monitor.stream.local import LocalBroker, LocalConsumer, LocalProducer
+from monitor.stream.messages import original_value
+from monitor.stream.pipeline import PipelineParts, ScorerAdapter, ThresholdSource, build_pipeline, image_decoder
+from monitor.stream.steps import Batch, BatchAbandoned, Shutdown
+from tests.unit.stream_parts import INPUT_SHAPE, corpus, png, sqlite_store, tiny_scorer
+
+TOPIC, DLQ, ALERTS, GROUP = "images", "images.dlq", "alerts", "scorers"
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return tiny_scorer()
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = sqlite_store(tmp_path / "stream.db")
+    yield store
+    store.close()
+
+
+class Harness:
+    """A pipeline over the local broker; `drain()` consumes everything there is, then joins."""
+
+    def __init__(self, scorer, store, *, batch_size=4, write=None, threshold_refresh_s=0.0, partitions=2):
+        self.broker = LocalBroker(default_partitions=partitions)
+        self.broker.create_topic(TOPIC, partitions)
+        self.store = store
+        self.model = store.register_model("tiny", scorer.fingerprint(), {"input_shape": list(INPUT_SHAPE)})
+        self.consumer = LocalConsumer(self.broker, [TOPIC], GROUP)
+        self.shutdown = Shutdown()
+        self.thresholds = ThresholdSource(store, self.model.id, "1C-Sum", threshold_refresh_s)
+        self.batches: list[Batch] = []
+        self.commits: list[dict] = []
+        self.write_calls = 0
+
+        def commit(offsets):
+            self.commits.append(offsets)
+            self.consumer.commit(offsets)
+
+        def counting_write(samples, rejects):
+            self.write_calls += 1
+            return (write or store.write)(samples=samples, rejects=rejects)
+
+        self.parts = PipelineParts(
+            decode=image_decoder(INPUT_SHAPE, ImageLimits(max_bytes=2000)), scorer=ScorerAdapter(scorer),
+            current_threshold=self.thresholds, write=counting_write, producer=LocalProducer(self.broker),
+            commit=commit, model_id=self.model.id, model_name="tiny", indicator="1C-Sum", dead_letter_topic=DLQ,
+            alerts_topic=ALERTS, group_id=GROUP, batch_size=batch_size, max_batch_wait_s=60.0, decode_threads=2,
+            retry_initial_s=0.0, retry_max_s=0.0)
+        self.head = build_pipeline(self.parts, self.shutdown, [self.batches.append])
+
+    def send(self, value: bytes, key: str | None = None, partition: int | None = None):
+        return self.broker.produce(TOPIC, value, key.encode() if key is not None else None, partition=partition)
+
+    def drain(self):
+        while messages := self.consumer.poll():
+            for message in messages:
+                self.head.submit(message)
+            self.head.poll()
+        self.head.join()
+
+    def dead_letters(self):
+        return [json.loads(record.value) for record in self.broker.records(DLQ)]
+
+    def alerts(self):
+        return [json.loads(record.value) for record in self.broker.records(ALERTS)]
+
+    def committed(self):
+        return {partition: self.broker.committed_offset(GROUP, TOPIC, partition) for partition in range(2)}
+
+
+def _count(store, table):
+    with store.engine.connect() as connection:
+        return connection.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
+
+
+def test_every_message_ends_as_one_score_row_or_one_reject_row_with_a_dead_letter(scorer, store):
+    harness = Harness(scorer, store)
+    messages = corpus()
+    for name, (value, _reason) in messages.items():
+        harness.send(value, key=name)
+    harness.drain()
+
+    scored = {name for name, (_, reason) in messages.items() if reason is None}
+    rejected = {name: reason for name, (_, reason) in messages.items() if reason is not None}
+    assert _count(store, "samples") == len(scored)
+    assert _count(store, "rejects") == len(rejected)
+    with store.engine.connect() as connection:
+        keys = {row[0] for row in connection.exec_driver_sql("SELECT sample_key FROM samples")}
+        reasons = dict(connection.exec_driver_sql("SELECT sample_key, reason FROM rejects").all())
+    assert keys == scored
+    assert reasons == rejected
+    letters = {letter["sample_key"]: letter for letter in harness.dead_letters()}
+    assert {key: letter["reason"] for key, letter in letters.items()} == rejected
+    for name, letter in letters.items():
+        assert letter["kind"] == "dead_letter" and letter["schema_version"] == 1
+        assert original_value(letter) == messages[name][0]  # the original bytes travel with the reason
+        assert letter["source"]["topic"] == TOPIC and letter["group_id"] == GROUP
+    # every offset of both partitions is committed, and only after the rows were written
+    ends = {partition: len(log) for partition, log in enumerate(harness.broker.partitions[TOPIC])}
+    assert harness.committed() == {p: (end or None) for p, end in ends.items()}
+
+
+def test_a_message_without_key_is_named_by_its_position(scorer, store):
+    harness = Harness(scorer, store)
+    partition, offset = harness.send(png(seed=5))
+    harness.drain()
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT sample_key FROM samples").scalar_one() == f"{TOPIC}/{partition}/{offset}"
+
+
+def test_replay_after_a_crash_stores_nothing_twice(scorer, store):
+    harness = Harness(scorer, store)
+    for index, (value, _) in enumerate(corpus().values()):
+        harness.send(value, key=f"m{index}")
+    harness.drain()
+    samples, rejects = _count(store, "samples"), _count(store, "rejects")
+    harness.broker.committed.clear()  # as if the process died after storing, before committing
+    harness.consumer.seek_to_committed()
+    harness.drain()
+    assert (_count(store, "samples"), _count(store, "rejects")) == (samples, rejects)
+    assert sum(b.write_result.samples_duplicate + b.write_result.rejects_duplicate for b in harness.batches[-3:]) > 0
+
+
+def test_database_outage_is_retried_and_nothing_is_committed_until_stored(scorer, store):
+    failures = {"left": 3}
+    harness = None
+
+    def flaky_write(samples, rejects):
+        if failures["left"]:
+            failures["left"] -= 1
+            assert harness.commits == []  # nothing committed while the batch is not stored
+            raise OperationalError("INSERT", {}, Exception("database is down"))
+        return store.write(samples=samples, rejects=rejects)
+
+    harness = Harness(scorer, store, write=flaky_write, batch_size=8)
+    for seed in range(5):
+        harness.send(png(seed=seed), key=f"s{seed}")
+    harness.drain()
+    assert failures["left"] == 0
+    assert harness.write_calls == 4
+    assert _count(store, "samples") == 5
+    assert sum(offset for commit in harness.commits for offset in commit.values()) == 5
+
+
+def test_shutdown_abandons_a_batch_that_cannot_be_stored_and_commits_nothing(scorer, store):
+    def down(samples, rejects):
+        harness.shutdown.abandon_now()  # SIGTERM twice while the database is down
+        raise OperationalError("INSERT", {}, Exception("database is down"))
+
+    harness = Harness(scorer, store, write=down)
+    harness.send(png(seed=1), key="a")
+    with pytest.raises(BatchAbandoned):
+        harness.drain()
+    harness.head.discard()
+    assert harness.commits == [] and harness.committed() == {0: None, 1: None}
+    assert _count(store, "samples") == 0
+
+
+def test_flagged_samples_use_the_stored_threshold_and_raise_alerts(scorer, store):
+    harness = Harness(scorer, store, batch_size=6)
+    for seed in range(6):
+        harness.send(png(seed=seed), key=f"before{seed}")
+    harness.drain()
+    assert _count(store, "samples") == 6
+    with store.engine.connect() as connection:
+        values = sorted(row[0] for row in connection.exec_driver_sql("SELECT score FROM samples"))
+    assert harness.alerts() == []  # no threshold yet: nothing flagged
+    cut = (values[2] + values[3]) / 2
+    threshold = store.add_threshold(ThresholdRecord(model_id=harness.model.id, indicator="1C-Sum",
+                                                    method="manual", value=cut))
+    for seed in range(6):
+        harness.send(png(seed=seed), key=f"after{seed}")  # same images: the top three are flagged
+    harness.drain()
+    with store.engine.connect() as connection:
+        flagged = connection.exec_driver_sql(
+            "SELECT sample_key, score, threshold_id FROM samples WHERE flagged").all()
+        kept = connection.exec_driver_sql("SELECT count(*) FROM sample_images").scalar_one()
+    assert len(flagged) == 3 and all(key.startswith("after") and score > cut for key, score, _ in flagged)
+    assert {row[2] for row in flagged} == {threshold.id}
+    assert kept >= 3  # flagged images are always kept for labelling
+    alerts = harness.alerts()
+    assert sorted(alert["sample_key"] for alert in alerts) == sorted(key for key, _, _ in flagged)
+    alert = alerts[0]
+    assert alert["kind"] == "flagged_sample" and alert["threshold"] == pytest.approx(cut)
+    assert alert["indicator"] == "1C-Sum" and alert["model"] == {"id": harness.model.id, "name": "tiny"}
+    assert alert["score"] > cut and alert["source"]["topic"] == TOPIC and alert["time"].endswith("Z")
+    assert isinstance(alert["sample_id"], int)
+
+
+def test_alerts_topic_outage_is_retried_before_the_commit(scorer, store):
+    harness = Harness(scorer, store)
+    harness.broker.fail_sends = 2
+    harness.send(b"", key="empty")
+    harness.drain()
+    assert [letter["reason"] for letter in harness.dead_letters()] == ["empty"]
+    assert harness.committed()[0] == 1 or harness.committed()[1] == 1
+
+
+def test_threshold_source_keeps_the_last_value_when_the_store_is_unreadable(scorer, store):
+    harness = Harness(scorer, store)
+    store.add_threshold(ThresholdRecord(model_id=harness.model.id, indicator="1C-Sum", method="manual", value=1.5))
+    assert harness.thresholds().value == 1.5
+
+    class Broken:
+        def active_threshold(self, *_):
+            raise OperationalError("SELECT", {}, Exception("down"))
+
+    harness.thresholds.store = Broken()
+    assert harness.thresholds().value == 1.5
+
+
+def test_abandoned_pending_work_is_not_committed_on_discard(scorer, store):
+    harness = Harness(scorer, store, batch_size=100)
+    harness.send(png(seed=1), key="x")
+    for message in harness.consumer.poll():
+        harness.head.submit(message)
+    harness.head.poll()  # the batch waits for more (max wait is long)
+    harness.head.discard()
+    assert harness.commits == [] and _count(store, "samples") == 0
