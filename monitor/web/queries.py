@@ -80,7 +80,7 @@ def volume_buckets(
 ) -> list[RateBucket]:
     """Samples scored and flagged per bucket of `bucket_s` seconds in [start, end); empty buckets as zeros."""
     origin = int(start.timestamp()) // bucket_s * bucket_s
-    bucket = ((_epoch_seconds(connection, Sample.scored_at) - origin) / bucket_s).label("bucket")
+    bucket = ((_epoch_seconds(connection, Sample.scored_at) - origin) // bucket_s).label("bucket")
     query = (
         select(bucket, func.count().label("total"), func.sum(case((Sample.flagged, 1), else_=0)).label("flagged"))
         .where(Sample.model_id == model_id, Sample.scored_at >= start, Sample.scored_at < end)
@@ -184,7 +184,9 @@ def score_histogram(
     low = min([float(low), *finite])
     high = max([float(high), *finite])
     width = (high - low) / bins if high > low else 1.0
-    index = cast((column - low) / width, Integer)
+    scaled = (column - low) / width
+    # PostgreSQL's CAST rounds, SQLite's truncates; values are >= low, so floor on PostgreSQL only.
+    index = cast(scaled if connection.dialect.name == "sqlite" else func.floor(scaled), Integer)
     clamped = case((index >= bins, bins - 1), else_=index).label("bin")
     counts = [0] * bins
     for row in connection.execute(select(clamped, func.count()).where(in_window).group_by(clamped)):
