@@ -64,6 +64,9 @@ class ModelSettings:
                           choices=("auto", "cpu", "cuda"))
     odin: bool = setting(False, "Also compute ODIN (one extra backward pass per batch, about 3x the cost).")
     cache_dir: str = setting("var/cache", "Where per-model calibration (1C-Sum noise statistics) is cached.")
+    calibration_samples: int = setting(2048, "Uniform-noise images drawn to standardise the 1C-Sum members (once "
+                                             "per model, then cached); fewer start faster but are noisier.",
+                                       minimum=16, maximum=1_000_000)
 
 
 @dataclass
