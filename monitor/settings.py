@@ -41,10 +41,10 @@ SECRET_KEYS = frozenset({"sasl_plain_password", "ssl_password", "webhook_secret"
 
 
 def setting(default: Any, doc: str, *, choices: Iterable[Any] | None = None, minimum: float | None = None,
-            maximum: float | None = None) -> Any:
+            maximum: float | None = None, non_empty: bool = False) -> Any:
     """A dataclass field with its documentation and the checks its value must pass."""
     metadata = {"doc": doc, "choices": tuple(choices) if choices is not None else None,
-                "minimum": minimum, "maximum": maximum}
+                "minimum": minimum, "maximum": maximum, "non_empty": non_empty}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -71,8 +71,9 @@ class ModelSettings:
 
 @dataclass
 class KafkaSettings:
-    bootstrap_servers: list[str] = setting(["127.0.0.1:9092"], "Brokers to bootstrap from, host:port.")
-    topics: list[str] = setting(["images"], "Topics of image messages to consume.")
+    bootstrap_servers: list[str] = setting(["127.0.0.1:9092"], "Brokers to bootstrap from, host:port.",
+                                           non_empty=True)
+    topics: list[str] = setting(["images"], "Topics of image messages to consume.", non_empty=True)
     group_id: str = setting("ood-monitor", "Consumer group: processes sharing it split the partitions.")
     client_id: str = setting("ood-monitor", "Client id shown in broker logs and metrics.")
     api_version: str = setting("auto", "Broker protocol version, e.g. '0.9', '2.8', '3.7'; 'auto' probes "
@@ -365,7 +366,7 @@ def _check_range(section: str, key: str, value: Any, meta: Mapping[str, Any]) ->
                 return f"[{section}] {key}: {item} is below the minimum {meta['minimum']}"
             if meta.get("maximum") is not None and item > meta["maximum"]:
                 return f"[{section}] {key}: {item} is above the maximum {meta['maximum']}"
-    if isinstance(value, list) and not value:
+    if isinstance(value, list) and not value and meta.get("non_empty"):
         return f"[{section}] {key}: must not be empty"
     return None
 
