@@ -21,6 +21,21 @@ JOB_FAILED = "job_failed"
 ALERT_KINDS = (THRESHOLD_CHANGED, OOD_RATE, DRIFT, JOB_FAILED)
 SCHEMA_VERSION = 1
 
+COMMON_FIELDS = ("schema_version", "kind", "created_at", "alert_id")
+"""Keys of every job alert document (alert_id is null only when the database was unreachable)."""
+
+PAYLOAD_FIELDS: dict[str, tuple[str, ...]] = {
+    THRESHOLD_CHANGED: ("model_id", "indicator", "threshold_id", "value", "method", "parameters",
+                        "previous_threshold_id", "previous_value", "window", "counts", "summary_weights_id",
+                        "explanation"),
+    OOD_RATE: ("state", "model_id", "episode_started_at", "window", "samples", "flagged", "observed_share",
+               "expected_share", "p_value", "alpha", "test"),
+    DRIFT: ("report_id", "model_id", "period", "reference", "drifted", "test", "correction", "alpha",
+            "min_effect", "file_path"),
+    JOB_FAILED: ("job", "run_id", "error", "started_at", "failed_at", "runner"),
+}
+"""The keys each kind adds (docs/jobs.md describes them); a test holds the jobs to this list."""
+
 
 class AlertPublisher(Protocol):
     def publish_alert(self, kind: str, payload: dict[str, Any]) -> None: ...

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from monitor.errors import InputError
+from monitor.errors import InputError, MonitorError
 from monitor.jobs import queries
 from monitor.jobs.alerts import DRIFT, json_number, utc_iso
 from monitor.jobs.scheduler import JobContext, JobOutcome, latest_fire_time
@@ -59,6 +59,7 @@ def make_report(context: JobContext, start: datetime, end: datetime) -> ReportRe
     jobs = context.settings.jobs
     store = context.store
     indicator = context.settings.stream.indicator
+    directory = _report_directory(Path(jobs.report_dir))
     model_id = queries.latest_model_id(store, until=end)
     if model_id is None:
         return ReportResult(None, None, [], f"no scored samples before {utc_iso(end)}: no report")
@@ -101,7 +102,7 @@ def make_report(context: JobContext, start: datetime, end: datetime) -> ReportRe
         generated_at=context.now(), notes=notes,
     )
     html = render_report(content, progress=context.progress)
-    path = _write(Path(jobs.report_dir), start, end, html)
+    path = _write(directory, start, end, html)
     drifted = [entry for entry in drift if entry.drifted]
     summary = {
         "model_id": model_id,
@@ -167,8 +168,18 @@ def _volume(store, model_id: int, start: datetime, end: datetime) -> list[Volume
     return bins
 
 
+def _report_directory(directory: Path) -> Path:
+    """Create the report directory up front: a bad path fails the run before any work is done."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MonitorError(f"[jobs] report_dir: cannot create {directory}: {error.strerror or error}") from None
+    if not os.access(directory, os.W_OK):
+        raise MonitorError(f"[jobs] report_dir: {directory} is not writable")
+    return directory
+
+
 def _write(directory: Path, start: datetime, end: datetime, html: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"drift-{start:%Y%m%dT%H%M%SZ}-{end:%Y%m%dT%H%M%SZ}.html"
     partial = path.with_suffix(".html.partial")
     partial.write_text(html, encoding="utf-8")

@@ -197,20 +197,32 @@ def _distribution_plot(content: ReportContent, *, progress: bool) -> str:
 
 
 def _threshold_plot(content: ReportContent) -> str:
+    """The threshold in force over the period: the one active at its start, then each re-fit."""
     figure = Figure(figsize=(10, 2.8))
     axes = figure.subplots()
-    history = [point for point in content.thresholds if point.indicator == content.indicator]
-    if history:
-        times = [point.activated_at for point in history] + [content.period_end]
-        values = [point.value for point in history] + [history[-1].value]
-        axes.step(times, values, where="post", color="black")
-        axes.scatter(times[:-1], values[:-1], color=PERIOD_COLOUR, zorder=3)
-        for point in history:
+    history = [point for point in content.thresholds
+               if point.indicator == content.indicator and point.activated_at < content.period_end]
+    before = [point for point in history if point.activated_at <= content.period_start]
+    during = [point for point in history if point.activated_at > content.period_start]
+    steps = ([(content.period_start, before[-1].value)] if before else []) + [
+        (point.activated_at, point.value) for point in during]
+    if steps:
+        times = [moment for moment, _ in steps] + [content.period_end]
+        values = [value for _, value in steps] + [steps[-1][1]]
+        axes.step(times, values, where="post", color="black", linewidth=1.5)
+        for point in during:
+            axes.scatter([point.activated_at], [point.value], color=PERIOD_COLOUR, zorder=3)
             axes.annotate(point.method, (point.activated_at, point.value), fontsize=7,
-                          xytext=(3, 4), textcoords="offset points")
+                          xytext=(-3, 6), textcoords="offset points", ha="right")
+        axes.set_xlim(content.period_start, content.period_end)
+        low, high = min(values), max(values)
+        margin = 0.1 * (high - low) or 0.1 * abs(high) or 1.0
+        axes.set_ylim(low - margin, high + margin)
     else:
-        axes.text(0.5, 0.5, "no threshold fitted yet", ha="center", va="center", transform=axes.transAxes)
-    axes.set_title(f"Threshold history ({content.indicator})")
+        axes.text(0.5, 0.5, "no threshold in force during the period", ha="center", va="center",
+                  transform=axes.transAxes)
+        axes.set_xticks([])
+    axes.set_title(f"Threshold in force ({content.indicator})")
     axes.set_ylabel("threshold")
     figure.autofmt_xdate()
     return _png(figure)

@@ -41,15 +41,17 @@ def context_for(store, publisher=None, now: datetime = NOW, **jobs: Any) -> JobC
                       runner="test", now=lambda: now)
 
 
-def png_bytes(value: float, size: int = 28) -> bytes:
-    """A small grey-level PNG whose brightness follows `value` (thumbnails differ visibly)."""
+def png_bytes(value: float, seed: int, size: int = 28) -> bytes:
+    """A small grey-level PNG: a smooth blob for ID-like values, more noise the higher `value`."""
     from PIL import Image
 
-    level = int(np.clip(40 + 20 * value, 0, 255))
-    pixels = np.full((size, size), level, dtype=np.uint8)
-    pixels[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 255 - level
+    rng = np.random.default_rng(seed)
+    grid = np.linspace(-1, 1, size)
+    blob = np.exp(-(grid[:, None] ** 2 + grid[None, :] ** 2) * 3)
+    noise_share = float(np.clip(value / 10, 0, 1))
+    pixels = (1 - noise_share) * blob + noise_share * rng.uniform(0, 1, (size, size))
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray((255 * pixels).astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -74,7 +76,7 @@ def write_scores(store, model_id: int, values: Sequence[float], *, end: datetime
             predicted_class=index % 10, scores=scores, flagged=is_flagged,
             score=scores["1C-Sum"], score_indicator="1C-Sum",
             threshold_id=threshold_id if is_flagged else None,
-            image=ImageBlob("image/png", png_bytes(value)) if images else None,
+            image=ImageBlob("image/png", png_bytes(value, seed=first_offset + index)) if images else None,
         ))
     result = store.write(samples=records)
     return [result.sample_ids[record.position] for record in records]
