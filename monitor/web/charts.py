@@ -91,7 +91,8 @@ def volume_chart(buckets: Sequence[RateBucket], bucket_label: str) -> str:
             f'<text class="axis share" x="{WIDTH - MARGIN_RIGHT + 6}" y="{y + 4:.1f}">'
             f"{_format_number(top_share * step / 4)}%</text>"
         )
-    points = []
+    points: list[str] = []
+    runs: list[list[str]] = []
     for index, bucket in enumerate(buckets):
         x = MARGIN_LEFT + index * slot + (slot - bar_w) / 2
         height = plot_h * bucket.total / top_volume
@@ -107,9 +108,19 @@ def volume_chart(buckets: Sequence[RateBucket], bucket_label: str) -> str:
             f'<rect class="bar flagged" x="{x:.1f}" y="{MARGIN_TOP + plot_h - flagged_height:.1f}" '
             f'width="{bar_w:.1f}" height="{flagged_height:.1f}"/></g>'
         )
-        share_y = MARGIN_TOP + plot_h * (1 - bucket.rate * 100 / top_share)
-        points.append(f"{x + bar_w / 2:.1f},{share_y:.1f}")
-    parts.append(f'<polyline class="line share" points="{" ".join(points)}"/>')
+        if bucket.total:
+            share_y = MARGIN_TOP + plot_h * (1 - bucket.rate * 100 / top_share)
+            points.append(f"{x + bar_w / 2:.1f},{share_y:.1f}")
+        elif points:  # no samples, no share: the line breaks instead of dropping to 0 %
+            runs.append(points)
+            points = []
+    runs.append(points)
+    for run in runs:
+        if len(run) == 1:
+            x, y = run[0].split(",")
+            parts.append(f'<circle class="dot share" cx="{x}" cy="{y}" r="2.5"/>')
+        elif run:
+            parts.append(f'<polyline class="line share" points="{" ".join(run)}"/>')
     # A handful of time labels along the bottom.
     label_every = max(1, math.ceil(len(buckets) / 6))
     for index in range(0, len(buckets), label_every):
