@@ -417,57 +417,18 @@ def load_classifier(
     )
 
 
-# --- command-line helpers shared by `score`, `demo` and the daemon ---------------------------
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
-
-
-def _shape(text: str) -> tuple[int, int, int]:
-    try:
-        values = tuple(int(v) for v in text.lower().replace("x", ",").split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected C,H,W (e.g. 3,224,224), not {text!r}")
-    return values  # type: ignore[return-value]
-
-
-def add_model_arguments(parser: argparse.ArgumentParser, *, default_spec: str | None = "demo") -> None:
-    """The model options every command that loads the monitored classifier accepts."""
-    group = parser.add_argument_group("monitored model")
-    group.add_argument(
-        "--model",
-        default=default_spec,
-        metavar="SPEC",
-        help="'demo', a torchvision architecture (resnet18, ...), or package.module:factory"
-        + (f" (default: {default_spec})" if default_spec else ""),
-    )
-    group.add_argument("--weights", metavar="FILE", help="state_dict file (read with weights_only=True)")
-    group.add_argument("--num-classes", type=int, metavar="K", help="number of classes of the head")
-    group.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="model input shape")
-    group.add_argument("--mean", type=_floats, metavar="M[,M,M]", help="normalisation mean per channel")
-    group.add_argument("--std", type=_floats, metavar="S[,S,S]", help="normalisation std per channel")
-    group.add_argument(
-        "--class-names", type=lambda s: tuple(n.strip() for n in s.split(",")), metavar="A,B,...",
-        help="class names, in output order",
-    )
-    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+# --- command line -----------------------------------------------------------------------------
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedClassifier:
-    """`load_classifier` with the options `add_model_arguments` declared."""
+    """`load_classifier` with the model options of the command line (monitor.cli.add_model_arguments)."""
     return load_classifier(
         args.model,
-        weights=args.weights,
-        num_classes=args.num_classes,
-        input_shape=args.input_shape,
-        mean=args.mean,
-        std=args.std,
-        class_names=args.class_names,
-        device=args.device,
+        weights=getattr(args, "weights", None),
+        num_classes=getattr(args, "num_classes", None),
+        input_shape=getattr(args, "input_shape", None),
+        mean=getattr(args, "mean", None),
+        std=getattr(args, "std", None),
+        class_names=getattr(args, "class_names", None),
+        device=getattr(args, "device", None),
     )

@@ -237,6 +237,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default_spec: str | 
         "--cache-dir", metavar="DIR",
         help="1C-Sum calibration cache (default: $MONITOR_CACHE_DIR, else ~/.cache/ood-monitor)",
     )
+    group.add_argument(
+        "--calibration-samples", type=_positive_int, default=2048, metavar="N",
+        help="uniform-noise images that calibrate 1C-Sum on first use of a model (default 2048)",
+    )
 
 
 @subcommand
@@ -264,20 +268,63 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
 
 @subcommand
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "run",
+        help="consume the image topics, score every image, store and flag (the service)",
+        description="The streaming daemon: consumes [kafka] topics in a consumer group, scores every image "
+        "with the configured model, stores score and reject rows, sends dead letters and alerts, then commits "
+        "offsets; serves /healthz, /readyz, /metrics and the web app; runs the scheduled jobs. "
+        "Stops cleanly on SIGTERM or Ctrl-C (docs/daemon.md).",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML settings (default: $MONITOR_CONFIG or config/monitor.toml)")
+    parser.set_defaults(run=_lazy("monitor.stream.daemon:run_daemon"))
+
+
+@subcommand
+def _add_produce(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "produce",
+        help="send image files (folders recursively) to a Kafka topic",
+        description="Sends every file as one message, key = the file name without extension. Brokers and "
+        "client settings default to [kafka] of the configuration.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    parser.add_argument("--topic", required=True, help="topic to send to")
+    parser.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]", help="default: [kafka] bootstrap_servers")
+    parser.add_argument("--key-from", choices=("name", "none"), default="name",
+                        help="message key: the file name without extension (default) or none")
+    parser.add_argument("--api-version", metavar="VERSION", help="broker protocol, e.g. 0.9 (default: [kafka] api_version)")
+    parser.add_argument("--config", metavar="FILE", help="TOML settings (default: $MONITOR_CONFIG or config/monitor.toml)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_lazy("monitor.stream.produce:run_produce"))
+
+
+@subcommand
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "demo",
-        help="score the bundled sample images with the demo classifier and show which stand out",
-        description="Scores the bundled Fashion-MNIST and out-of-distribution sample images with the "
-        "bundled demo classifier; prints them sorted by 1C-Sum with the two-means threshold and the "
-        "auROC of every indicator.",
+        help="see the service work in a minute: local broker, demo model, live scores and flags",
+        description="Starts a local Tansu broker, a fresh SQLite store under --data-dir and the bundled demo "
+        "classifier, streams Fashion-MNIST images with bursts of out-of-distribution ones, and prints a line per "
+        "scored batch with the flagged and rejected messages. Ctrl-C stops everything it started. With "
+        "--offline: scores the bundled sample images in this process and prints them sorted by 1C-Sum.",
     )
     parser.add_argument("--offline", action="store_true", help="score the samples in this process (no broker)")
     parser.add_argument("--odin", action="store_true", help="also compute ODIN")
     parser.add_argument("--device", default=None, help="cpu, cuda (default: CUDA when available)")
     parser.add_argument("--cache-dir", metavar="DIR", help="1C-Sum calibration cache")
+    parser.add_argument("--calibration-samples", type=_positive_int, default=2048, metavar="N",
+                        help="noise images calibrating 1C-Sum (default 2048)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(run=_lazy("monitor.offline:run_offline_demo"))
+    parser.add_argument("--rate", type=float, default=20.0, metavar="N", help="images per second streamed (default 20)")
+    parser.add_argument("--burst-every", type=float, default=8.0, metavar="S",
+                        help="seconds between bursts of out-of-distribution images (default 8)")
+    parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    parser.add_argument("--port", type=int, default=None, help="web port (default 8080, else a free one)")
+    parser.add_argument("--data-dir", default="var/demo", metavar="DIR",
+                        help="where the demo's store and broker log go; emptied at start (default var/demo)")
+    parser.set_defaults(run=_lazy("monitor.stream.demo:run_demo"))
 
 
 @subcommand
