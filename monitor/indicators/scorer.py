@@ -209,7 +209,11 @@ class Scorer:
         return self._calibration
 
     @calibration.setter
-    def calibration(self, calibration: Calibration | Mapping[str, Any]) -> None:
+    def calibration(self, calibration: Calibration | Mapping[str, Any] | None) -> None:
+        """Use this calibration (checked against the model), or None to forget it."""
+        if calibration is None:
+            self._calibration = None
+            return
         if isinstance(calibration, Mapping):
             calibration = Calibration.from_dict(calibration)
         if not isinstance(calibration, Calibration):
@@ -312,7 +316,7 @@ class Scorer:
                     ", ".join(calibration.dropped),
                 )
             if not calibration.members:
-                raise ModelError("1C-Sum: every member is constant on uniform noise")
+                log.warning("1C-Sum: every member is constant on uniform noise; 1C-Sum is 0 (an empty sum)")
             self._calibration = calibration
             return calibration
 

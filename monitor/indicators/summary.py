@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from monitor.errors import InputError
-from monitor.names import INDICATORS, SUMMARY, SUMMARY_MEMBERS_EXCLUDED
+from monitor.names import INDICATORS, SUMMARY_MEMBERS_EXCLUDED
 
 CALIBRATION_FORMAT = 1
 DEFAULT_CALIBRATION_SAMPLES = 2048
@@ -186,12 +186,14 @@ def fit_calibration(
 def one_c_sum(
     indicators: Mapping[str, Tensor], calibration: Calibration, weights: Mapping[str, float]
 ) -> Tensor:
-    """Eq. 31 with weights: sum_i w_i (h_i - mu_i) / sigma_i over the calibration's members."""
+    """Eq. 31 with weights: sum_i w_i (h_i - mu_i) / sigma_i over the calibration's members.
+
+    The terms are added in canonical order, so the result does not depend on dict order.
+    """
     standardized = calibration.standardize(indicators)
-    total = None
-    for name, value in standardized.items():
-        term = value * float(weights.get(name, 1.0))
-        total = term if total is None else total + term
-    if total is None:
-        raise InputError(f"{SUMMARY}: the calibration has no members")
-    return total
+    if not standardized:
+        # Every member was constant on noise: the sum is empty, hence 0 (logged at calibration).
+        reference = next(iter(indicators.values()))
+        return torch.zeros(reference.shape[0], dtype=torch.float64, device=reference.device)
+    terms = [value * float(weights.get(name, 1.0)) for name, value in standardized.items()]
+    return torch.stack(terms).sum(dim=0)
