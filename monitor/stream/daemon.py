@@ -16,10 +16,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from monitor.errors import MonitorError
-from monitor.settings import Settings
-from monitor.stream.operability import DaemonState, HttpServer, build_http_app
-from monitor.stream.pipeline import (
+# Before the store's imports: alembic logs its plugin set-up at INFO while being imported.
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+from monitor.errors import MonitorError  # noqa: E402
+from monitor.settings import Settings  # noqa: E402
+from monitor.stream.operability import DaemonState, HttpServer, build_http_app  # noqa: E402
+from monitor.stream.pipeline import (  # noqa: E402
     PipelineParts,
     ScorerAdapter,
     ThresholdSource,
@@ -27,7 +30,7 @@ from monitor.stream.pipeline import (
     image_decoder,
     install_default_threshold,
 )
-from monitor.stream.steps import Batch, BatchAbandoned, Shutdown, Step
+from monitor.stream.steps import Batch, BatchAbandoned, Shutdown, Step  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,9 @@ def configure_logging(logging_settings: Any, verbose: bool = False) -> None:
     for handler in root.handlers:
         if logging_settings.format == "json":
             handler.setFormatter(JsonLogFormatter())
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO lines are per-connection noise
+    # Their INFO lines are per-connection and per-migration noise.
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
 
 
 # --- the consume loop ----------------------------------------------------------------------------
@@ -153,7 +158,8 @@ class Daemon:
         self.scorer = Scorer(self.classifier.model, mean=preprocessing.mean, std=preprocessing.std,
                              odin=model_settings.odin, input_shape=preprocessing.input_shape)
         Path(model_settings.cache_dir).mkdir(parents=True, exist_ok=True)
-        load_or_calibrate(self.scorer, model_settings.cache_dir, progress=self.progress)
+        load_or_calibrate(self.scorer, model_settings.cache_dir, n=model_settings.calibration_samples,
+                          progress=self.progress)
         if self.settings.stream.indicator not in self.scorer.available:
             raise MonitorError(f"[stream] indicator: {self.settings.stream.indicator} is not available for "
                                f"this model (available: {', '.join(self.scorer.available)})")
