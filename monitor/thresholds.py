@@ -206,32 +206,33 @@ _BLOCK = 1 << 13  # values per block: the working buffers stay in the CPU cache
 
 @dataclass(frozen=True)
 class _Centred:
-    """Sorted values seen through blocks of _BLOCK: c_k = v[k] - centre, its block prefix sums
-    ``prefix[j]`` = sum of c_k for k < j * _BLOCK, and the total sum of squares."""
+    """Sorted values seen through blocks of ``block`` values: c_k = v[k] - centre, the block
+    prefix sums ``prefix[j]`` = sum of c_k for k < j * block, and the total sum of squares."""
 
     centre: float
     total_ss: float
     prefix: np.ndarray
+    block: int
 
 
-def _centred(sorted_values: np.ndarray) -> _Centred:
+def _centred(sorted_values: np.ndarray, block: int = _BLOCK) -> _Centred:
     """One blocked pass around the median (|mean - median| <= standard deviation, so nothing
     cancels): the mean, the block sums and the total sum of squares, accurate far from 0."""
     n = sorted_values.size
     median = float(sorted_values[n // 2])
-    buffer = np.empty(min(_BLOCK, n))
-    sums = np.empty(-(-n // _BLOCK))
+    buffer = np.empty(min(block, n))
+    sums = np.empty(-(-n // block))
     squares = 0.0
-    for j, start in enumerate(range(0, n, _BLOCK)):
-        block = sorted_values[start : start + _BLOCK]
-        around_median = np.subtract(block, median, out=buffer[: block.size])
+    for j, start in enumerate(range(0, n, block)):
+        values = sorted_values[start : start + block]
+        around_median = np.subtract(values, median, out=buffer[: values.size])
         sums[j] = around_median.sum()
         squares += float(np.einsum("i,i->", around_median, around_median))  # BLAS dot threads badly here
     total = float(sums.sum())
     shift = total / n  # mean - median
-    sizes = np.minimum(_BLOCK, n - np.arange(sums.size) * _BLOCK)
+    sizes = np.minimum(block, n - np.arange(sums.size) * block)
     prefix = np.concatenate(([0.0], np.cumsum(sums - sizes * shift)))
-    return _Centred(median + shift, max(squares - total * shift, 0.0), prefix)
+    return _Centred(median + shift, max(squares - total * shift, 0.0), prefix, block)
 
 
 def _between_blocks(sorted_values: np.ndarray, centred: _Centred, blocks=None):
@@ -245,13 +246,13 @@ def _between_blocks(sorted_values: np.ndarray, centred: _Centred, blocks=None):
     so the yielded array is overwritten on the next step.
     """
     n = sorted_values.size
-    size = min(_BLOCK, max(n - 1, 1))
+    size = min(centred.block, max(n - 1, 1))
     score_buffer, scratch_buffer = np.empty(size), np.empty(size)
     kept_buffer, tie_buffer = np.empty(size), np.empty(size, dtype=bool)
     offsets = np.arange(size, dtype=np.float64)
-    for j in range(-(-(n - 1) // _BLOCK)) if blocks is None else blocks:
-        start = int(j) * _BLOCK
-        stop = min(start + _BLOCK, n - 1)
+    for j in range(-(-(n - 1) // centred.block)) if blocks is None else blocks:
+        start = int(j) * centred.block
+        stop = min(start + centred.block, n - 1)
         size = stop - start
         score, scratch = score_buffer[:size], scratch_buffer[:size]
         kept, ties = kept_buffer[:size], tie_buffer[:size]
@@ -277,13 +278,13 @@ def _promising_blocks(sorted_values: np.ndarray, centred: _Centred, tolerance: f
     max|c| at a block end since the values are sorted; n_l n_r is smallest at an end.
     """
     n = sorted_values.size
-    starts = np.arange(0, n - 1, _BLOCK)
-    stops = np.minimum(starts + _BLOCK, n - 1)
+    starts = np.arange(0, n - 1, centred.block)
+    stops = np.minimum(starts + centred.block, n - 1)
     centre, prefix = centred.centre, centred.prefix
     d_start = np.abs(prefix[: starts.size])
     # d at the last split of each block: the next block's prefix, minus v[n-1] in the last one.
     d_stop = prefix[1 : starts.size + 1].copy()
-    if starts.size * _BLOCK >= n:
+    if starts.size * centred.block >= n:
         d_stop[-1] = prefix[-1] - (sorted_values[-1] - centre)
     np.abs(d_stop, out=d_stop)
     steepest = np.maximum(np.abs(sorted_values[starts] - centre), np.abs(sorted_values[stops - 1] - centre))
@@ -371,7 +372,24 @@ def two_means(values: Any) -> float:
     """
     sorted_values = _sorted_finite(values)
     _distinct_or_raise(sorted_values)
-    centred = _centred(sorted_values)
+    return _threshold_at(sorted_values, _two_means_split(_in_safe_range(sorted_values)))
+
+
+def _safe_exponent(sorted_values: np.ndarray) -> int:
+    """e such that the values times 2^e have squares far from overflow and underflow (0 if
+    they already do); scaling by a power of two is exact and keeps order and ties."""
+    largest = max(abs(float(sorted_values[0])), abs(float(sorted_values[-1])))
+    return 0 if 2.0**-400 <= largest <= 2.0**400 else -math.frexp(largest)[1]
+
+
+def _in_safe_range(sorted_values: np.ndarray) -> np.ndarray:
+    exponent = _safe_exponent(sorted_values)
+    return sorted_values if exponent == 0 else np.ldexp(sorted_values, exponent)
+
+
+def _two_means_split(sorted_values: np.ndarray, block: int = _BLOCK) -> int:
+    """The split index of the exact 2-means partition of sorted values (at least two distinct)."""
+    centred = _centred(sorted_values, block)
     tolerance = TIE_RTOL * centred.total_ss / sorted_values.size  # in score units (between-SS / n)
     blocks = _promising_blocks(sorted_values, centred, tolerance)
     # Streaming arg-max: `last` is the last split within `tolerance` of the best so far; a
@@ -383,7 +401,7 @@ def two_means(values: Any) -> float:
             continue
         best = max(best, block_best)
         last = start + 1 + int(np.flatnonzero(score >= best - tolerance)[-1])
-    return _threshold_at(sorted_values, last)
+    return last
 
 
 # --- extreme-value tail (peaks over threshold) ---------------------------------------------
@@ -584,8 +602,8 @@ class ThresholdFit:
         )
         if self.used_labels:
             text += (
-                f"; {self.n_labelled_ood} OOD and {self.n_labelled_id} ID labels, "
-                f"{self.mistakes} on the wrong side ({self.false_alarms} ID flagged, {self.misses} OOD missed)"
+                f"; labels: {self.n_labelled_ood} OOD, {self.n_labelled_id} ID, {self.mistakes} on the wrong "
+                f"side ({self.false_alarms} ID flagged, {self.misses} OOD missed)"
             )
             unsupervised = self.details.get("unsupervised_threshold")
             if unsupervised is not None and unsupervised != self.threshold:
@@ -594,6 +612,15 @@ class ThresholdFit:
 
     def __float__(self) -> float:
         return self.threshold
+
+
+def _in_caller_units(sum_of_squares: float, exponent: int) -> float | None:
+    """A sum of squares of values scaled by 2^exponent, back in the caller's units; None when
+    it lies beyond the float range (values near 1e154 and above)."""
+    try:
+        return math.ldexp(sum_of_squares, -2 * exponent)
+    except OverflowError:
+        return None
 
 
 def _method_parameters(
@@ -654,12 +681,13 @@ def fit_threshold(
     details: dict[str, Any] = {}
     if method == "two-means":
         _distinct_or_raise(sorted_values)
-        centred = _centred(sorted_values)
-        total_ss = centred.total_ss
+        exponent = _safe_exponent(sorted_values)
+        scaled = _in_safe_range(sorted_values)
+        centred = _centred(scaled)
         cost = np.zeros(n + 1)  # flag-all and flag-none: one group, nothing between
-        for start, score in _between_blocks(sorted_values, centred):
+        for start, score in _between_blocks(scaled, centred):
             np.multiply(score, -float(n), out=cost[start + 1 : start + 1 + score.size])
-        tolerance = TIE_RTOL * total_ss
+        tolerance = TIE_RTOL * centred.total_ss
     elif method == "proportion":
         _check_proportion_size(n, parameters["p"])
         cost, tolerance = _proportion_cost(n, parameters["p"])
@@ -694,7 +722,10 @@ def fit_threshold(
             false_alarms = int(n_id - id_below[split])
             details["unsupervised_threshold"] = threshold_of(unsupervised)
     if method == "two-means":
-        details.update(within_ss=max(total_ss + float(cost[split]), 0.0), total_ss=total_ss)
+        within_ss = max(centred.total_ss + float(cost[split]), 0.0)
+        details.update(
+            within_ss=_in_caller_units(within_ss, exponent), total_ss=_in_caller_units(centred.total_ss, exponent)
+        )
     return ThresholdFit(
         threshold=threshold_of(split),
         method=method,
