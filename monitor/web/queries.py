@@ -80,17 +80,26 @@ def volume_buckets(
 ) -> list[RateBucket]:
     """Samples scored and flagged per bucket of `bucket_s` seconds in [start, end); empty buckets as zeros."""
     origin = int(start.timestamp()) // bucket_s * bucket_s
-    bucket = ((_epoch_seconds(connection, Sample.scored_at) - origin) // bucket_s).label("bucket")
+    origin_at = datetime.fromtimestamp(origin, timezone.utc)
+    if connection.dialect.name == "postgresql" and (connection.dialect.server_version_info or (0,)) >= (14,):
+        # date_bin works on the timestamp's integer microseconds: about twice as fast as epoch arithmetic.
+        bucket = func.date_bin(timedelta(seconds=bucket_s), Sample.scored_at, origin_at).label("bucket")
+    else:
+        bucket = ((_epoch_seconds(connection, Sample.scored_at) - origin) // bucket_s).label("bucket")
     query = (
         select(bucket, func.count().label("total"), func.sum(case((Sample.flagged, 1), else_=0)).label("flagged"))
         .where(Sample.model_id == model_id, Sample.scored_at >= start, Sample.scored_at < end)
         .group_by(bucket)
     )
-    found = {int(row.bucket): (int(row.total), int(row.flagged or 0)) for row in connection.execute(query)}
+    found: dict[int, tuple[int, int]] = {}
+    for row in connection.execute(query):
+        key = row.bucket
+        index = int((_utc(key) - origin_at).total_seconds()) // bucket_s if isinstance(key, datetime) else int(key)
+        found[index] = (int(row.total), int(row.flagged or 0))
     count = max(1, -(-(int(end.timestamp()) - origin) // bucket_s))
     return [
         RateBucket(
-            start=datetime.fromtimestamp(origin + index * bucket_s, timezone.utc),
+            start=origin_at + timedelta(seconds=index * bucket_s),
             total=found.get(index, (0, 0))[0],
             flagged=found.get(index, (0, 0))[1],
         )
@@ -105,11 +114,17 @@ class WindowCounts:
     labelled: int
 
 
-def window_counts(connection: Connection, model_id: int, start: datetime, end: datetime) -> WindowCounts:
+def window_counts(
+    connection: Connection, model_id: int, start: datetime, end: datetime, buckets: Sequence[RateBucket] | None = None
+) -> WindowCounts:
+    """Scored, flagged and labelled samples in [start, end); reuses `buckets` of the same window if given."""
     in_window = and_(Sample.model_id == model_id, Sample.scored_at >= start, Sample.scored_at < end)
-    scored, flagged = connection.execute(
-        select(func.count(), func.sum(case((Sample.flagged, 1), else_=0))).where(in_window)
-    ).one()
+    if buckets is None:
+        scored, flagged = connection.execute(
+            select(func.count(), func.sum(case((Sample.flagged, 1), else_=0))).where(in_window)
+        ).one()
+    else:
+        scored, flagged = sum(b.total for b in buckets), sum(b.flagged for b in buckets)
     labelled = connection.execute(
         select(func.count(func.distinct(Label.sample_id))).join(Sample, Sample.id == Label.sample_id).where(in_window)
     ).scalar_one()
@@ -249,16 +264,23 @@ class QueueResult:
 def flagged_queue(connection: Connection, model_id: int, filters: QueueFilters) -> QueueResult:
     conditions = _queue_conditions(model_id, filters)
     total = connection.execute(select(func.count()).select_from(Sample).where(*conditions)).scalar_one()
+    # The page's ids first (index order, offset skipped cheaply), then labels and images for those rows only.
+    page_ids = (
+        select(Sample.id)
+        .where(*conditions)
+        .order_by(*_SORTS[filters.sort])
+        .limit(filters.per_page)
+        .offset((filters.page - 1) * filters.per_page)
+        .subquery()
+    )
     has_image = exists().where(SampleImage.sample_id == Sample.id)
     query = (
         select(
             Sample.id, Sample.model_id, Sample.sample_key, Sample.scored_at, Sample.predicted_class, Sample.score,
             Sample.score_indicator, Sample.flagged, _current_label().label("label"), has_image.label("has_image"),
         )
-        .where(*conditions)
+        .join(page_ids, page_ids.c.id == Sample.id)
         .order_by(*_SORTS[filters.sort])
-        .limit(filters.per_page)
-        .offset((filters.page - 1) * filters.per_page)
     )
     items = [
         SampleSummary(

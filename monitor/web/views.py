@@ -71,7 +71,7 @@ def overview(
         buckets, counts, active = [], WindowCounts(0, 0, 0), []
     else:
         buckets = queries.volume_buckets(connection, model.id, start, end, step)
-        counts = queries.window_counts(connection, model.id, start, end)
+        counts = queries.window_counts(connection, model.id, start, end, buckets)
         active = queries.active_thresholds(connection, model.id)
     lag = None
     if consumer_lag is not None:
