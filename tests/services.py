@@ -292,3 +292,80 @@ def postgres_database(purpose: str = "db") -> Iterator[str]:
     finally:
         with _admin_connection() as connection:
             _drop_database(connection, name)
+
+
+# --- A PostgreSQL server of a test's own ----------------------------------------------------------
+# For tests that stop the database on purpose (the daemon must back off and resume): a throw-away
+# cluster made with initdb in a temporary folder, on a free port, so the shared server stays up.
+# PostgreSQL refuses to run as root: as root, the cluster belongs to the `postgres` user.
+
+import glob  # noqa: E402
+import shutil  # noqa: E402
+
+
+def _postgres_bin(tool: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{tool}"))
+    if not found:
+        raise RuntimeError(f"PostgreSQL's {tool} not found under /usr/lib/postgresql/*/bin")
+    return found[-1]
+
+
+class OwnPostgres:
+    """initdb + pg_ctl on a free port of 127.0.0.1, trust auth; `stop()` / `start()` keep the data.
+
+    The cluster lives in its own folder directly under the temporary directory (the postgres user must
+    be able to reach it; pytest's tmp_path is private to root); `remove()` stops it and deletes it.
+    """
+
+    def __init__(self):
+        import tempfile
+
+        self.workdir = Path(tempfile.mkdtemp(prefix="ood-monitor-pg-"))
+        self.data = self.workdir / "pgdata"
+        self.port = free_port()
+        self.log = self.workdir / "postgres.log"
+        self._as_postgres = os.geteuid() == 0
+
+    def _run(self, *command: str, timeout: float = 60) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if self._as_postgres else []
+        result = subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+
+    def init(self) -> "OwnPostgres":
+        if self._as_postgres:
+            shutil.chown(self.workdir, "postgres", "postgres")
+            os.chmod(self.workdir, 0o700)
+        self._run(_postgres_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                  "--no-sync", "-E", "UTF8")
+        return self
+
+    def start(self, timeout: float = 60) -> "OwnPostgres":
+        options = f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(_postgres_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options,
+                  "-w", "-t", str(int(timeout)), "start", timeout=timeout + 10)
+        return self
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run(_postgres_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
+                             autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+__all__ += ["OwnPostgres"]

@@ -59,3 +59,47 @@ def store(request, store_engines):
     engine = store_engines(request.param)
     empty_all_tables(engine)
     return Store(engine)
+
+
+# --- brokers and the daemon ------------------------------------------------------------------------
+# Real brokers, started once per run: Apache Kafka 0.9 (durable; tests may restart it) and Tansu
+# (in memory). Tests use their own topics and consumer groups, so they share the brokers safely.
+
+
+@pytest.fixture(scope="session")
+def kafka09(tmp_path_factory):
+    from tests.services import Kafka09Broker
+
+    broker = Kafka09Broker(tmp_path_factory.mktemp("kafka09")).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def tansu():
+    from tests.services import TansuBroker
+
+    broker = TansuBroker().start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(params=["kafka-0.9", "tansu"])
+def broker(request):
+    """Each real broker in turn: Apache Kafka 0.9 (no headers, pinned api_version) and Tansu."""
+    return request.getfixturevalue("kafka09" if request.param == "kafka-0.9" else "tansu")
+
+
+def create_topic(broker, name: str, partitions: int) -> None:
+    from tests.services import Kafka09Broker, create_tansu_topic
+
+    if isinstance(broker, Kafka09Broker):
+        broker.create_topic(name, partitions)
+    else:
+        create_tansu_topic(broker, name, partitions)
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory):
+    """One 1C-Sum calibration cache for every daemon of the run (the first one fills it)."""
+    return tmp_path_factory.mktemp("model-cache")

@@ -1,0 +1,250 @@
+"""Driving real `ood-monitor run` daemons against real brokers and databases, for the daemon tests."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from sqlalchemy import create_engine, text
+
+from monitor.classifiers import ASSETS_DIR
+from tests.services import ROOT, free_port, wait_until
+
+CALIBRATION_SAMPLES = 64  # a quick 1C-Sum calibration: the tests check the plumbing, not the science
+
+
+def fashion_samples() -> list[tuple[str, bytes]]:
+    """The bundled Fashion-MNIST sample PNGs (28x28 grey, what the demo model takes)."""
+    return [(path.stem, path.read_bytes()) for path in sorted((ASSETS_DIR / "samples").glob("id-*.png"))]
+
+
+def image_stream(count: int, prefix: str) -> list[tuple[str, bytes]]:
+    samples = fashion_samples()
+    return [(f"{prefix}-{index:05d}", samples[index % len(samples)][1]) for index in range(count)]
+
+
+def _png(array: np.ndarray, mode: str) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def message_corpus(max_bytes: int) -> dict[str, tuple[bytes, str | None]]:
+    """Name -> (value, reject reason expected, or None when it must become a score row)."""
+    valid = fashion_samples()[0][1]
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    np.save(buffer, rng.random((28, 28), dtype=np.float32), allow_pickle=False)
+    oversized = _png(rng.integers(0, 256, (120, 120), dtype=np.uint8), "L")
+    assert len(oversized) > max_bytes
+    return {
+        "valid": (valid, None),
+        "valid-npy": (buffer.getvalue(), None),
+        "wrong-size": (_png(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8), "RGB"), None),  # resized, grey
+        "corrupt": (b"\x89PNG\r\n\x1a\n" + bytes(rng.integers(0, 256, 600, dtype=np.uint8)), "corrupt"),
+        "empty": (b"", "empty"),
+        "truncated": (valid[: len(valid) // 2], "truncated"),
+        "oversized": (oversized, "too_large"),
+    }
+
+
+def daemon_config(path: Path, *, bootstrap: str, api_version: str, topic: str, group: str, store_url: str,
+                  cache_dir: Path, port: int, batch_size: int = 8, extra: str = "") -> Path:
+    path.write_text(f"""
+[model]
+spec = "demo"
+device = "cpu"
+cache_dir = "{cache_dir}"
+calibration_samples = {CALIBRATION_SAMPLES}
+
+[kafka]
+bootstrap_servers = ["{bootstrap}"]
+topics = ["{topic}"]
+group_id = "{group}"
+api_version = "{api_version}"
+session_timeout_ms = 6000
+max_poll_records = 50
+dead_letter_topic = "{topic}.dead-letter"
+alerts_topic = "{topic}.alerts"
+
+[stream]
+batch_size = {batch_size}
+max_batch_wait_ms = 100
+decode_threads = 1
+threshold_refresh_s = 1.0
+store_retry_initial_s = 0.2
+store_retry_max_s = 2.0
+shutdown_grace_s = 10.0
+
+[store]
+url = "{store_url}"
+
+[web]
+host = "127.0.0.1"
+port = {port}
+
+[jobs]
+enabled = false
+{extra}
+""")
+    return path
+
+
+class DaemonProcess:
+    """`ood-monitor run --config FILE` as a real child process, its output in a log file."""
+
+    def __init__(self, config: Path, log: Path, port: int):
+        self.config, self.log_path, self.port = config, log, port
+        self.process: subprocess.Popen | None = None
+
+    @classmethod
+    def configured(cls, workdir: Path, name: str, **config) -> "DaemonProcess":
+        port = free_port()
+        path = daemon_config(workdir / f"{name}.toml", port=port, **config)
+        return cls(path, workdir / f"{name}.log", port)
+
+    def start(self) -> "DaemonProcess":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "monitor.cli", "run", "--config", str(self.config)], cwd=ROOT,
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        return self
+
+    def log_tail(self, size: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-size:] if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _check_alive(self) -> None:
+        if not self.alive():
+            raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log_tail()}")
+
+    def probe(self, path: str) -> int | None:
+        import httpx
+
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=2).status_code
+        except httpx.HTTPError:
+            return None
+
+    def wait_ready(self, timeout: float = 120) -> "DaemonProcess":
+        """Until /readyz says 200: model loaded, partitions assigned, database writable."""
+        def ready():
+            self._check_alive()
+            return self.probe("/readyz") == 200
+
+        wait_until(ready, timeout, f"daemon {self.config.stem} to be ready", interval=0.2)
+        return self
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(30)
+
+    def wait_exit(self, timeout: float) -> int:
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def produce(bootstrap: str, api_version, topic: str, messages: Iterable[tuple[str | None, bytes]],
+            partition: int | None = None) -> list[tuple[int, int]]:
+    """Send and wait for every acknowledgement; returns (partition, offset) of each message."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, api_version=api_version, acks="all", linger_ms=5,
+                             max_request_size=2_000_000)
+    try:
+        futures = [producer.send(topic, value=value, key=key.encode() if key else None, partition=partition)
+                   for key, value in messages]
+        producer.flush(60)
+        return [(meta.partition, meta.offset) for meta in (future.get(60) for future in futures)]
+    finally:
+        producer.close(10)
+
+
+def consume_all(bootstrap: str, api_version, topic: str, expected: int, timeout: float = 60) -> list:
+    """Read `topic` from the start (no group) until `expected` messages arrived."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, api_version=api_version, enable_auto_commit=False,
+                             auto_offset_reset="earliest", consumer_timeout_ms=1000)
+    try:
+        partitions = wait_until(lambda: consumer.partitions_for_topic(topic), timeout, f"topic {topic}")
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        consumer.seek_to_beginning()
+        records: list = []
+
+        def enough():
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+            return len(records) >= expected
+
+        wait_until(enough, timeout, f"{expected} messages on {topic} (got {len(records)})", interval=0)
+        records.extend(record for batch in consumer.poll(timeout_ms=500).values() for record in batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def committed_offsets(bootstrap: str, api_version, group: str, topic: str, partitions: int) -> dict[int, int | None]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, api_version=api_version, group_id=group,
+                             enable_auto_commit=False)
+    try:
+        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
+    finally:
+        consumer.close(autocommit=False)
+
+
+class StoredRows:
+    """What the daemon wrote, read straight from its database."""
+
+    def __init__(self, url: str):
+        self.engine = create_engine(url.replace("postgresql+psycopg", "postgresql+psycopg"), pool_pre_ping=True)
+
+    def count(self, table: str) -> int:
+        try:
+            with self.engine.connect() as connection:
+                return connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+        except Exception:  # the daemon may not have created the schema yet, or the database is down
+            return -1
+
+    def total(self) -> int:
+        return self.count("samples") + self.count("rejects")
+
+    def positions(self, topic: str) -> list[tuple[int, int]]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(text(
+                "SELECT source_partition, source_offset FROM samples WHERE source_topic = :t "
+                "UNION ALL SELECT source_partition, source_offset FROM rejects WHERE source_topic = :t"),
+                {"t": topic}).all()
+        return sorted((int(p), int(o)) for p, o in rows)
+
+    def rows(self, sql: str, **params) -> list:
+        with self.engine.connect() as connection:
+            return connection.execute(text(sql), params).all()
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,114 @@
+"""End to end on real brokers: every kind of message ends as exactly one score row or one reject row
+plus a dead-letter message; flagged samples raise alerts; offsets are committed; probes answer."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+
+import httpx
+import pytest
+
+from monitor.settings import settings_from_mapping
+from monitor.stream.daemon import Daemon
+from tests.integration.conftest import create_topic
+from tests.integration.daemon_support import (
+    CALIBRATION_SAMPLES,
+    StoredRows,
+    committed_offsets,
+    consume_all,
+    message_corpus,
+)
+from tests.services import Kafka09Broker, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+MAX_BYTES = 8000
+
+
+def _api_version(broker):
+    return (0, 9) if isinstance(broker, Kafka09Broker) else None
+
+
+def test_each_message_ends_as_one_row_and_rejects_as_dead_letters(broker, tmp_path, model_cache):
+    topic = f"images-{uuid.uuid4().hex[:8]}"
+    dead_letters, alerts = f"{topic}.dead-letter", f"{topic}.alerts"
+    for name, partitions in ((topic, 2), (dead_letters, 1), (alerts, 1)):
+        create_topic(broker, name, partitions)
+    store_url = f"sqlite:///{tmp_path / 'monitor.db'}"
+    settings = settings_from_mapping({
+        "model": {"spec": "demo", "device": "cpu", "cache_dir": str(model_cache),
+                  "calibration_samples": CALIBRATION_SAMPLES},
+        "kafka": {"bootstrap_servers": [broker.bootstrap], "topics": [topic], "group_id": f"g-{topic}",
+                  "api_version": broker.api_version, "session_timeout_ms": 6000,
+                  "dead_letter_topic": dead_letters, "alerts_topic": alerts},
+        "stream": {"batch_size": 4, "max_batch_wait_ms": 100, "default_threshold": -1e9},  # flags every image
+        "imaging": {"max_bytes": MAX_BYTES},
+        "store": {"url": store_url},
+        "web": {"port": free_port()},
+        "jobs": {"enabled": False},
+    })
+    daemon = Daemon(settings, install_signal_handlers=False)
+    runner = threading.Thread(target=daemon.run, name="daemon")
+    runner.start()
+    rows = StoredRows(store_url)
+    try:
+        wait_until(lambda: daemon.state.assigned_partitions == 2 or not runner.is_alive(), 90,
+                   "the daemon to join its group")
+        assert runner.is_alive()
+        corpus = message_corpus(MAX_BYTES)
+        expected_reasons = {name: reason for name, (_, reason) in corpus.items() if reason}
+        valid = {name for name, (_, reason) in corpus.items() if reason is None}
+        from kafka import KafkaProducer
+
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, api_version=_api_version(broker), acks="all")
+        ends: dict[int, int] = {}
+        for name, (value, _) in corpus.items():
+            meta = producer.send(topic, value=value, key=name.encode()).get(60)
+            ends[meta.partition] = meta.offset + 1
+        if not isinstance(broker, Kafka09Broker):  # headers exist from 0.11: a type the bytes contradict
+            meta = producer.send(topic, value=corpus["valid"][0], key=b"mislabelled",
+                                 headers=[("content-type", b"image/jpeg")]).get(60)
+            ends[meta.partition] = meta.offset + 1
+            expected_reasons["mislabelled"] = "content_type_mismatch"
+        producer.close()
+
+        total = len(valid) + len(expected_reasons)
+        wait_until(lambda: rows.total() == total, 90, f"{total} stored rows")
+        stored_samples = {key for (key,) in rows.rows("SELECT sample_key FROM samples")}
+        stored_rejects = dict(rows.rows("SELECT sample_key, reason FROM rejects"))
+        assert stored_samples == valid
+        assert stored_rejects == expected_reasons
+
+        letters = [json.loads(record.value) for record in
+                   consume_all(broker.bootstrap, _api_version(broker), dead_letters, len(expected_reasons))]
+        assert {letter["sample_key"]: letter["reason"] for letter in letters} == expected_reasons
+        for letter in letters:
+            original = corpus.get(letter["sample_key"], corpus["valid"])[0]
+            assert base64.b64decode(letter["value_base64"]) == original
+            assert letter["source"]["topic"] == topic and letter["size"] == len(original)
+
+        flagged = [json.loads(record.value) for record in
+                   consume_all(broker.bootstrap, _api_version(broker), alerts, len(valid))]
+        assert sorted(alert["sample_key"] for alert in flagged) == sorted(valid)
+        assert {alert["kind"] for alert in flagged} == {"flagged_sample"}
+        assert all(alert["threshold"] == -1e9 and alert["model"]["name"] == "demo" for alert in flagged)
+
+        wait_until(lambda: {p: o for p, o in committed_offsets(broker.bootstrap, _api_version(broker),
+                                                                f"g-{topic}", topic, 2).items() if o} == ends,
+                   60, f"committed offsets {ends}")
+
+        base = f"http://127.0.0.1:{settings.web.port}"
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        assert httpx.get(f"{base}/readyz").status_code == 200
+        metrics = httpx.get(f"{base}/metrics").text
+        assert f"ood_monitor_images_scored_total {float(len(valid))}" in metrics
+        assert 'ood_monitor_rejects_total{reason="empty"} 1.0' in metrics
+        assert "ood_monitor_batch_seconds_bucket" in metrics and "ood_monitor_consumer_lag" in metrics
+    finally:
+        daemon.request_stop(5.0)
+        runner.join(60)
+        rows.close()
+    assert not runner.is_alive()
