@@ -746,13 +746,16 @@ def fit_threshold(
 
 @dataclass(frozen=True)
 class SummaryWeights:
-    """Weights for the 1C-Sum summary: sum_i weights[i] * (h_i - mu_i) / sigma_i + offset.
+    """Weights for the 1C-Sum summary: sum_i weights[i] * (h_i - mu_i) / sigma_i.
 
-    mu_i, sigma_i are the Scorer's own standardisation (uniform-noise statistics), so the
-    weights plug into the Scorer unchanged. Uniform weights (all 1, offset 0) are the
-    paper's 1C-Sum; ``used_labels`` says whether the labels replaced them, ``reason`` why.
-    The fitted weights are scaled so that their absolute values sum to the number of members,
-    like the uniform ones; values > -offset is the balanced classifier's OOD side.
+    mu_i, sigma_i are the Scorer's own standardisation (its calibration's noise statistics),
+    so ``scorer.set_summary_weights(result.weights)`` applies them unchanged. Uniform weights
+    (all 1) are the paper's 1C-Sum; ``used_labels`` says whether labels replaced them and
+    ``reason`` why (or why not). Fitted weights are scaled so that their absolute values sum
+    to the number of members, like the uniform ones. ``offset`` is the fitted model's
+    intercept on that scale: the Scorer does not add it (a constant shift changes no ranking),
+    and the balanced classifier's own cut is summary > -offset. Thresholds fitted on the old
+    summary do not carry over: refit them on the re-weighted values (see ``summary``).
     """
 
     weights: dict[str, float]
@@ -776,15 +779,20 @@ class SummaryWeights:
             "auroc_fitted": self.auroc_fitted,
         }
 
-    def apply(self, standardised: Mapping[str, Any]) -> np.ndarray:
-        """The re-weighted summary from standardised members (h_i - mu_i) / sigma_i."""
+    def summary(self, indicators: Mapping[str, Any], mean: Mapping[str, float], std: Mapping[str, float]) -> np.ndarray:
+        """The re-weighted 1C-Sum of raw member values, as the Scorer computes it (no offset)."""
         total = None
-        for name, weight in self.weights.items():
-            if name not in standardised:
-                raise InputError(f"standardised: has no values for 1C-Sum member {name!r}")
-            term = weight * finite_values(standardised[name], f"standardised[{name!r}]")
+        for member, weight in self.weights.items():
+            if member not in indicators:
+                raise InputError(f"indicators: has no values for 1C-Sum member {member!r}")
+            values = finite_values(indicators[member], f"indicators[{member!r}]")
+            mu = _member_statistic(mean, "mean", member, False)
+            sigma = _member_statistic(std, "std", member, True)
+            term = weight * ((values - mu) / sigma)
+            if total is not None and term.size != total.size:
+                raise InputError(f"indicators[{member!r}]: has {term.size} values, the others {total.size}")
             total = term if total is None else total + term
-        return total + self.offset
+        return total
 
 
 def _member_statistic(mapping: Mapping[str, Any], name: str, member: str, positive: bool) -> float:
