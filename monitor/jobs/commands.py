@@ -11,8 +11,7 @@ from typing import Any
 
 from monitor.errors import InputError, MonitorError
 from monitor.jobs.alerts import AlertSink, utc_iso
-from monitor.jobs.leader import job_lock
-from monitor.jobs.scheduler import JobContext, check_jobs_settings, start_scheduler
+from monitor.jobs.scheduler import JobContext, check_jobs_settings, run_job, start_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -45,40 +44,50 @@ def kafka_client_options(kafka: Any) -> dict[str, Any]:
     return options
 
 
-def alerts_publisher(settings: Any):
+def alerts_publisher(settings: Any) -> "KafkaAlertPublisher":
     """The alerts topic (and webhook) publisher for the standalone commands."""
-    from kafka import KafkaProducer
-    from kafka.errors import KafkaError
-
-    from monitor.stream.alerts import AlertProducer, Webhook
-
-    alerts = settings.alerts
-    webhook = (Webhook(alerts.webhook_url, retries=alerts.webhook_retries, timeout_s=alerts.webhook_timeout_s,
-                       backoff_s=alerts.webhook_backoff_s) if alerts.webhook_url else None)
-    try:
-        producer = KafkaProducer(acks="all", **kafka_client_options(settings.kafka))
-    except KafkaError as error:
-        # Alerts are stored first; an unreachable broker must not stop the jobs themselves.
-        log.error("alerts topic unreachable (%s): alerts are stored, and sent to the webhook if any", error)
-        return AlertProducer(None, None, webhook)
-    return _ClosingAlertProducer(producer, settings.kafka.alerts_topic, webhook)
+    return KafkaAlertPublisher(settings)
 
 
-class _ClosingAlertProducer:
-    """AlertProducer that also closes the Kafka producer it owns."""
+class KafkaAlertPublisher:
+    """Publishes job alerts on [kafka] alerts_topic (and the [alerts] webhook).
 
-    def __init__(self, producer: Any, topic: str, webhook: Any) -> None:
-        from monitor.stream.alerts import AlertProducer
+    The Kafka producer is created on the first alert: most runs raise none, and a command
+    should not wait for a broker it does not need. If the broker cannot be reached the error
+    propagates to AlertSink, which logs it and leaves the stored alert unpublished.
+    """
 
-        self.producer = producer
-        self.inner = AlertProducer(producer, topic, webhook)
+    def __init__(self, settings: Any) -> None:
+        from monitor.stream.alerts import Webhook
+
+        self.settings = settings
+        alerts = settings.alerts
+        self.webhook = (Webhook(alerts.webhook_url, retries=alerts.webhook_retries,
+                                timeout_s=alerts.webhook_timeout_s, backoff_s=alerts.webhook_backoff_s)
+                        if alerts.webhook_url else None)
+        self.producer: Any = None
+        self.inner: Any = None
+
+    def _topic_publisher(self):
+        if self.inner is None:
+            from kafka import KafkaProducer
+
+            from monitor.stream.alerts import AlertProducer
+
+            self.producer = KafkaProducer(acks="all", **kafka_client_options(self.settings.kafka))
+            self.inner = AlertProducer(self.producer, self.settings.kafka.alerts_topic)
+        return self.inner
 
     def publish_alert(self, kind: str, payload: dict[str, Any]) -> None:
-        self.inner.publish_alert(kind, payload)
+        if self.webhook is not None:  # first, so that a dead broker does not keep it from the webhook
+            self.webhook.post({**payload, "kind": kind})
+        self._topic_publisher().publish_alert(kind, payload)
 
     def close(self) -> None:
-        self.inner.close()
-        self.producer.close(timeout=10)
+        if self.webhook is not None:
+            self.webhook.close()
+        if self.producer is not None:
+            self.producer.close(timeout=10)
 
 
 def parse_moment(text: str, option: str) -> datetime:
@@ -107,41 +116,36 @@ def run_scheduler_command(args: argparse.Namespace) -> int:
         stop.wait()
     finally:
         handle.shutdown(wait=True)
-        close = getattr(publisher, "close", None)
-        if close:
-            close()
+        _close(publisher)
         store.close()
     return 0
 
 
 def run_refit_command(args: argparse.Namespace) -> int:
-    """`ood-monitor refit`: one re-fit now, under the same lock as the scheduled job."""
-    from monitor.jobs.refit import refit
+    """`ood-monitor refit`: one re-fit now, recorded, locked and alerted like the scheduled job."""
+    from monitor.jobs.refit import refit_job
 
     settings, store = _settings_and_store(args)
     publisher = alerts_publisher(settings)
     try:
         context = JobContext(settings=settings, store=store, alerts=AlertSink(store, publisher), progress=True)
-        with job_lock(store.engine, "refit") as held:
-            if not held:
-                raise MonitorError("a re-fit is running in another process right now; try again when it ends")
-            run = store.start_job_run("refit", started_at=context.now())
-            try:
-                result = refit(context, model_id=args.model_id, fitted_by="ood-monitor refit")
-            except Exception as error:
-                store.finish_job_run(run.id, "failed", error=str(error), finished_at=context.now())
-                raise
-            store.finish_job_run(run.id, "ok" if result.fitted else "skipped",
-                                 error=None if result.fitted else result.message, finished_at=context.now())
-        print(result.message)
-        if result.weights_message:
-            print(result.weights_message)
-        return 0 if result.fitted else 1
+        result = run_job(context, "refit", function=lambda job_context: refit_job(
+            job_context, model_id=args.model_id, fitted_by="ood-monitor refit"))
+        if result is None:
+            raise MonitorError("a re-fit is running in another process right now; try again when it ends")
+        if result.outcome == "failed":
+            raise MonitorError(f"re-fit failed (run #{result.run_id}): {result.detail}")
+        print(f"re-fit run #{result.run_id} {result.outcome}: {result.detail}")
+        return 0 if result.outcome == "ok" else 1
     finally:
-        close = getattr(publisher, "close", None)
-        if close:
-            close()
+        _close(publisher)
         store.close()
+
+
+def _close(publisher: Any) -> None:
+    close = getattr(publisher, "close", None)
+    if close:
+        close()
 
 
 def run_report_command(args: argparse.Namespace) -> int:
@@ -166,7 +170,5 @@ def run_report_command(args: argparse.Namespace) -> int:
         print(result.message)
         return 0 if result.report else 1
     finally:
-        close = getattr(publisher, "close", None)
-        if close:
-            close()
+        _close(publisher)
         store.close()

@@ -111,8 +111,8 @@ def refit(context: JobContext, *, model_id: int | None = None, fitted_by: str | 
     return RefitResult(model_id, indicator, row, previous, message, weights_message, weights_id)
 
 
-def refit_job(context: JobContext) -> JobOutcome:
-    result = refit(context)
+def refit_job(context: JobContext, *, model_id: int | None = None, fitted_by: str | None = None) -> JobOutcome:
+    result = refit(context, model_id=model_id, fitted_by=fitted_by)
     detail = result.message + (f"; {result.weights_message}" if result.weights_message else "")
     return JobOutcome.ok(detail) if result.fitted else JobOutcome.skipped(detail)
 

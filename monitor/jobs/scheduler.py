@@ -110,14 +110,16 @@ def latest_fire_time(now: datetime, every_s: float) -> datetime:
     return SCHEDULE_ANCHOR + timedelta(seconds=math.floor(elapsed / every_s + 1e-9) * every_s)
 
 
-def run_job(context: JobContext, name: str, *, scheduled_for: datetime | None = None) -> JobRunResult | None:
+def run_job(context: JobContext, name: str, *, scheduled_for: datetime | None = None,
+            function: Callable[[JobContext], JobOutcome] | None = None) -> JobRunResult | None:
     """Run job `name` once under its lock and record it; None when another replica has it.
 
     With `scheduled_for` (scheduled runs), a run that another replica already started at or
     after that time counts as this one. Exceptions of the job are recorded, alerted and
-    swallowed; the result says 'failed'.
+    swallowed; the result says 'failed'. `function` replaces the job's own (the CLI passes
+    its options this way).
     """
-    function = _job_functions()[name]
+    function = function or _job_functions()[name]
     with job_lock(context.engine, name) as held:
         if not held:
             log.info("job %s: another process is running it; nothing to do here", name)

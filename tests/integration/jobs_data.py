@@ -31,12 +31,13 @@ class RecordingPublisher:
         return [kind for kind, _ in self.published]
 
 
-def job_settings(url: str, **jobs: Any):
-    return settings_from_mapping({"store": {"url": url}, "jobs": jobs}, environ={})
+def job_settings(url: str, sections: dict[str, dict] | None = None, **jobs: Any):
+    return settings_from_mapping({"store": {"url": url}, "jobs": jobs, **(sections or {})}, environ={})
 
 
-def context_for(store, publisher=None, now: datetime = NOW, **jobs: Any) -> JobContext:
-    settings = job_settings(str(store.engine.url.render_as_string(hide_password=False)), **jobs)
+def context_for(store, publisher=None, now: datetime = NOW, sections: dict[str, dict] | None = None,
+                **jobs: Any) -> JobContext:
+    settings = job_settings(str(store.engine.url.render_as_string(hide_password=False)), sections, **jobs)
     return JobContext(settings=settings, store=store, alerts=AlertSink(store, publisher),
                       runner="test", now=lambda: now)
 

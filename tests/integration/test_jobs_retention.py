@@ -1,0 +1,33 @@
+"""Retention on schedule: the [retention] policy applied by the store, recorded as a job run."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+from monitor.jobs import scheduler
+from tests.integration.jobs_data import NOW, context_for, write_scores
+
+pytestmark = pytest.mark.integration
+
+
+def test_retention_job_deletes_what_the_policy_no_longer_keeps(store):
+    model = store.register_model("classifier", "weights-1", {})
+    write_scores(store, model.id, np.zeros(30), end=NOW - timedelta(days=10), span=timedelta(hours=1))
+    write_scores(store, model.id, np.zeros(20), end=NOW - timedelta(days=3), span=timedelta(hours=1),
+                 first_offset=100, images=True)
+    write_scores(store, model.id, np.ones(10), end=NOW, span=timedelta(hours=1), first_offset=200, images=True)
+    context = context_for(store, sections={"retention": {"score_days": 7, "image_days": 2}})
+
+    run = scheduler.run_job(context, "retention")
+
+    assert run.outcome == "ok"
+    assert "deleted 30 samples, 20 images" in run.detail
+    assert store.count_samples(model.id) == 30
+    recent = store.window_scores(model.id, "1C-Sum", since=NOW - timedelta(days=4))
+    details = [store.get_sample(int(sample_id)) for sample_id in recent.sample_ids]
+    assert sum(detail.image is not None for detail in details) == 10, "only the images younger than 2 days stay"
+    [row] = store.list_job_runs(job="retention")
+    assert row.outcome == "ok" and row.error is None
