@@ -210,6 +210,10 @@ def _decode_picture(data: bytes, sniffed: str, shape: tuple[int, int, int], limi
         # Something in this process switched PIL to padding truncated images with grey.
         log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True: truncated images may pass as whole ones")
     channels, height, width = shape
+    if sniffed == "webp":
+        declared = int.from_bytes(data[4:8], "little") + 8
+        if declared > len(data):
+            raise ImageRejected("truncated", f"the WebP container announces {declared} bytes, {len(data)} arrived")
     try:
         # Only the sniffed format's parser runs: no guessing among PIL's many plugins.
         with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[sniffed]]) as image:
@@ -279,7 +283,7 @@ def _read_npy(data: bytes, limits: ImageLimits) -> np.ndarray:
             raise ImageRejected("bad_array", f".npy format version {version} is not supported (1.0 and 2.0 are)")
     except ImageRejected:
         raise
-    except (ValueError, OSError, EOFError, SyntaxError) as error:
+    except Exception as error:  # numpy parses the header with ast/tokenize: any failure means a bad header
         lowered = str(error).lower()
         reason = "truncated" if "ended" in lowered or "eof" in lowered or "truncat" in lowered else "corrupt"
         raise ImageRejected(reason, f".npy header cannot be read ({error})") from None

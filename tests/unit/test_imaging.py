@@ -166,6 +166,38 @@ def test_truncated_jpeg_is_rejected_not_padded():
     assert reason_of(jpeg[: len(jpeg) // 2]) == "truncated"
 
 
+def test_truncated_webp_is_rejected():
+    webp = encode(gradient_rgb(), "WEBP", lossless=True)
+    assert reason_of(webp[: len(webp) - 20]) == "truncated"
+
+
+# Damaged BMP headers can announce 100+ megapixels: Pillow warns, our own limit then rejects.
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "npy-uint8", "npy-float"])
+def test_damaged_inputs_are_rejected_with_a_reason_never_a_crash(fmt):
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    if fmt == "npy-uint8":
+        original = npy_bytes(image)
+    elif fmt == "npy-float":
+        original = npy_bytes(image.astype(np.float32) / 255)
+    else:
+        original = encode(image, fmt)
+    for trial in range(120):
+        data = bytearray(original)
+        if trial % 2:
+            data = data[: int(rng.integers(1, len(data)))]
+        else:
+            for position in rng.integers(0, len(data), int(rng.integers(1, 8))):
+                data[position] = int(rng.integers(0, 256))
+        try:
+            tensor = decode_image(bytes(data), RGB_32)
+        except ImageRejected as rejected:
+            assert rejected.reason in REJECT_REASONS
+        else:  # flipped bytes inside compressed pixels can still decode: then it is a valid input
+            assert tuple(tensor.shape) == RGB_32 and 0.0 <= tensor.min() and tensor.max() <= 1.0
+
+
 def test_corrupt_data_behind_valid_magic_is_rejected():
     png = bytearray(encode(gradient_rgb(), "PNG"))
     png[40:60] = b"\xAA" * 20  # damages the IHDR/IDAT chunks: CRC and zlib fail
