@@ -130,9 +130,10 @@ def volume_chart(buckets: Sequence[RateBucket], bucket_label: str) -> str:
             f"{buckets[index].start:%m-%d %H:%M}</text>"
         )
     parts.append(
-        f'<text class="legend" x="{MARGIN_LEFT}" y="{HEIGHT - 4}">■ scored</text>'
-        f'<text class="legend flagged" x="{MARGIN_LEFT + 80}" y="{HEIGHT - 4}">■ flagged</text>'
-        f'<text class="legend share" x="{MARGIN_LEFT + 160}" y="{HEIGHT - 4}">— flagged share (right axis)</text>'
+        f'<text class="legend" x="{MARGIN_LEFT}" y="{HEIGHT - 4}"><tspan class="swatch">■</tspan> scored</text>'
+        f'<text class="legend" x="{MARGIN_LEFT + 80}" y="{HEIGHT - 4}"><tspan class="swatch flagged">■</tspan> flagged</text>'
+        f'<text class="legend" x="{MARGIN_LEFT + 160}" y="{HEIGHT - 4}"><tspan class="swatch share">—</tspan> '
+        f"flagged share (right axis)</text>"
     )
     parts.append("</svg>")
     return "".join(parts)
