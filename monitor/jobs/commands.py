@@ -25,25 +25,6 @@ def _settings_and_store(args: argparse.Namespace):
     return settings, Store.open(settings.store.url)
 
 
-def kafka_client_options(kafka: Any) -> dict[str, Any]:
-    """kafka-python options of the [kafka] section (brokers, version, TLS, SASL)."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": list(kafka.bootstrap_servers),
-        "client_id": f"{kafka.client_id}-jobs",
-        "security_protocol": kafka.security_protocol,
-        "request_timeout_ms": kafka.request_timeout_ms,
-    }
-    if kafka.api_version_tuple() is not None:
-        options["api_version"] = kafka.api_version_tuple()
-    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", "sasl_mechanism",
-                "sasl_plain_username", "sasl_plain_password"):
-        if getattr(kafka, key) is not None:
-            options[key] = getattr(kafka, key)
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_check_hostname"] = kafka.ssl_check_hostname
-    return options
-
-
 def alerts_publisher(settings: Any) -> "KafkaAlertPublisher":
     """The alerts topic (and webhook) publisher for the standalone commands."""
     return KafkaAlertPublisher(settings)
@@ -70,11 +51,11 @@ class KafkaAlertPublisher:
 
     def _topic_publisher(self):
         if self.inner is None:
-            from kafka import KafkaProducer
-
             from monitor.stream.alerts import AlertProducer
+            from monitor.stream.kafka_backend import make_producer
 
-            self.producer = KafkaProducer(acks="all", **kafka_client_options(self.settings.kafka))
+            kafka = self.settings.kafka
+            self.producer = make_producer(kafka, client_id=f"{kafka.client_id}-jobs")
             self.inner = AlertProducer(self.producer, self.settings.kafka.alerts_topic)
         return self.inner
 
