@@ -30,6 +30,9 @@ from monitor.names import INDICATORS, SUMMARY_MEMBERS_EXCLUDED
 __all__ = [
     "DEFAULT_INITIAL_QUANTILE",
     "DEFAULT_MIN_SAMPLES",
+    "LABEL_ID",
+    "LABEL_OOD",
+    "LABEL_UNKNOWN",
     "METHODS",
     "MIN_LABELS_PER_CLASS",
     "MIN_PEAKS",
@@ -83,6 +86,10 @@ class NotEnoughData(MonitorError):
         self.counts = {"got": self.got, "needed": self.needed}
         message = f"not enough data for {method}: {self.got} {what}, need at least {self.needed}"
         super().__init__(message + (f"; {hint}" if hint else ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        """What to store beside "kept the previous threshold": the method, counts and reason."""
+        return {"method": self.method, "what": self.what, **self.counts, "reason": str(self)}
 
 
 # --- validation at the edge ---------------------------------------------------------------

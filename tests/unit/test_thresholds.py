@@ -353,6 +353,9 @@ def test_too_few_values_is_not_enough_data_with_the_counts():
     assert (error.got, error.needed, error.method) == (12, thresholds.DEFAULT_MIN_SAMPLES, "two-means")
     assert error.counts == {"got": 12, "needed": 20}
     assert "not enough data for two-means: 12 values, need at least 20" in str(error)
+    assert error.to_dict() == {
+        "method": "two-means", "what": "values", "got": 12, "needed": 20, "reason": str(error)
+    }
     assert fit_threshold(np.arange(12.0), "two-means", min_samples=12).n == 12
 
 
