@@ -192,9 +192,16 @@ def queue_page(request: Request):
     def page_url(number: int) -> str:
         return "/queue?" + urlencode({**model_param, **filters.as_params(page=number)})
 
+    # What j past the last tile opens: with "not yet labelled" the same page refills with the next ones.
+    if filters.labelled == "no" and result.items:
+        continue_url = page_url(result.page)
+    elif result.page < result.pages:
+        continue_url = page_url(result.page + 1)
+    else:
+        continue_url = ""
     return render(
         request, "queue.html", principal, status_code=400 if error else 200, active="queue", error=error,
-        filters=filters, result=result, models=models, model=model, page_url=page_url,
+        filters=filters, result=result, models=models, model=model, page_url=page_url, continue_url=continue_url,
         labelled_choices=LABELLED_CHOICES, sort_choices=[(s, SORT_NAMES[s]) for s in SORT_CHOICES],
         since_value=filters.since.strftime("%Y-%m-%dT%H:%M") if filters.since else "",
         until_value=filters.until.strftime("%Y-%m-%dT%H:%M") if filters.until else "",

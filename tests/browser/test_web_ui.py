@@ -126,3 +126,22 @@ def test_a_viewer_sees_no_label_buttons_and_the_api_refuses_its_label(page: Page
     assert answer.status == 403
     assert "viewer" in answer.json()["detail"]
     assert store.label_history(sample_id) == []
+
+
+def test_keyboard_labelling_runs_through_the_unlabelled_queue_page_after_page(page: Page, live_app):
+    base, store, _ = live_app
+    log_in(page, base, "lena", start="/queue?labelled=no&per_page=4")
+    total_before = int(page.locator("#queue-total").inner_text().split()[0])
+    tiles = page.locator(".tile")
+    first_page = [int(tiles.nth(i).get_attribute("data-sample-id")) for i in range(4)]
+    for index, key in enumerate("oioi"):
+        page.keyboard.press(key)
+        expect(tiles.nth(index).locator(".badge")).to_have_text("OOD" if key == "o" else "ID")
+    page.keyboard.press("j")  # past the last tile: the page refills with the next unlabelled samples
+    expect(page.locator("#queue-total")).to_have_text(f"{total_before - 4} samples")
+    tiles = page.locator(".tile")
+    expect(tiles).to_have_count(4)
+    expect(tiles.locator(".badge")).to_have_count(0)
+    second_page = [int(tiles.nth(i).get_attribute("data-sample-id")) for i in range(4)]
+    assert not set(first_page) & set(second_page)
+    assert [store.label_history(sample_id)[-1].label for sample_id in first_page] == ["OOD", "ID", "OOD", "ID"]

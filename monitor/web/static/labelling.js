@@ -1,6 +1,8 @@
 // Keyboard labelling for the flagged queue and the sample page; no library.
 // Queue: j/k move, i = ID, o = OOD, u = undo the last label given on this page,
-// Enter opens the sample. Sample page: i/o/u press the matching button.
+// Enter opens the sample; j past the last tile opens the next page (or, when only unlabelled
+// samples are shown, reloads this one: the labelled ones are gone and the next take their place).
+// Sample page: i/o/u press the matching button.
 (function () {
   "use strict";
   var csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
@@ -24,6 +26,7 @@
   }
 
   // --- queue page ----------------------------------------------------------------------------
+  var grid = document.querySelector(".grid");
   var tiles = Array.prototype.slice.call(document.querySelectorAll(".tile"));
   var status = document.getElementById("status");
   if (!tiles.length) return;
@@ -99,7 +102,13 @@
   document.addEventListener("keydown", function (event) {
     if (typing(event) || event.ctrlKey || event.metaKey || event.altKey) return;
     switch (event.key) {
-      case "j": case "ArrowRight": select(current + 1); break;
+      case "j": case "ArrowRight":
+        if (current === tiles.length - 1 && grid && grid.dataset.continueUrl) {
+          window.location.href = grid.dataset.continueUrl;  // next page, or this one refilled
+        } else {
+          select(current + 1);
+        }
+        break;
       case "k": case "ArrowLeft": select(current - 1); break;
       case "Enter": window.location.href = tiles[current].getAttribute("href"); break;
       case "i": if (!canLabel) return; label("ID"); break;
