@@ -485,3 +485,23 @@ def test_tokens_named_in_the_config_are_the_only_ones_accepted(web):
     client.cookies.clear()
     for name, (role, _) in TOKENS.items():
         assert client.get("/api/me", headers=bearer(name)).json() == {"name": name, "role": role, "via": "token"}
+
+
+def test_an_empty_store_shows_empty_pages_not_errors(tmp_path):
+    from monitor.store import connect, upgrade
+
+    engine = connect(f"sqlite:///{tmp_path / 'empty.db'}")
+    upgrade(engine)
+    try:
+        with TestClient(create_app(web_settings(), Store(engine))) as client:
+            headers = bearer("viewer-bot")
+            assert client.get("/api/flagged", headers=headers).json()["total"] == 0
+            assert client.get("/api/overview", headers=headers).json()["model"] is None
+            assert client.get("/api/thresholds", headers=headers).json()["history"] == []
+            login(client, "vera")
+            assert "No model has scored anything yet" in client.get("/").text
+            assert "No flagged sample matches" in client.get("/queue").text
+            assert "No threshold has been fitted yet" in client.get("/thresholds").text
+            assert "No drift report yet" in client.get("/reports").text
+    finally:
+        engine.dispose()
