@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 BIN_CHOICES_S = (60, 300, 900, 1800, 3600, 2 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 MAX_BINS = 60
 
+# Indicator values read per window for the KS tests and histograms: an even subsample above
+# this keeps memory bounded on busy streams, and KS on 100k values already sees tiny shifts.
+MAX_VALUES_PER_WINDOW = 100_000
+
 
 @dataclass(frozen=True)
 class ReportResult:
@@ -67,9 +71,11 @@ def make_report(context: JobContext, start: datetime, end: datetime) -> ReportRe
     steps = tqdm(total=4, desc="report data", unit="query", disable=not context.progress)
     bins = _volume(store, model_id, start, end)
     steps.update()
-    period = queries.indicator_window(store, model_id, list(INDICATORS), start=start, end=end)
+    period = queries.indicator_window(store, model_id, list(INDICATORS), start=start, end=end,
+                                      max_rows=MAX_VALUES_PER_WINDOW)
     steps.update()
-    reference = queries.indicator_window(store, model_id, list(INDICATORS), start=reference_start, end=start)
+    reference = queries.indicator_window(store, model_id, list(INDICATORS), start=reference_start, end=start,
+                                         max_rows=MAX_VALUES_PER_WINDOW)
     steps.update()
     present = [name for name in INDICATORS
                if _has_values(period.values[name]) or _has_values(reference.values[name])]
@@ -82,9 +88,15 @@ def make_report(context: JobContext, start: datetime, end: datetime) -> ReportRe
     labels = queries.label_counts(store, model_id, start, end)
     steps.update()
     steps.close()
+    reference_total = _count(store, model_id, reference_start, start)
     notes = []
     if len(reference) == 0:
         notes.append("The reference window holds no samples: no indicator could be compared.")
+    for name, total, read in (("period", sum(entry.count for entry in bins), len(period)),
+                              ("reference window", reference_total, len(reference))):
+        if read < total:
+            notes.append(f"The {name} holds {total} samples; the distributions and tests use an even "
+                         f"subsample of {read}.")
     content = ReportContent(
         period_start=start, period_end=end, reference_start=reference_start, reference_end=start,
         indicator=indicator, expected_share=jobs.expected_share, alpha=jobs.drift_alpha,
@@ -109,7 +121,8 @@ def make_report(context: JobContext, start: datetime, end: datetime) -> ReportRe
         "indicator": indicator,
         "samples": content.total,
         "flagged": content.flagged,
-        "reference": {"start": utc_iso(reference_start), "end": utc_iso(start), "samples": len(reference)},
+        "reference": {"start": utc_iso(reference_start), "end": utc_iso(start),
+                      "samples": reference_total},
         "labels": labels,
         "drifted": [entry.indicator for entry in drifted],
         "tests": [{"indicator": entry.indicator, "statistic": json_number(entry.statistic),
@@ -152,6 +165,10 @@ def drift_report_job(context: JobContext) -> JobOutcome:
 
 def _has_values(values) -> bool:
     return bool(np.isfinite(values).any())
+
+
+def _count(store, model_id: int, start: datetime, end: datetime) -> int:
+    return sum(count.total for count in queries.flagged_counts(store, start, end) if count.model_id == model_id)
 
 
 def _volume(store, model_id: int, start: datetime, end: datetime) -> list[VolumeBin]:

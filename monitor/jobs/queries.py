@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Iterator
 
 import numpy as np
-from sqlalchemy import Engine, Integer, and_, cast, func, select
+from sqlalchemy import Engine, Integer, cast, func, select
 from sqlalchemy.orm import Session
 
 from monitor.store.engine import WRITE_OPTION
@@ -134,34 +134,35 @@ class IndicatorWindow:
         return int(self.sample_ids.shape[0])
 
 
-def indicator_window(store: Any, model_id: int | None, indicators: list[str], *, start: datetime | None = None,
-                     end: datetime | None = None, last: int | None = None) -> IndicatorWindow:
-    """Samples scored in [start, end) (or the `last` N of them), every asked indicator, current labels."""
+def indicator_window(store: Any, model_id: int, indicators: list[str], *, start: datetime, end: datetime,
+                     labelled_only: bool = False, max_rows: int | None = None) -> IndicatorWindow:
+    """Samples of a model scored in [start, end), every asked indicator, current labels; oldest first.
+
+    `labelled_only` keeps the samples with a label. `max_rows` bounds memory on busy streams:
+    above it, an even subsample (every k-th sample id) is read, which keeps the distributions.
+    """
     current = _current_label_subquery()
     columns = [INDICATOR_COLUMNS[name] for name in indicators]
-    query = (select(Sample.id, Sample.scored_at, current.c.label, *columns)
-             .outerjoin(current, current.c.sample_id == Sample.id))
-    conditions = []
-    if model_id is not None:
-        conditions.append(Sample.model_id == model_id)
-    if start is not None:
-        conditions.append(Sample.scored_at >= start)
-    if end is not None:
-        conditions.append(Sample.scored_at < end)
-    if conditions:
-        query = query.where(and_(*conditions))
-    if last is not None:
-        query = query.order_by(Sample.scored_at.desc(), Sample.id.desc()).limit(last)
-    else:
-        query = query.order_by(Sample.scored_at, Sample.id)
+    conditions = [Sample.model_id == model_id, Sample.scored_at >= start, Sample.scored_at < end]
+    if labelled_only:
+        conditions.append(current.c.label.is_not(None))
     with _reading(store) as session:
-        rows = session.execute(query).all()
-    if last is not None:
-        rows.reverse()
+        if max_rows is not None:
+            total = session.scalar(select(func.count()).select_from(Sample)
+                                   .outerjoin(current, current.c.sample_id == Sample.id).where(*conditions))
+            stride = -(-int(total) // max_rows)
+            if stride > 1:
+                conditions.append(Sample.id % stride == 0)
+        rows = session.execute(
+            select(Sample.id, Sample.scored_at, current.c.label, *columns)
+            .outerjoin(current, current.c.sample_id == Sample.id)
+            .where(*conditions)
+            .order_by(Sample.scored_at, Sample.id)
+        ).all()
     sample_ids = np.array([row[0] for row in rows], dtype=np.int64)
     labels = np.array([LABEL_CODES.get(row[2], UNLABELLED) for row in rows], dtype=np.int64)
     values = {
-        name: np.array([np.nan if row[3 + index] is None else row[3 + index] for row in rows], dtype=float)
+        name: np.array([row[3 + index] for row in rows], dtype=float)  # None becomes NaN
         for index, name in enumerate(indicators)
     }
     return IndicatorWindow(sample_ids, [row[1] for row in rows], values, labels)

@@ -141,8 +141,8 @@ def _refit_summary_weights(context: JobContext, model_id: int, window: Any) -> t
     members = [name for name in INDICATORS
                if name in calibration["means"] and name not in SUMMARY_MEMBERS_EXCLUDED]
     labelled_ids = window.sample_ids[labels >= 0]
-    rows = queries.indicator_window(context.store, model_id, members,
-                                    start=window.start, end=window.end + timedelta(microseconds=1))
+    rows = queries.indicator_window(context.store, model_id, members, start=window.start,
+                                    end=window.end + timedelta(microseconds=1), labelled_only=True)
     keep = np.isin(rows.sample_ids, labelled_ids)
     complete = keep & np.all([np.isfinite(rows.values[name]) for name in members], axis=0)
     if not complete.any():
