@@ -18,7 +18,6 @@ from monitor.web import queries, views
 from monitor.web.app import REPORT_CSP, api_principal, image_response, state_of
 from monitor.web.auth import Principal
 from monitor.web.filters import (
-    FilterError,
     parse_indicator,
     parse_int,
     parse_queue_filters,
@@ -309,5 +308,3 @@ def report_file(request: Request, report_id: int, principal: Principal = Depends
 def openapi(request: Request, principal: Principal = Depends(viewer)):
     return request.app.openapi()
 
-
-__all__ = ["router", "FilterError"]

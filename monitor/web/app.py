@@ -20,7 +20,6 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
 
 from monitor.errors import ConfigError
-from monitor.web import charts
 from monitor.web.auth import (
     CSRF_HEADER,
     ROLES,
@@ -228,4 +227,4 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["create_app", "parse_credentials", "charts"]
+__all__ = ["create_app", "parse_credentials"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
@@ -9,9 +10,11 @@ from typing import Any, Callable
 from sqlalchemy import Connection
 
 from monitor.names import INDICATORS
-from monitor.store.records import AlertRow, JobRunRow, LabelRow, ModelRow, RateBucket, ReportRow, ThresholdRow
+from monitor.store.records import AlertRow, JobRunRow, ModelRow, RateBucket, ThresholdRow
 from monitor.web import queries
-from monitor.web.queries import Histogram, QueueResult, SampleView, WindowCounts
+from monitor.web.queries import Histogram, SampleView, WindowCounts
+
+log = logging.getLogger(__name__)
 
 
 class NotFound(LookupError):
@@ -78,6 +81,7 @@ def overview(
         try:
             lag = consumer_lag()
         except Exception:  # noqa: BLE001 - the lag is informative; its failure must not break the page
+            log.warning("consumer lag unavailable", exc_info=True)
             lag = None
     return Overview(
         model=model, window_start=start, window_end=end, window_hours=window_hours, bucket_s=step, buckets=buckets,
@@ -171,9 +175,3 @@ def labels_used(row: ThresholdRow) -> str:
         return "none"
     return f"{ood or 0} OOD, {ind or 0} ID"
 
-
-__all__ = [
-    "AlertRow", "IndicatorReading", "JobRunRow", "LabelRow", "NotFound", "Overview", "QueueResult", "ReportRow",
-    "SampleReport", "ThresholdsView", "bucket_seconds", "describe_bucket", "labels_used", "overview", "pick_model",
-    "sample_report", "thresholds_view",
-]

@@ -25,7 +25,6 @@ under 300 ms each.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import re
