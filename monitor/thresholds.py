@@ -355,7 +355,8 @@ def proportion(values: Any, p: float) -> float:
     high = int(np.searchsorted(sorted_values, inside, side="right"))
     target_flagged, tolerance = p * n, 1e-9 * max(1.0, p * n)
     # Same arithmetic as _proportion_cost, so both pick the same split.
-    split = high if abs(float(n - high) - target_flagged) <= abs(float(n - low) - target_flagged) + tolerance else low
+    high_cost, low_cost = abs(float(n - high) - target_flagged), abs(float(n - low) - target_flagged)
+    split = high if high_cost <= low_cost + tolerance else low
     return _threshold_at(sorted_values, split)
 
 
@@ -372,9 +373,10 @@ def two_means(values: Any) -> float:
 
     Sorts once and scores every split between distinct values with prefix sums (O(n log n),
     no iterations, no random restarts); blocks of splits that provably cannot hold the
-    optimum are skipped, which leaves the sort as most of the cost. Splits whose within-group sum of squares tie (within
-    1e-10 of the total sum of squares) go to the one flagging fewer values. The threshold is
-    the midpoint between the largest kept and the smallest flagged value.
+    optimum are skipped, which leaves the sort as most of the cost. Splits whose within-group
+    sums of squares tie (within 1e-10 of the total sum of squares) go to the one flagging
+    fewer values. The threshold is the midpoint between the largest kept and the smallest
+    flagged value.
     NotEnoughData when fewer than two distinct values are given.
     """
     sorted_values = _sorted_finite(values)
@@ -487,7 +489,9 @@ def _fit_gpd(excesses: np.ndarray) -> tuple[float, float, float]:
 
     # Lowest theta with shape >= -1 (shape grows with theta; -1/y_max is the domain's edge).
     edge = -(1.0 - 1e-12) / y_max
-    theta_low = brentq(lambda t: shape_of(t) + 1.0, edge, 0.0, xtol=1e-14 / y_max) if shape_of(edge) < -1.0 else edge
+    theta_low = edge
+    if shape_of(edge) < -1.0:
+        theta_low = brentq(lambda t: shape_of(t) + 1.0, edge, 0.0, xtol=1e-14 / y_max)
 
     grid = np.concatenate(
         (
@@ -786,7 +790,9 @@ class SummaryWeights:
             "auroc_fitted": self.auroc_fitted,
         }
 
-    def summary(self, indicators: Mapping[str, Any], mean: Mapping[str, float], std: Mapping[str, float]) -> np.ndarray:
+    def summary(
+        self, indicators: Mapping[str, Any], mean: Mapping[str, float], std: Mapping[str, float]
+    ) -> np.ndarray:
         """The re-weighted 1C-Sum of raw member values, as the Scorer computes it (no offset)."""
         total = None
         for member, weight in self.weights.items():
@@ -840,7 +846,9 @@ def fit_summary_weights(
     members = list(indicators)
     for member in members:
         if member not in INDICATORS:
-            raise InputError(f"indicators: unknown indicator {member!r}; expected names from {', '.join(INDICATORS)}")
+            raise InputError(
+                f"indicators: unknown indicator {member!r}; expected names from {', '.join(INDICATORS)}"
+            )
         if member in SUMMARY_MEMBERS_EXCLUDED:
             raise InputError(
                 f"indicators: {member!r} is not a 1C-Sum member (excluded: "
@@ -880,7 +888,8 @@ def fit_summary_weights(
     varying = data_std > 0
     if not varying.any():
         return SummaryWeights(
-            uniform, 0.0, False, "kept the uniform 1C-Sum weights: every member is constant on the labelled samples",
+            uniform, 0.0, False,
+            "kept the uniform 1C-Sum weights: every member is constant on the labelled samples",
             n_ood, n_id,
         )
     features = (raw[:, varying] - data_mean[varying]) / data_std[varying]
@@ -891,7 +900,8 @@ def fit_summary_weights(
     # logit = sum b_i (h_i - m_i)/s_i + b0, with h_i = mu_i + sigma_i z_i in the Scorer's space.
     weights = np.zeros(len(members))
     weights[varying] = coefficients[varying] * sigma[varying] / data_std[varying]
-    offset = float(model.intercept_[0] + np.sum(coefficients[varying] * (mu[varying] - data_mean[varying]) / data_std[varying]))
+    shift = (mu[varying] - data_mean[varying]) / data_std[varying]
+    offset = float(model.intercept_[0] + np.sum(coefficients[varying] * shift))
     scale = np.abs(weights).sum()
     if not scale > 0:
         return SummaryWeights(
@@ -902,7 +912,10 @@ def fit_summary_weights(
     weights *= scale
     offset *= scale
     constant = [member for member, keep in zip(members, varying) if not keep]
-    reason = f"fitted on {n_ood} OOD and {n_id} ID labels (class-balanced logistic regression, C={float(regularisation):g})"
+    reason = (
+        f"fitted on {n_ood} OOD and {n_id} ID labels "
+        f"(class-balanced logistic regression, C={float(regularisation):g})"
+    )
     if constant:
         reason += f"; weight 0 for members constant on the labelled samples: {', '.join(constant)}"
     return SummaryWeights(

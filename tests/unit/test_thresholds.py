@@ -406,3 +406,11 @@ def test_bad_method_and_parameters_are_refused():
         fit_threshold(values, min_samples=0)
     with pytest.raises(InputError, match=r"^p: must lie strictly between 0 and 1"):
         fit_threshold(values, "proportion", p=1.0)
+
+
+@pytest.mark.parametrize("n", [8191, 8192, 8193, 8194, 16385, 40000])
+def test_two_means_with_skipped_blocks_agrees_with_scoring_every_split(n):
+    # fit_threshold scores every split; two_means skips blocks: around block edges they must agree.
+    rng = np.random.default_rng(n)
+    values = np.round(np.concatenate((rng.normal(0, 1, n - n // 10), rng.normal(5, 2, n // 10))), 2)
+    assert two_means(values) == fit_threshold(values, "two-means").threshold

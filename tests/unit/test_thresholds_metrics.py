@@ -36,7 +36,7 @@ def both_kinds(labels):
     return 1 in labels and 0 in labels
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(scored_labels)
 def test_auroc_matches_scikit_learn_with_ties(case):
     scores, labels = case
@@ -49,7 +49,7 @@ def test_auroc_matches_scikit_learn_with_ties(case):
     assert roc_auc(scores, labels) == pytest.approx(expected, abs=1e-12)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(scored_labels, st.sampled_from([0.95, 0.5, 0.8, 1.0]))
 def test_fpr_at_tpr_is_the_lowest_fpr_reaching_the_tpr(case, rate):
     scores, labels = case
@@ -59,7 +59,7 @@ def test_fpr_at_tpr_is_the_lowest_fpr_reaching_the_tpr(case, rate):
     assert fpr_at_tpr(scores, labels, rate) == pytest.approx(min(reachable), abs=1e-12)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(scored_labels)
 def test_detection_error_is_the_best_balanced_error(case):
     scores, labels = case
