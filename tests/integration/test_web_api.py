@@ -505,3 +505,19 @@ def test_an_empty_store_shows_empty_pages_not_errors(tmp_path):
             assert "No drift report yet" in client.get("/reports").text
     finally:
         engine.dispose()
+
+
+def test_the_daemon_serves_the_operator_app_with_its_probes_and_lag(web):
+    """What `ood-monitor run` mounts: the probes stay public, the pages want a login, the lag shows."""
+    from monitor.stream.operability import DaemonState, build_http_app
+
+    _, store, _ = web
+    state = DaemonState(lag_value=1234)
+    app, is_operator_app = build_http_app(state, web_settings(), store)
+    assert is_operator_app
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/metrics").status_code == 200
+        assert client.get("/queue", follow_redirects=False).status_code == 303
+        overview = client.get("/api/overview", headers=bearer("viewer-bot")).json()
+        assert overview["consumer_lag"] == 1234
