@@ -67,7 +67,8 @@ def roc_curve(scores: Any, labels: Any) -> RocCurve:
 def roc_auc(scores: Any, labels: Any) -> float:
     """Area under the ROC curve with OOD (label 1) positive; 0.5 is chance, 1 perfect."""
     curve = roc_curve(scores, labels)
-    return float(np.trapezoid(curve.tpr, curve.fpr))
+    # Trapezoids: a step over tied scores counts its OOD/ID pairs one half, as Mann-Whitney.
+    return float(np.sum(np.diff(curve.fpr) * (curve.tpr[1:] + curve.tpr[:-1])) / 2.0)
 
 
 def fpr_at_tpr(scores: Any, labels: Any, tpr: float = 0.95) -> float:
