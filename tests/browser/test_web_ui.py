@@ -145,3 +145,45 @@ def test_keyboard_labelling_runs_through_the_unlabelled_queue_page_after_page(pa
     second_page = [int(tiles.nth(i).get_attribute("data-sample-id")) for i in range(4)]
     assert not set(first_page) & set(second_page)
     assert [store.label_history(sample_id)[-1].label for sample_id in first_page] == ["OOD", "ID", "OOD", "ID"]
+
+
+def test_a_drift_report_made_by_the_jobs_opens_from_the_reports_page_with_its_plots(page: Page, live_app, tmp_path,
+                                                                                    screenshots):
+    """The report's file is served sandboxed (no scripts): its inline styles and embedded plots must still show."""
+    from datetime import datetime, timedelta, timezone
+
+    from monitor.jobs.drift_report import make_report
+    from monitor.store import Store, connect, upgrade
+    from tests.integration.jobs_data import add_threshold, context_for, mixture, write_scores
+
+    base, live_store, _ = live_app
+    # The report is made over its own store (its own model), then indexed in the app's store by its row.
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(connect(url))
+    with Store.open(url) as jobs_store:
+        end = datetime.now(timezone.utc)
+        model = jobs_store.register_model("classifier", "weights-1", {})
+        add_threshold(jobs_store, model.id, 4.0)
+        reference, _ = mixture(300, 30, seed=7)
+        write_scores(jobs_store, model.id, reference, end=end - timedelta(hours=6), span=timedelta(hours=18), seed=1)
+        current, _ = mixture(200, 30, seed=8)
+        write_scores(jobs_store, model.id, current, end=end, span=timedelta(hours=6), first_offset=10_000,
+                     flagged=current > 4.0, threshold_id=jobs_store.active_threshold(model.id, "1C-Sum").id,
+                     images=True, seed=2)
+        context = context_for(jobs_store, now=end, reference_hours=18.0, report_dir=str(tmp_path / "reports"),
+                              report_top_samples=6)
+        result = make_report(context, end - timedelta(hours=6), end + timedelta(seconds=1))
+    assert result.report is not None and result.path.is_file()
+    row = live_store.add_report(result.report.period_start, result.report.period_end, result.report.summary,
+                                file_path=str(result.path))
+
+    log_in(page, base, "vera", start="/reports")
+    with page.context.expect_page() as opened:
+        page.click(f'a[href="/reports/{row.id}/file"]')
+    report = opened.value
+    report.wait_for_load_state()
+    report.wait_for_function("() => Array.from(document.images).every(image => image.complete)", timeout=15_000)
+    widths = report.eval_on_selector_all("img.plot", "images => images.map(image => image.naturalWidth)")
+    assert len(widths) == 4 and all(width > 300 for width in widths)
+    assert report.evaluate("() => getComputedStyle(document.querySelector('img.plot')).display") == "block"
+    report.screenshot(path=str(screenshots / "drift-report-served.png"), full_page=True)
