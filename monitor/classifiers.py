@@ -336,6 +336,9 @@ def load_classifier(
                 "train it with deploy/train_demo_classifier.py"
             )
         architecture = description.get("architecture", {})
+        bundled_classes = architecture.get("kwargs", {}).get("num_classes")
+        if num_classes is not None and bundled_classes is not None and int(num_classes) != bundled_classes:
+            raise ModelError(f"bundled model {spec!r} has {bundled_classes} classes, not num_classes={num_classes}")
         factory = _resolve_factory(architecture.get("factory", "monitor.classifiers:DemoResNet"))
         model = _build(factory, architecture.get("kwargs", {}), spec)
         what = f"bundled model {spec!r}"

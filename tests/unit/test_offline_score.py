@@ -94,6 +94,28 @@ def test_score_jsonl_with_odin_keeps_input_order(inputs, cache_dir, capsys):
     assert id_records and all(isinstance(r["predicted_name"], str) for r in id_records)
 
 
+def test_score_with_a_factory_model_converts_grey_to_its_rgb_input(inputs, cache_dir, tmp_path, capsys):
+    import torch
+
+    from tests.unit.test_classifiers import tiny_factory
+
+    weights = tmp_path / "tiny.pt"
+    torch.save(tiny_factory(3).state_dict(), weights)
+    code, out, err = run_cli(
+        ["score", str(inputs), "--model", "tests.unit.test_classifiers:tiny_factory", "--weights", str(weights),
+         "--num-classes", "3", "--input-shape", "3,16,16", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
+         "--cache-dir", str(cache_dir), "--format", "jsonl", *CALIBRATION],
+        capsys,
+    )
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    scored = [r for r in records if r["status"] == "scored"]
+    assert len(scored) == 6
+    for record in scored:
+        assert 0 <= record["predicted"] < 3 and record["predicted_name"] is None
+        assert isinstance(record["DMS"], float) and isinstance(record["ANG++"], float)
+
+
 def test_nothing_scorable_exits_1_and_still_reports_the_rows(tmp_path, cache_dir, capsys):
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
@@ -116,11 +138,11 @@ def test_usage_errors_exit_2_with_a_message(tmp_path, cache_dir, capsys):
     code, _, err = run_cli(["score", str(tmp_path / "missing"), "--model", "demo", *CALIBRATION], capsys)
     assert code == 2 and "does not exist" in err
     code, _, err = run_cli(
-        ["score", str(SAMPLES_DIR), "--model", "resnet18", "--num-classes", "3", "--cache-dir", str(cache_dir),
-         *CALIBRATION],
+        ["score", str(SAMPLES_DIR), "--model", "tests.unit.test_classifiers:tiny_factory", "--cache-dir",
+         str(cache_dir), *CALIBRATION],
         capsys,
     )
-    assert code == 2 and "needs a weights file" in err
+    assert code == 2 and "input shape" in err
     with pytest.raises(SystemExit):
         main(["score", str(SAMPLES_DIR)])  # --model is required
     capsys.readouterr()
