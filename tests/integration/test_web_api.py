@@ -521,3 +521,26 @@ def test_the_daemon_serves_the_operator_app_with_its_probes_and_lag(web):
         assert client.get("/queue", follow_redirects=False).status_code == 303
         overview = client.get("/api/overview", headers=bearer("viewer-bot")).json()
         assert overview["consumer_lag"] == 1234
+
+
+def test_with_several_models_the_pages_show_the_newest_unless_asked(tmp_path):
+    from monitor.store import connect, upgrade
+
+    engine = connect(f"sqlite:///{tmp_path / 'two.db'}")
+    upgrade(engine)
+    try:
+        store = Store(engine)
+        older = seed_store(store, tmp_path / "reports")  # registers "fashion-cnn" with 20 flagged samples
+        newer = store.register_model("fashion-cnn", "sha256:retrained", {"size": [28, 28]})
+        with TestClient(create_app(web_settings(), store)) as client:
+            headers = bearer("viewer-bot")
+            assert client.get("/api/flagged", headers=headers).json() | {"items": None} == {
+                "model": newer.id, "total": 0, "page": 1, "per_page": 48, "pages": 1, "items": None}
+            assert client.get("/api/flagged", params={"model": older.model_id}, headers=headers).json()["total"] == 20
+            login(client, "vera")
+            overview = client.get("/", params={"model": older.model_id})
+            assert f'<option value="{older.model_id}" selected>' in overview.text
+            assert "two-means" in overview.text
+            assert "No threshold has been fitted yet" in client.get("/thresholds").text
+    finally:
+        engine.dispose()
