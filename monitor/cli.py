@@ -117,7 +117,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     ood.add_argument("--no-near-ood", action="store_true", help="skip the held-out-classes split")
     ood.add_argument("--no-odin", action="store_true", help="leave ODIN out (it costs a backward pass)")
     ood.add_argument("--batch-size", type=int, default=250, metavar="B", help="scoring batch size (default 250)")
-    ood.add_argument("--seed", type=int, default=0, help="seed of the subsets, noise and splits (default 0)")
+    ood.add_argument("--seed", type=int, help="seed of the subsets, noise and splits (default 0)")
     ood.add_argument("--device", default=None, help="cpu, cuda (default: CUDA when available)")
     ood.add_argument("--output-dir", default="docs/benchmarks", metavar="DIR", help="default: docs/benchmarks")
     ood.add_argument("--no-progress", action="store_true", help="no progress bars")

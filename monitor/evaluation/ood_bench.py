@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ log = logging.getLogger(__name__)
 
 FULL_ID, FULL_OOD = 2000, 2000
 QUICK_ID, QUICK_OOD = 300, 150
+QUICK_CALIBRATION = 256  # --quick is a smoke run: a rougher 1C-Sum calibration is enough
 STREAM_OOD_SHARE = 0.10
 SUMMARY_RANK_GOAL = 3.0
 
@@ -45,14 +45,17 @@ class OodOptions:
     progress: bool = True
     model: str = "demo"
     near_model: str = "demo-holdout"
+    calibration_samples: int = 2048  # 1C-Sum's uniform-noise draws (the service default)
 
 
-def _scorer(loaded, odin: bool, scorer_factory: Callable | None):
+def _scorer(loaded, options: OodOptions, scorer_factory: Callable | None):
     from monitor import Scorer
 
     factory = scorer_factory or Scorer
     pre = loaded.preprocessing
-    return factory(loaded.model, mean=pre.mean, std=pre.std, input_shape=pre.input_shape, odin=odin)
+    scorer = factory(loaded.model, mean=pre.mean, std=pre.std, input_shape=pre.input_shape, odin=options.odin)
+    scorer.calibrate(n=options.calibration_samples, progress=options.progress)  # 1C-Sum on uniform noise
+    return scorer
 
 
 def _score_set(scorer, loaded, image_set: datasets.ImageSet, options: OodOptions) -> protocol.Scores:
@@ -109,7 +112,7 @@ def run_ood_benchmark(options: OodOptions, scorer_factory: Callable | None = Non
 
     started = time.perf_counter()
     loaded = load_classifier(options.model, device=options.device)
-    scorer = _scorer(loaded, options.odin, scorer_factory)
+    scorer = _scorer(loaded, options, scorer_factory)
 
     in_dist = datasets.fashion_mnist_test(options.id_count, options.seed)
     far = datasets.load_far_ood(options.sets, options.ood_count, options.seed + 1)
@@ -129,6 +132,7 @@ def run_ood_benchmark(options: OodOptions, scorer_factory: Callable | None = Non
             "batch_size": options.batch_size,
             "seed": options.seed,
             "stream_ood_share": STREAM_OOD_SHARE,
+            "calibration_samples": options.calibration_samples,
         },
         "model": {
             "spec": options.model,
@@ -171,7 +175,7 @@ def _near_ood(options: OodOptions, scorer_factory: Callable | None) -> dict:
     held_out = loaded.details.get("held_out_classes")
     if not trained or not held_out:
         return {"skipped": f"model {options.near_model!r} does not say which classes it held out"}
-    scorer = _scorer(loaded, options.odin, scorer_factory)
+    scorer = _scorer(loaded, options, scorer_factory)
     in_dist = datasets.fashion_mnist_test(options.id_count, options.seed + 100, classes=trained)
     ood = datasets.fashion_mnist_test(options.ood_count, options.seed + 101, classes=held_out)
     ood.name = "Fashion-MNIST held-out classes"
@@ -205,16 +209,32 @@ def options_from_args(args: argparse.Namespace) -> OodOptions:
         near_ood=not args.no_near_ood,
         odin=not args.no_odin,
         batch_size=args.batch_size,
-        seed=args.seed,
+        seed=0 if args.seed is None else args.seed,
         device=args.device,
         progress=not args.no_progress,
+        calibration_samples=QUICK_CALIBRATION if args.quick else OodOptions.calibration_samples,
     )
 
 
-def command_line(argv: Sequence[str] | None = None) -> str:
-    """The command as typed, with the installed script's name."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return "ood-monitor " + " ".join(shlex.quote(a) for a in argv)
+def command_line(args: argparse.Namespace, flags: Sequence[tuple[str, str]]) -> str:
+    """The command that regenerates a report: `ood-monitor bench KIND` and the options given
+    (flags: (attribute, option) pairs; booleans print as bare options)."""
+    words = ["ood-monitor", "bench", args.bench_kind]
+    for attribute, option in flags:
+        value = getattr(args, attribute, None)
+        if value is None or value is False:
+            continue
+        if value is True:
+            words.append(option)
+        elif isinstance(value, (list, tuple)):
+            words += [option, *(str(v) for v in value)]
+        else:
+            words += [option, str(value)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+OOD_FLAGS = (("quick", "--quick"), ("limit", "--limit"), ("sets", "--sets"), ("no_near_ood", "--no-near-ood"),
+             ("no_odin", "--no-odin"), ("seed", "--seed"), ("output_dir", "--output-dir"))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -226,7 +246,7 @@ def main(args: argparse.Namespace) -> int:
     except OSError as error:
         raise InputError(f"--output-dir {str(output_dir)!r} cannot be created: {error}") from None
     result = run_ood_benchmark(options)
-    result["command"] = command_line()
+    result["command"] = command_line(args, OOD_FLAGS)
     paths = report.write_ood(result, output_dir)
     print(report.ood_console_summary(result))
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -75,9 +75,9 @@ def _methods(result: dict) -> list[str]:
     return list(result["results"][0]["metrics"])
 
 
-def _table(result: dict, metric: str, digits: int = 1) -> list[str]:
+def _table(result: dict, metric: str, digits: int = 1, with_rank: bool = True) -> list[str]:
     columns = _columns(result)
-    header = ["indicator"] + [c["name"] for c in columns] + ["avg rank"]
+    header = ["indicator"] + [c["name"] for c in columns] + (["avg rank"] if with_rank else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     ranks = result["average_rank"]
     best = {c["name"]: max(v["auroc"] if metric == "auroc" else -v["fpr95"] for m, v in c["metrics"].items() if m != SUPERVISED) for c in columns}
@@ -91,7 +91,8 @@ def _table(result: dict, metric: str, digits: int = 1) -> list[str]:
                 text = f"**{text}**"
             cells.append(text)
         label = f"**{method}**" if method == SUMMARY else method
-        lines.append("| " + " | ".join([label] + cells + [_fmt(ranks.get(method), 2)]) + " |")
+        rank = [_fmt(ranks.get(method), 2)] if with_rank else []
+        lines.append("| " + " | ".join([label] + cells + rank) + " |")
     return lines
 
 
@@ -143,7 +144,7 @@ def ood_markdown(result: dict) -> str:
         "",
         "Share of ID images flagged when the threshold catches 95 % of the OOD ones (lower is better).",
         "",
-        *_table(result, "fpr95"),
+        *_table(result, "fpr95", with_rank=False),
         "",
         "## 1C-Sum's rank among the individual indicators",
         "",
@@ -223,6 +224,8 @@ def plot_auroc_heatmap(result: dict, path: Path) -> Path:
             if np.isfinite(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7,
                         color="white" if grid[i, j] < 60 else "black")
+    if "result" in result.get("near_ood", {}):  # the near-OOD column has its own model and ID set
+        ax.axvline(len(columns) - 1.5, color="white", linewidth=3)
     ax.set_title(f"auROC (%), ID = {result['in_distribution']['name']}, model {result['model']['spec']}")
     fig.colorbar(image, ax=ax, fraction=0.04)
     fig.tight_layout()
