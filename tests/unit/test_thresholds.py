@@ -413,3 +413,13 @@ def test_two_means_with_skipped_blocks_agrees_with_scoring_every_split(n):
     rng = np.random.default_rng(n)
     values = np.round(np.concatenate((rng.normal(0, 1, n - n // 10), rng.normal(5, 2, n // 10))), 2)
     assert two_means(values) == fit_threshold(values, "two-means").threshold
+
+
+def test_thresholds_and_metrics_import_without_torch():
+    # The store, web and job processes import these; torch would cost them seconds and memory.
+    import subprocess
+    import sys
+
+    code = "import sys, monitor.thresholds, monitor.metrics; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
