@@ -128,3 +128,19 @@ def test_refit_on_the_last_hours_window_uses_only_those_samples(store):
     assert result.threshold.counts["n"] == 500
     assert result.threshold.parameters["window"] == {"hours": 2.0}
     assert result.threshold.window_start >= NOW - timedelta(hours=2)
+
+
+def test_extreme_value_refit_flags_about_the_target_rate_of_an_id_stream(store):
+    model = store.register_model("classifier", "weights-1", {})
+    values, _ = mixture(4000, 0, seed=9)
+    write_scores(store, model.id, values)
+    context = context_for(store, refit_method="extreme-value", extreme_value_q=0.005)
+
+    result = refit(context)
+
+    stored = _stored_values(store, model.id)
+    share = float((stored > result.threshold.value).mean())
+    assert 0.001 <= share <= 0.015, f"{share:.4f} flagged for a target of 0.005"
+    assert result.threshold.method == "extreme-value"
+    assert result.threshold.parameters["q"] == 0.005 and "initial_quantile" in result.threshold.parameters
+    assert result.threshold.parameters["details"]["n_peaks"] >= 10
