@@ -481,8 +481,11 @@ def _fit_gpd(excesses: np.ndarray) -> tuple[float, float, float]:
     """
     from scipy.optimize import brentq, minimize_scalar
 
+    # Fit in units of the mean excess (the shape is scale-free): well conditioned at any magnitude.
+    unit = float(excesses.mean())
+    excesses = excesses / unit
     y_max = float(excesses.max())
-    y_mean = float(excesses.mean())
+    y_mean = 1.0
 
     def shape_of(theta: float) -> float:
         return float(np.log1p(theta * excesses).mean())
@@ -514,10 +517,11 @@ def _fit_gpd(excesses: np.ndarray) -> tuple[float, float, float]:
         )
         if result.success and -float(result.fun) > best_value:
             best_theta, best_value = float(result.x), -float(result.fun)
+    log_unit = excesses.size * math.log(unit)  # the density of y / unit is unit times that of y
     if best_theta == 0.0:
-        return 0.0, y_mean, best_value
+        return 0.0, unit, best_value - log_unit
     shape = _gpd_profile(excesses, best_theta)[1]
-    return shape, shape / best_theta, best_value
+    return shape, shape / best_theta * unit, best_value - log_unit
 
 
 def _tail_from_sorted(sorted_values: np.ndarray, initial_quantile: float) -> TailFit:

@@ -127,3 +127,17 @@ def test_fit_threshold_keeps_z_q_unless_labels_object():
     ordered = np.sort(values)
     assert labelled.threshold == pytest.approx((ordered[-4] + ordered[-3]) / 2)
     assert labelled.details["unsupervised_threshold"] == fit.threshold
+
+
+@pytest.mark.parametrize("magnitude", [1e-290, 1e290])
+def test_tail_fit_is_unaffected_by_extreme_magnitudes(magnitude):
+    import warnings
+
+    values = np.random.default_rng(11).exponential(size=20_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow or underflow anywhere in the fit
+        scaled = fit_tail(values * magnitude)
+    plain = fit_tail(values)
+    assert scaled.shape == pytest.approx(plain.shape, rel=1e-9, abs=1e-12)
+    assert scaled.scale == pytest.approx(plain.scale * magnitude, rel=1e-9)
+    assert scaled.quantile(1e-7) == pytest.approx(plain.quantile(1e-7) * magnitude, rel=1e-9)
