@@ -102,3 +102,31 @@ def test_the_share_line_breaks_where_no_sample_was_scored():
     svg = volume_chart(buckets, "hour")
     assert svg.count("<polyline") == 2
     assert svg.count('class="bar flagged"') == 5
+
+
+def test_hash_password_prints_a_config_entry_that_logs_in(monkeypatch, capsys):
+    import io
+
+    from monitor.cli import main
+    from monitor.web.app import parse_credentials
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret-password\n"))
+    assert main(["web", "hash-password", "--name", "alice", "--role", "admin", "--stdin"]) == 0
+    entry = capsys.readouterr().out.strip()
+    [credential] = parse_credentials([entry], "accounts")
+    assert (credential.name, credential.role) == ("alice", "admin")
+    assert verify_secret("s3cret-password", credential.secret_hash)
+    assert "s3cret" not in entry
+
+
+def test_hash_password_refuses_bad_input_with_the_argument_named(monkeypatch, capsys):
+    import io
+
+    from monitor.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("long-enough-password\n"))
+    assert main(["web", "hash-password", "--name", "bob", "--role", "boss", "--stdin"]) == 2
+    assert "--role: 'boss' is not one of viewer, labeller, admin" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert main(["web", "hash-password", "--name", "bob", "--stdin"]) == 2
+    assert "at least 8 characters" in capsys.readouterr().err
