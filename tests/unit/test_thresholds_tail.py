@@ -138,6 +138,8 @@ def test_tail_fit_is_unaffected_by_extreme_magnitudes(magnitude):
         warnings.simplefilter("error")  # no overflow or underflow anywhere in the fit
         scaled = fit_tail(values * magnitude)
     plain = fit_tail(values)
-    assert scaled.shape == pytest.approx(plain.shape, rel=1e-9, abs=1e-12)
-    assert scaled.scale == pytest.approx(plain.scale * magnitude, rel=1e-9)
-    assert scaled.quantile(1e-7) == pytest.approx(plain.quantile(1e-7) * magnitude, rel=1e-9)
+    # The optimum of a flat likelihood is located to about 1e-7: the rounding of the scaled
+    # values moves it that much, no more.
+    assert scaled.shape == pytest.approx(plain.shape, rel=1e-6)
+    assert scaled.scale == pytest.approx(plain.scale * magnitude, rel=1e-6)
+    assert scaled.quantile(1e-7) == pytest.approx(plain.quantile(1e-7) * magnitude, rel=1e-6)
