@@ -31,6 +31,7 @@ from monitor.web.auth import (
     csrf_matches,
 )
 from monitor.web.filters import FilterError
+from monitor.web.images import BROWSER_TYPES, NPY_TYPES
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -156,8 +157,7 @@ def api_principal(request: Request, role: str) -> Principal:
 
 def image_response(image) -> Response:
     """Stored bytes with their stored type; never sniffed, never a page of their own."""
-    content_type = image.content_type if image.content_type.startswith("image/") or image.content_type in (
-        "application/x-npy", "application/octet-stream") else "application/octet-stream"
+    content_type = image.content_type if image.content_type in BROWSER_TYPES | NPY_TYPES else "application/octet-stream"
     return Response(
         content=image.data,
         media_type=content_type,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -24,6 +25,7 @@ from monitor.web.filters import (
     parse_window_hours,
     reject_unknown,
 )
+from monitor.web.images import NPY_TYPES, NotDisplayable, array_to_png
 
 router = APIRouter(include_in_schema=False)
 
@@ -241,6 +243,12 @@ def sample_image_page(request: Request, sample_id: int):
         image = queries.get_image(connection, sample_id)
     if image is None:
         raise HTTPException(status_code=404, detail=f"sample {sample_id} has no stored image")
+    if image.content_type in NPY_TYPES:  # arrays are drawn for the page; the API gives the stored bytes
+        try:
+            png = array_to_png(image.data, state_of(request).settings.imaging.max_pixels)
+        except NotDisplayable as error:
+            raise HTTPException(status_code=415, detail=f"sample {sample_id}: {error}") from None
+        image = replace(image, content_type="image/png", data=png)
     return image_response(image)
 
 

@@ -544,3 +544,29 @@ def test_with_several_models_the_pages_show_the_newest_unless_asked(tmp_path):
             assert "No threshold has been fitted yet" in client.get("/thresholds").text
     finally:
         engine.dispose()
+
+
+def test_an_array_sample_is_drawn_as_png_on_the_pages_and_given_raw_by_the_api(web):
+    import io
+
+    from PIL import Image
+
+    client, store, seeded = web
+    array = np.linspace(0, 1, 3 * 16 * 20, dtype=np.float32).reshape(3, 16, 20)
+    raw = io.BytesIO()
+    np.save(raw, array, allow_pickle=False)
+    now = datetime.now(timezone.utc)
+    sample = ScoredSample(
+        topic="arrays", partition=0, offset=1, sample_key="array-sample", model_id=seeded.model_id,
+        received_at=now, scored_at=now, predicted_class=1, scores={"1C-Sum": 7.0}, flagged=True, score=7.0,
+        score_indicator="1C-Sum", threshold_id=seeded.active_threshold_id,
+        image=ImageBlob("application/x-npy", raw.getvalue()),
+    )
+    sample_id = store.write([sample]).sample_ids[sample.position]
+    api = client.get(f"/api/samples/{sample_id}/image", headers=bearer("viewer-bot"))
+    assert api.headers["content-type"] == "application/x-npy" and api.content == raw.getvalue()
+    login(client, "vera")
+    page = client.get(f"/samples/{sample_id}/image")
+    assert page.headers["content-type"] == "image/png" and page.headers["x-content-type-options"] == "nosniff"
+    picture = Image.open(io.BytesIO(page.content))
+    assert (picture.size, picture.mode) == ((20, 16), "RGB")

@@ -130,3 +130,47 @@ def test_hash_password_refuses_bad_input_with_the_argument_named(monkeypatch, ca
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
     assert main(["web", "hash-password", "--name", "bob", "--stdin"]) == 2
     assert "at least 8 characters" in capsys.readouterr().err
+
+
+def _npy(array) -> bytes:
+    import io
+
+    import numpy as np
+
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("shape, dtype, mode", [
+    ((28, 28), "float32", "L"), ((1, 28, 28), "float64", "L"), ((1, 3, 28, 28), "float32", "RGB"),
+    ((28, 28, 3), "uint8", "RGB"), ((28, 28, 4), "uint8", "RGBA"), ((28, 28, 1), "uint8", "L"),
+])
+def test_arrays_are_drawn_as_png_for_the_pages(shape, dtype, mode):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from monitor.web.images import array_to_png
+
+    array = (np.linspace(0, 1, int(np.prod(shape))).reshape(shape) * (255 if dtype == "uint8" else 1)).astype(dtype)
+    picture = Image.open(io.BytesIO(array_to_png(_npy(array), max_pixels=10_000)))
+    assert (picture.format, picture.size, picture.mode) == ("PNG", (28, 28), mode)
+
+
+def test_arrays_that_are_not_pictures_are_refused_with_the_reason():
+    import numpy as np
+
+    from monitor.web.images import NotDisplayable, array_to_png
+
+    with pytest.raises(NotDisplayable, match="cannot be read"):
+        array_to_png(_npy(np.array([{"a": 1}], dtype=object)), 10_000)  # pickled objects are never loaded
+    with pytest.raises(NotDisplayable, match="not a picture"):
+        array_to_png(_npy(np.zeros((2, 3, 4, 5), dtype=np.uint8)), 10_000)
+    with pytest.raises(NotDisplayable, match="over the limit"):
+        array_to_png(_npy(np.zeros((200, 200), dtype=np.uint8)), 10_000)
+    with pytest.raises(NotDisplayable, match="dtype int64"):
+        array_to_png(_npy(np.zeros((8, 8), dtype=np.int64)), 10_000)
+    with pytest.raises(NotDisplayable, match="cannot be read"):
+        array_to_png(b"\x93NUMPY garbage", 10_000)
