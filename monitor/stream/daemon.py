@@ -177,10 +177,12 @@ class Daemon:
         preprocessing = self.classifier.preprocessing
         self.model_row = self.store.register_model(self.classifier.name, self.scorer.fingerprint(),
                                                    preprocessing.to_dict())
+        # The re-fit job needs the noise statistics to re-weight 1C-Sum from labels.
+        self.store.save_calibration(self.model_row.fingerprint, self.scorer.calibration.to_dict())
         install_default_threshold(self.store, self.model_row.id, settings.stream.indicator,
                                   settings.stream.default_threshold)
         self.thresholds = ThresholdSource(self.store, self.model_row.id, settings.stream.indicator,
-                                          settings.stream.threshold_refresh_s)
+                                          settings.stream.threshold_refresh_s, scorer=self.scorer)
         self.state.model_loaded = True
 
         self.producer = make_producer(settings.kafka)

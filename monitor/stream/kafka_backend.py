@@ -50,6 +50,9 @@ def make_producer(kafka: Any, **overrides: Any):
     options = client_options(kafka)
     options.update(acks="all", retries=5, linger_ms=5, request_timeout_ms=kafka.request_timeout_ms,
                    max_block_ms=max(kafka.request_timeout_ms, 10000))
+    version = kafka.api_version_tuple()
+    if version is not None and version < (0, 11):
+        options["enable_idempotence"] = False  # brokers before 0.11 cannot; say so instead of a warning
     options.update(overrides)
     try:
         return KafkaProducer(**options)

@@ -66,24 +66,43 @@ class ScorerAdapter:
 
 
 class ThresholdSource:
-    """The active threshold of (model, indicator), re-read from the store every `refresh_s`.
+    """The active threshold of (model, indicator), re-read from the store every `refresh_s`; with a
+    `scorer`, the active label-fitted 1C-Sum weights are applied to it as they change.
 
     A database that cannot be read keeps the last known threshold (logged), so judging goes on.
     """
 
     def __init__(self, store: Any, model_id: int, indicator: str, refresh_s: float,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, scorer: Any = None):
         self.store = store
         self.model_id = model_id
         self.indicator = indicator
         self.refresh_s = refresh_s
         self.clock = clock
+        self.scorer = scorer
         self.current: Threshold | None = None
+        self.weights_id: int | None = None
         self._read_at: float | None = None
+
+    def _refresh_weights(self) -> None:
+        row = self.store.active_summary_weights(self.model_id)
+        if row is None or row.id == self.weights_id:
+            return
+        weights = row.weights.get("weights") if isinstance(row.weights.get("weights"), dict) else row.weights
+        try:
+            self.scorer.set_summary_weights({name: float(value) for name, value in weights.items()
+                                             if name in self.scorer.summary_members})
+        except Exception as error:  # noqa: BLE001 - bad weights must not stop scoring; keep the old ones
+            log.error("1C-Sum weights #%s not applied: %s", row.id, error)
+        else:
+            log.info("1C-Sum weights #%s applied", row.id)
+        self.weights_id = row.id
 
     def refresh(self) -> Threshold | None:
         try:
             row = self.store.active_threshold(self.model_id, self.indicator)
+            if self.scorer is not None:
+                self._refresh_weights()
         except Exception as error:  # noqa: BLE001 - the store may be down; keep judging with what we have
             log.warning("could not read the active threshold, keeping %s: %s", self.current, error)
             return self.current

@@ -66,7 +66,7 @@ def test_sigkill_mid_run_then_restart_loses_nothing_and_stores_nothing_twice(kaf
     rows = StoredRows(store_url)
     try:
         daemon.wait_ready()
-        produced = produce(kafka09.bootstrap, API, topic, image_stream(240, "kill"))
+        produced = produce(kafka09.bootstrap, API, topic, image_stream(160, "kill"))
         wait_until(lambda: rows.total() >= 24, 120, "the first batches stored")
         daemon.kill()  # SIGKILL: no chance to finish the batch or commit
         stored_at_kill = rows.total()
@@ -100,7 +100,7 @@ def test_two_daemons_in_a_group_the_survivor_takes_over_the_partitions_of_the_ki
         try:
             first.wait_ready()
             second.wait_ready()  # ready = has partitions: the group split them between the two
-            produced = produce(kafka09.bootstrap, API, topic, image_stream(240, "group"))
+            produced = produce(kafka09.bootstrap, API, topic, image_stream(160, "group"))
             wait_until(lambda: rows.total() >= 24, 120, "the first batches stored")
             first.kill()
             assert rows.total() < len(produced), "everything was stored before the kill; nothing was tested"

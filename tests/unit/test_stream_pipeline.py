@@ -230,3 +230,15 @@ def test_abandoned_pending_work_is_not_committed_on_discard(scorer, store):
     harness.head.poll()  # the batch waits for more (max wait is long)
     harness.head.discard()
     assert harness.commits == [] and _count(store, "samples") == 0
+
+
+def test_label_fitted_summary_weights_are_applied_to_the_scorer(scorer, store):
+    harness = Harness(scorer, store)
+    source = ThresholdSource(store, harness.model.id, "1C-Sum", 0.0, scorer=scorer)
+    member = scorer.summary_members[0]
+    store.add_summary_weights(harness.model.id, {"weights": {member: 0.25}, "members": [member]})
+    try:
+        source()
+        assert scorer.summary_weights[member] == 0.25
+    finally:
+        scorer.reset_summary_weights()
