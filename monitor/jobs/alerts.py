@@ -2,14 +2,16 @@
 
 The row comes first so that an alert is never lost: if the publisher fails (broker down),
 the row stays with `published_at` unset and the failure is logged; the job itself does not
-fail because the alerts topic is unreachable. Payload schemas: docs/jobs.md.
+fail because the alerts topic is unreachable. The rate-alert job redelivers such rows once
+they are a minute old, so delivery is at least once (`alert_id` identifies a repeat).
+Payload schemas: docs/jobs.md.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,9 @@ DRIFT = "drift"
 JOB_FAILED = "job_failed"
 ALERT_KINDS = (THRESHOLD_CHANGED, OOD_RATE, DRIFT, JOB_FAILED)
 SCHEMA_VERSION = 1
+
+# Unpublished alerts younger than this may still be in flight in another job: left alone.
+REDELIVERY_AFTER = timedelta(seconds=60)
 
 COMMON_FIELDS = ("schema_version", "kind", "created_at", "alert_id")
 """Keys of every job alert document (alert_id is null only when the database was unreachable)."""
@@ -89,3 +94,20 @@ class AlertSink:
         if alert_id is not None:
             self.store.mark_alerts_published([alert_id])
         return alert_id
+
+    def redeliver(self, now: datetime, limit: int = 100) -> int:
+        """Publish stored job alerts that never left (oldest first); stops at the first failure."""
+        delivered = 0
+        for row in self.store.list_alerts(unpublished_only=True, oldest_first=True, limit=limit):
+            if row.kind not in ALERT_KINDS or row.created_at > now - REDELIVERY_AFTER:
+                continue
+            try:
+                self.publisher.publish_alert(row.kind, {**row.payload, "alert_id": row.id})
+            except Exception as error:  # noqa: BLE001 - still unreachable: try again at the next run
+                log.warning("alert redelivery stopped, %s #%d still unpublished: %s", row.kind, row.id, error)
+                break
+            self.store.mark_alerts_published([row.id])
+            delivered += 1
+        if delivered:
+            log.info("redelivered %d stored alert(s)", delivered)
+        return delivered

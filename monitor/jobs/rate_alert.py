@@ -88,10 +88,12 @@ def _models_with_open_episode(context: JobContext) -> list[int]:
 
 
 def rate_alert_job(context: JobContext) -> JobOutcome:
+    # This job runs every minute under its own lock: it also retries alerts the broker missed.
+    redelivered = context.alerts.redeliver(context.now())
     checks = check_rates(context)
+    parts = [f"redelivered {redelivered} stored alert(s)"] if redelivered else []
     if not checks:
-        return JobOutcome.ok("no samples in the window")
-    parts = []
+        return JobOutcome.ok("; ".join(parts + ["no samples in the window"]))
     for check in checks:
         if check.p_value is None:
             parts.append(f"model {check.model_id}: {check.total} samples, too few to test")

@@ -19,12 +19,18 @@ NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 
 
 class RecordingPublisher:
-    """Collects what the jobs publish (for tests that check the store side; broker tests use Kafka)."""
+    """Collects what the jobs publish (for tests that check the store side; broker tests use Kafka).
+
+    `unreachable = True` makes it fail like a dead broker: a real one takes 30 s to time out.
+    """
 
     def __init__(self) -> None:
         self.published: list[tuple[str, dict[str, Any]]] = []
+        self.unreachable = False
 
     def publish_alert(self, kind: str, payload: dict[str, Any]) -> None:
+        if self.unreachable:
+            raise ConnectionError("alerts broker unreachable")
         self.published.append((kind, payload))
 
     def kinds(self) -> list[str]:

@@ -71,6 +71,30 @@ def test_rate_alert_opens_once_per_episode_and_closes(store):
     assert states == ["open", "closed"], "episode state is stored"
 
 
+def test_alerts_the_broker_missed_are_stored_and_redelivered_by_the_rate_job(store):
+    from monitor.jobs.refit import refit
+
+    model = store.register_model("classifier", "weights-1", {})
+    values, _ = mixture(900, 100)
+    write_scores(store, model.id, values)
+    publisher = RecordingPublisher()
+    publisher.unreachable = True
+    assert refit(context_for(store, publisher)).fitted, "a dead broker does not fail the job"
+    [stored] = store.list_alerts(kind="threshold_changed")
+    assert stored.published_at is None
+
+    publisher.unreachable = False
+    a_minute_later = datetime.now(timezone.utc) + timedelta(seconds=61)
+    run = scheduler.run_job(context_for(store, publisher, now=a_minute_later), "rate_alert")
+
+    assert run.outcome == "ok" and "redelivered 1 stored alert" in run.detail
+    [(kind, payload)] = publisher.published
+    assert kind == "threshold_changed" and payload["alert_id"] == stored.id
+    assert store.list_alerts(kind="threshold_changed")[0].published_at is not None
+    assert scheduler.run_job(context_for(store, publisher, now=a_minute_later), "rate_alert").outcome == "ok"
+    assert len(publisher.published) == 1, "published once"
+
+
 def test_a_failing_job_is_recorded_alerted_and_retried_while_the_scheduler_runs(tmp_path):
     from monitor.jobs.scheduler import start_scheduler
     from monitor.store import Store, connect, upgrade
