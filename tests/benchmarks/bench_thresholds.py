@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_thresholds", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES} instead of {FULL_SIZES}")
     parser.add_argument("--sizes", type=int, nargs="+", help="explicit sizes (overrides --quick)")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per timing; the fastest counts")
+    parser.add_argument("--repeats", type=int, default=7, help="runs per timing; the fastest counts")
     parser.add_argument(
         "--out", type=Path,
         help="folder for thresholds.json and thresholds.md (default: docs/benchmarks for a full run, "
