@@ -37,13 +37,23 @@ def _check_indicator(name: str | None, what: str) -> None:
         raise InputError(f"{what}: unknown indicator {name!r}; expected one of {', '.join(INDICATORS)}")
 
 
+MAX_PARTITION = 2**31 - 1  # Kafka: int32 partitions, int64 offsets; the columns match
+MAX_OFFSET = 2**63 - 1
+MAX_NAME_LENGTH = 255  # topic and sample key columns
+
+
 def _check_position(topic: str, partition: int, offset: int, what: str) -> None:
-    if not isinstance(topic, str) or not topic:
-        raise InputError(f"{what}: topic must be a non-empty string, got {topic!r}")
-    if not isinstance(partition, int) or partition < 0:
-        raise InputError(f"{what}: partition must be an integer >= 0, got {partition!r}")
-    if not isinstance(offset, int) or offset < 0:
-        raise InputError(f"{what}: offset must be an integer >= 0, got {offset!r}")
+    if not isinstance(topic, str) or not 0 < len(topic) <= MAX_NAME_LENGTH:
+        raise InputError(f"{what}: topic must be a string of 1 to {MAX_NAME_LENGTH} characters, got {topic!r}")
+    if not isinstance(partition, int) or not 0 <= partition <= MAX_PARTITION:
+        raise InputError(f"{what}: partition must be an integer from 0 to {MAX_PARTITION}, got {partition!r}")
+    if not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise InputError(f"{what}: offset must be an integer >= 0 and < 2**63, got {offset!r}")
+
+
+def _check_key(sample_key: str, what: str) -> None:
+    if not isinstance(sample_key, str) or len(sample_key) > MAX_NAME_LENGTH:
+        raise InputError(f"{what}: sample_key must be a string of at most {MAX_NAME_LENGTH} characters")
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,7 @@ class ScoredSample:
     def __post_init__(self) -> None:
         what = f"scored sample {self.topic}/{self.partition}/{self.offset}"
         _check_position(self.topic, self.partition, self.offset, what)
+        _check_key(self.sample_key, what)
         for name in self.scores:
             _check_indicator(name, what)
         _check_indicator(self.score_indicator, f"{what} score_indicator")
@@ -117,6 +128,7 @@ class RejectRecord:
     def __post_init__(self) -> None:
         what = f"reject {self.topic}/{self.partition}/{self.offset}"
         _check_position(self.topic, self.partition, self.offset, what)
+        _check_key(self.sample_key, what)
         if not self.reason:
             raise InputError(f"{what}: reason must be a non-empty code such as 'corrupt'")
         if self.size < 0:

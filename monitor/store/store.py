@@ -11,6 +11,8 @@ import json
 import logging
 import math
 from contextlib import contextmanager
+from functools import lru_cache
+from itertools import chain
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -32,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import Integer as SqlInteger
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from monitor.errors import InputError, MonitorError
 from monitor.names import INDICATORS
@@ -98,6 +100,37 @@ def _finite_or_none(value: float | None) -> float | None:
         return None
     value = float(value)
     return None if math.isnan(value) else value
+
+
+_SAMPLE_INSERT_COLUMNS = tuple(column.name for column in Sample.__table__.c if column.name != "id")
+_TIME_COLUMNS = ("produced_at", "received_at", "scored_at")
+_SOURCE_KEY = "source_topic, source_partition, source_offset"
+_RETURNING = f"RETURNING id, {_SOURCE_KEY}"
+
+
+def _sqlite_time(value: datetime | None) -> str | None:
+    """The text SQLAlchemy's SQLite DATETIME stores: naive UTC with microseconds (sorts as time)."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc)
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _aware_utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
+
+
+@lru_cache(maxsize=None)
+def _sample_insert(marker: str) -> str:
+    """INSERT of one samples row that skips a source position already stored."""
+    values = ", ".join([marker] * len(_SAMPLE_INSERT_COLUMNS))
+    return (
+        f"INSERT INTO samples ({', '.join(_SAMPLE_INSERT_COLUMNS)}) VALUES ({values}) "
+        f"ON CONFLICT ({_SOURCE_KEY}) DO NOTHING"
+    )
 
 
 def _check_window(last: int | None, since: datetime | None) -> None:
@@ -170,12 +203,15 @@ class Store:
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
         """One write transaction; a database refusal becomes StoreError after the rollback."""
+        dbapi = self.engine.dialect.loaded_dbapi
+        refusals = (IntegrityError, DataError, dbapi.IntegrityError, dbapi.DataError)
         try:
             with self.engine.connect().execution_options(**{WRITE_OPTION: True}) as connection:
                 with connection.begin():
                     yield connection
-        except IntegrityError as error:
-            raise StoreError(f"the database refused the write, nothing was stored: {error.orig}") from error
+        except refusals as error:
+            reason = getattr(error, "orig", None) or error
+            raise StoreError(f"the database refused the write, nothing was stored: {reason}") from error
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
@@ -231,6 +267,7 @@ class Store:
 
     @staticmethod
     def _sample_row(sample: ScoredSample) -> dict[str, Any]:
+        """The column values of a scored sample (times as given; the insert converts them)."""
         row: dict[str, Any] = {
             "model_id": sample.model_id,
             "source_topic": sample.topic,
@@ -246,16 +283,56 @@ class Store:
             "flagged": bool(sample.flagged),
             "threshold_id": sample.threshold_id,
         }
+        scores = sample.scores
         for name, column in INDICATOR_COLUMNS.items():
-            row[column.name] = _finite_or_none(sample.scores.get(name))
+            row[column.name] = _finite_or_none(scores.get(name))
         return row
+
+    def _insert_samples(self, connection: Connection, samples: Sequence[ScoredSample]) -> dict[SourcePosition, int]:
+        """INSERT ... ON CONFLICT DO NOTHING one batch; returns the ids of the rows it added.
+
+        The driver's executemany with values already in the database's form: SQLAlchemy's
+        generic multi-row insert converts each value through its type objects and builds one
+        long statement per batch, several times slower on this hot path (see the benchmark).
+        """
+        sqlite_form = self.dialect == "sqlite"
+        time_form = _sqlite_time if sqlite_form else _aware_utc
+        rows = []
+        for sample in samples:
+            row = self._sample_row(sample)
+            for name in _TIME_COLUMNS:
+                row[name] = time_form(row[name])
+            if sqlite_form:
+                row["flagged"] = int(row["flagged"])
+            rows.append(tuple(row[name] for name in _SAMPLE_INSERT_COLUMNS))
+        inserted: dict[SourcePosition, int] = {}
+        if sqlite_form:
+            # The write transaction holds SQLite's write lock (BEGIN IMMEDIATE) and rowids only grow
+            # (max + 1), so this batch's rows are exactly those above the maximum taken first.
+            before = connection.exec_driver_sql("SELECT coalesce(max(id), 0) FROM samples").scalar_one()
+            connection.exec_driver_sql(_sample_insert("?"), rows)
+            found = connection.exec_driver_sql(f"SELECT id, {_SOURCE_KEY} FROM samples WHERE id > ?", (before,))
+            for sample_id, topic, partition, offset in found:
+                inserted[SourcePosition(topic, partition, offset)] = sample_id
+        else:
+            # psycopg pipelines executemany and can hand back each statement's RETURNING rows.
+            cursor = connection.connection.cursor()
+            try:
+                cursor.executemany(_sample_insert("%s") + f" {_RETURNING}", rows, returning=True)
+                while True:
+                    for sample_id, topic, partition, offset in cursor.fetchall():
+                        inserted[SourcePosition(topic, partition, offset)] = sample_id
+                    if not cursor.nextset():
+                        break
+            finally:
+                cursor.close()
+        return inserted
 
     def write(self, samples: Sequence[ScoredSample] = (), rejects: Sequence[RejectRecord] = ()) -> WriteResult:
         """Store one batch in one transaction; replayed source positions are skipped, not duplicated.
 
         Either everything new in the batch is stored or (on any error) nothing is.
         """
-        sample_rows = [self._sample_row(sample) for sample in samples]
         reject_rows = [
             {
                 "source_topic": reject.topic,
@@ -272,14 +349,8 @@ class Store:
         sample_ids: dict[SourcePosition, int] = {}
         images_inserted = rejects_inserted = 0
         with self._writing() as connection:
-            if sample_rows:
-                statement = (
-                    self._insert(Sample)
-                    .on_conflict_do_nothing(index_elements=["source_topic", "source_partition", "source_offset"])
-                    .returning(Sample.id, Sample.source_topic, Sample.source_partition, Sample.source_offset)
-                )
-                for sample_id, topic, partition, offset in connection.execute(statement, sample_rows):
-                    sample_ids[SourcePosition(topic, partition, offset)] = sample_id
+            if samples:
+                sample_ids = self._insert_samples(connection, samples)
                 now = utcnow()
                 image_rows = [
                     {
@@ -305,7 +376,7 @@ class Store:
                 rejects_inserted = len(connection.execute(statement, reject_rows).all())
         return WriteResult(
             samples_inserted=len(sample_ids),
-            samples_duplicate=len(sample_rows) - len(sample_ids),
+            samples_duplicate=len(samples) - len(sample_ids),
             images_inserted=images_inserted,
             rejects_inserted=rejects_inserted,
             rejects_duplicate=len(reject_rows) - rejects_inserted,
@@ -562,7 +633,7 @@ class Store:
             statement = statement.order_by(Sample.scored_at, Sample.id)
         with self._reading() as connection:
             rows = connection.execute(statement).all()
-            pairs = np.array(rows, dtype=np.float64).reshape(-1, 2)
+            pairs = np.fromiter(chain.from_iterable(rows), dtype=np.float64, count=2 * len(rows)).reshape(-1, 2)
             if last is not None:
                 pairs = pairs[::-1]
             sample_ids = pairs[:, 0].astype(np.int64)
@@ -677,7 +748,7 @@ class Store:
                     result[name] = {float(q): (None if v is None else float(v)) for q, v in zip(percentiles, values)}
             else:
                 rows = connection.execute(select(window)).all()
-                matrix = np.array(rows, dtype=np.float64).reshape(-1, len(columns))
+                matrix = np.array([tuple(row) for row in rows], dtype=np.float64).reshape(-1, len(columns))
                 for index, name in enumerate(names):
                     column_values = matrix[:, index]
                     column_values = column_values[~np.isnan(column_values)]

@@ -126,6 +126,10 @@ def test_records_reject_bad_input_with_clear_messages(store, model):
         scored(0, model.id, flagged=True)
     with pytest.raises(InputError, match="offset must be an integer >= 0"):
         scored(-1, model.id)
+    with pytest.raises(InputError, match="offset must be an integer >= 0 and < 2\\*\\*63"):
+        scored(2**63, model.id, seconds=0)
+    with pytest.raises(InputError, match="topic must be a string of 1 to 255"):
+        scored(0, model.id, topic="t" * 256)
     with pytest.raises(InputError, match="reason"):
         RejectRecord(topic="t", partition=0, offset=0, sample_key="k", reason="", detail="", size=0, received_at=T0)
 

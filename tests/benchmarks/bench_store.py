@@ -1,0 +1,315 @@
+"""Store speed on both backends: the stream's batch writes and the refit window read.
+
+    python -m tests.benchmarks.bench_store            # 10^6 rows per backend (capped in time)
+    python -m tests.benchmarks.bench_store --quick    # 20,000 rows per backend
+
+For each backend (a fresh SQLite file; a fresh PostgreSQL database on 127.0.0.1:5432,
+dropped afterwards) it measures, in the same run:
+
+- insert throughput of ``Store.write`` (batches of 256 scored samples with all 20
+  indicator columns, 5 % flagged, one transaction per batch, ON CONFLICT DO NOTHING
+  and RETURNING ids), beside a baseline: the driver's own ``executemany`` of a plain
+  INSERT of the same rows, no idempotence, no ids back;
+- the refit window read, ``Store.window_scores(model, "1C-Sum", last=N)`` over every
+  stored row (values + current labels as numpy arrays, with 1,000 labelled samples),
+  beside a baseline: the driver fetching the same column with the same ORDER BY and
+  LIMIT into a numpy array.
+
+Figures are printed and saved as JSON and Markdown (docs/benchmarks/store.{json,md} for
+a full run, a temporary folder for --quick unless --out-dir is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[2]
+FULL_ROWS = 1_000_000
+QUICK_ROWS = 20_000
+BATCH_SIZE = 256
+BASELINE_SHARE = 0.1  # the baseline insert writes this share of the rows
+LABELLED = 1_000
+FLAGGED_SHARE = 0.05
+READ_REPEATS = 3
+SEED = 0
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def make_batch(model_id: int, threshold_id: int, start: int, size: int, rng: np.random.Generator, topic: str):
+    from monitor.names import INDICATORS
+    from monitor.store import ScoredSample
+
+    values = rng.normal(size=(size, len(INDICATORS)))
+    flagged = rng.random(size) < FLAGGED_SHARE
+    classes = rng.integers(0, 10, size)
+    samples = []
+    for row in range(size):
+        offset = start + row
+        at = T0 + timedelta(milliseconds=10 * offset)
+        scores = dict(zip(INDICATORS, values[row].tolist()))
+        samples.append(ScoredSample(
+            topic=topic, partition=0, offset=offset, sample_key=f"{topic}-{offset}", model_id=model_id,
+            received_at=at, scored_at=at, produced_at=at, predicted_class=int(classes[row]), scores=scores,
+            flagged=bool(flagged[row]), score=scores["1C-Sum"], score_indicator="1C-Sum",
+            threshold_id=threshold_id if flagged[row] else None,
+        ))
+    return samples
+
+
+def insert_with_store(store, model_id: int, threshold_id: int, rows: int, max_seconds: float, backend: str) -> dict:
+    rng = np.random.default_rng(SEED)
+    deadline = time.monotonic() + max_seconds
+    written = inserted = 0
+    seconds = 0.0
+    with tqdm(total=rows, desc=f"{backend}: Store.write", unit="row", unit_scale=True, file=sys.stdout) as bar:
+        while written < rows and (written == 0 or time.monotonic() < deadline):
+            batch = make_batch(model_id, threshold_id, written, min(BATCH_SIZE, rows - written), rng, "bench")
+            start = time.perf_counter()
+            result = store.write(batch)
+            seconds += time.perf_counter() - start
+            inserted += result.samples_inserted
+            written += len(batch)
+            bar.update(len(batch))
+    return {"rows": inserted, "seconds": seconds, "rows_per_s": inserted / seconds if seconds else 0.0,
+            "capped": written < rows}
+
+
+def insert_baseline(store, model_id: int, threshold_id: int, rows: int, backend: str) -> dict:
+    """The driver's executemany of a plain INSERT (no ON CONFLICT, no RETURNING), same rows, same batches."""
+    from monitor.store.models import Sample
+
+    rng = np.random.default_rng(SEED + 1)
+    columns = [column.name for column in Sample.__table__.c if column.name != "id"]
+    marker = "?" if backend == "sqlite" else "%s"
+    sql = f"INSERT INTO samples ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))})"
+    raw = store.engine.raw_connection()
+    seconds = 0.0
+    written = 0
+    try:
+        with tqdm(total=rows, desc=f"{backend}: driver executemany", unit="row", unit_scale=True, file=sys.stdout) as bar:
+            while written < rows:
+                batch = make_batch(model_id, threshold_id, written, min(BATCH_SIZE, rows - written), rng, "baseline")
+                start = time.perf_counter()  # from the same records Store.write gets, to the commit
+                params = []
+                for sample in batch:
+                    row = store._sample_row(sample)
+                    if backend == "sqlite":  # the text form SQLAlchemy stores, so both paths write the same bytes
+                        for key in ("produced_at", "received_at", "scored_at"):
+                            row[key] = row[key].astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ")
+                    params.append(tuple(row[name] for name in columns))
+                cursor = raw.cursor()
+                if backend == "sqlite":
+                    cursor.execute("BEGIN")
+                cursor.executemany(sql, params)
+                raw.commit()
+                cursor.close()
+                seconds += time.perf_counter() - start
+                written += len(batch)
+                bar.update(len(batch))
+    finally:
+        raw.close()
+    return {"rows": written, "seconds": seconds, "rows_per_s": written / seconds if seconds else 0.0}
+
+
+def top_up(store, model_id: int, target: int, backend: str) -> int:
+    """Copy stored rows inside the database until the model has `target` rows (for the read test)."""
+    from sqlalchemy import func, insert, literal, select
+
+    from monitor.store.models import Sample
+
+    columns = [column for column in Sample.__table__.c if column.name != "id"]
+    copies = 0
+    with tqdm(total=target, desc=f"{backend}: top up to {target:,} rows", unit="row", unit_scale=True,
+              file=sys.stdout) as bar:
+        while True:
+            with store.engine.begin() as connection:
+                count = connection.execute(select(func.count()).where(Sample.model_id == model_id)).scalar_one()
+                bar.update(count - bar.n)
+                if count >= target:
+                    return copies
+                copies += 1
+                source = select(*[
+                    literal(f"fill-{copies}").label("source_topic") if column.name == "source_topic" else column
+                    for column in columns
+                ]).where(Sample.model_id == model_id, Sample.source_topic == "bench").limit(target - count)
+                added = connection.execute(insert(Sample).from_select([column.name for column in columns], source))
+                if not added.rowcount:
+                    raise RuntimeError("top up: no rows to copy (the timed insert stored none)")
+
+
+def add_labels(store, model_id: int, count: int) -> None:
+    from sqlalchemy import insert, select
+
+    from monitor.store.models import Label, Sample
+
+    with store.engine.begin() as connection:
+        ids = connection.execute(
+            select(Sample.id).where(Sample.model_id == model_id).order_by(Sample.id).limit(count * 7)
+        ).scalars().all()
+        rows = [{"sample_id": sample_id, "label": "OOD" if n % 3 == 0 else "ID", "labelled_by": "bench",
+                 "labelled_at": T0, "note": None} for n, sample_id in enumerate(ids[::7][:count])]
+        if rows:
+            connection.execute(insert(Label), rows)
+
+
+def read_window(store, model_id: int, rows: int, backend: str) -> dict:
+    from sqlalchemy import select
+
+    from monitor.store.models import Sample
+
+    timings, baseline = [], []
+    statement = (
+        select(Sample.one_c_sum).where(Sample.model_id == model_id, Sample.one_c_sum.is_not(None))
+        .order_by(Sample.scored_at.desc(), Sample.id.desc()).limit(rows)
+    )
+    compiled = statement.compile(store.engine, compile_kwargs={"literal_binds": True})
+    found = 0
+    for _ in tqdm(range(READ_REPEATS), desc=f"{backend}: window read x{READ_REPEATS}", file=sys.stdout):
+        start = time.perf_counter()
+        window = store.window_scores(model_id, "1C-Sum", last=rows)
+        timings.append(time.perf_counter() - start)
+        found = len(window)
+        labelled = int((window.labels >= 0).sum())
+        raw = store.engine.raw_connection()
+        try:
+            start = time.perf_counter()
+            cursor = raw.cursor()
+            cursor.execute(str(compiled))
+            values = np.array(cursor.fetchall(), dtype=np.float64).ravel()
+            baseline.append(time.perf_counter() - start)
+            cursor.close()
+        finally:
+            raw.close()
+        assert values.shape[0] == found
+    return {"rows": found, "labelled": labelled, "seconds_best": min(timings), "seconds_median": float(np.median(timings)),
+            "baseline_seconds_best": min(baseline), "rows_per_s": found / min(timings)}
+
+
+def bench_backend(backend: str, rows: int, max_insert_seconds: float, scratch: Path) -> dict:
+    from monitor.store import Store, ThresholdRecord, connect, upgrade
+
+    with ExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{scratch / 'bench.db'}"
+        else:
+            from tests.services import postgres_database
+
+            url = stack.enter_context(postgres_database("bench"))
+        engine = connect(url)
+        stack.callback(engine.dispose)
+        upgrade(engine)
+        store = Store(engine)
+        model = store.register_model("bench", "sha256:bench", {"size": [28, 28]})
+        baseline_model = store.register_model("baseline", "sha256:baseline", {})
+        threshold = store.add_threshold(ThresholdRecord(model_id=model.id, indicator="1C-Sum", method="two-means", value=2.0))
+        baseline = insert_baseline(store, baseline_model.id, threshold.id, max(BATCH_SIZE, int(rows * BASELINE_SHARE)), backend)
+        insert = insert_with_store(store, model.id, threshold.id, rows, max_insert_seconds, backend)
+        top_up(store, model.id, rows, backend)
+        add_labels(store, model.id, LABELLED)
+        read = read_window(store, model.id, rows, backend)
+        with engine.connect() as connection:
+            version = connection.exec_driver_sql(
+                "select sqlite_version()" if backend == "sqlite" else "show server_version").scalar()
+        return {"server": f"{backend} {version}", "insert": insert, "insert_baseline": baseline, "window_read": read}
+
+
+def machine_info() -> dict[str, Any]:
+    import sqlalchemy
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "sqlalchemy": sqlalchemy.__version__}
+
+
+def to_markdown(report: dict) -> str:
+    lines = [
+        "# Store benchmark",
+        "",
+        f"Run {report['date']} on {report['machine']['cpu']} ({report['machine']['cores']} cores, shared), "
+        f"{'quick' if report['quick'] else 'full'} run, `python -m tests.benchmarks.bench_store"
+        f"{' --quick' if report['quick'] else ''}`.",
+        f"Batches of {report['batch_size']} rows with all 20 indicator columns, one transaction each.",
+        "",
+        "| backend | Store.write rows/s | driver executemany rows/s (baseline) | rows stored | "
+        "window read (last N) s | driver fetch s (baseline) | window rows |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for figures in report["backends"].values():
+        insert, base, read = figures["insert"], figures["insert_baseline"], figures["window_read"]
+        lines.append(
+            f"| {figures['server']} | {insert['rows_per_s']:,.0f} | {base['rows_per_s']:,.0f} | {insert['rows']:,}"
+            f"{' (time cap)' if insert['capped'] else ''} | {read['seconds_best']:.2f} | "
+            f"{read['baseline_seconds_best']:.2f} | {read['rows']:,} |"
+        )
+    lines += [
+        "",
+        "Both insert paths are timed from the same ScoredSample records to the commit. When the insert",
+        "reaches its time cap (`--max-insert-seconds`), the table is topped up to the requested row count",
+        "by an in-database copy, so the window read always covers that many rows.",
+        "Store.write does more than the baseline: ON CONFLICT DO NOTHING on the source position (replays),",
+        "RETURNING the new ids (to attach images), record validation and NaN -> NULL. The window read",
+        f"returns values and the current labels ({LABELLED:,} labelled samples) as numpy arrays; the baseline",
+        "fetches the value column only. Best of "
+        f"{READ_REPEATS} reads. The machine's cores are shared with other work, so figures vary by some 20 %.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} rows per backend instead of {FULL_ROWS:,}")
+    parser.add_argument("--rows", type=int, help="rows per backend (overrides --quick)")
+    parser.add_argument("--backends", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql")
+    parser.add_argument("--max-insert-seconds", type=float, default=150.0,
+                        help="stop inserting after this long per backend (the read then uses what is stored)")
+    parser.add_argument("--out-dir", type=Path, help="where store.json and store.md go")
+    args = parser.parse_args(argv)
+    rows = args.rows or (QUICK_ROWS if args.quick else FULL_ROWS)
+    if rows < 1:
+        parser.error(f"--rows must be >= 1, got {rows}")
+    backends = [name.strip() for name in args.backends.split(",") if name.strip()]
+    unknown = set(backends) - {"sqlite", "postgresql"}
+    if unknown:
+        parser.error(f"--backends: unknown {', '.join(sorted(unknown))}; use sqlite and/or postgresql")
+    quick = args.quick or args.rows is not None
+    out_dir = args.out_dir or (Path(tempfile.mkdtemp(prefix="bench-store-")) if quick else ROOT / "docs/benchmarks")
+    report: dict[str, Any] = {
+        "benchmark": "store", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": quick,
+        "rows_requested": rows, "batch_size": BATCH_SIZE, "machine": machine_info(), "backends": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-store-db-") as scratch:
+        for backend in backends:
+            report["backends"][backend] = bench_backend(backend, rows, args.max_insert_seconds, Path(scratch))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "store.json").write_text(json.dumps(report, indent=2) + "\n")
+    markdown = to_markdown(report)
+    (out_dir / "store.md").write_text(markdown)
+    print(markdown)
+    print(f"saved {out_dir / 'store.json'} and {out_dir / 'store.md'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

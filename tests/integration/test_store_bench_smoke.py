@@ -1,0 +1,22 @@
+"""The store benchmark, tiny, so it cannot rot (the full run: python -m tests.benchmarks.bench_store)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.benchmarks.bench_store import main
+
+
+def test_store_benchmark_measures_both_backends_and_saves_its_figures(tmp_path, capsys):
+    main(["--rows", "600", "--out-dir", str(tmp_path)])
+
+    saved = json.loads((tmp_path / "store.json").read_text())
+    for backend in ("sqlite", "postgresql"):
+        figures = saved["backends"][backend]
+        assert figures["insert"]["rows"] == 600 and figures["insert"]["rows_per_s"] > 0
+        assert figures["insert_baseline"]["rows_per_s"] > 0
+        assert figures["window_read"]["rows"] == 600 and figures["window_read"]["labelled"] > 0
+        assert figures["window_read"]["seconds_best"] > 0
+    markdown = (tmp_path / "store.md").read_text()
+    assert "| sqlite" in markdown and "| postgresql" in markdown
+    assert "| sqlite" in capsys.readouterr().out
