@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from monitor.errors import InputError
-from monitor.thresholds import LABEL_ID, LABEL_OOD, NotEnoughData, finite_values, label_array
+from monitor.thresholds import LABEL_ID, LABEL_OOD, LABEL_UNKNOWN, NotEnoughData, finite_values, label_array
 
 __all__ = ["RocCurve", "detection_error", "fpr_at_tpr", "roc_auc", "roc_curve"]
 
@@ -40,7 +40,7 @@ def roc_curve(scores: Any, labels: Any) -> RocCurve:
     """Every ROC operating point of ``scores`` against ``labels`` (rows labelled -1 ignored)."""
     values = finite_values(scores, "scores")
     label_values = label_array(labels, values.size)
-    known = label_values != -1
+    known = label_values != LABEL_UNKNOWN
     values, positive = values[known], label_values[known] == LABEL_OOD
     n_ood = int(positive.sum())
     n_id = int((label_values[known] == LABEL_ID).sum())
