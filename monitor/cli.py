@@ -79,8 +79,8 @@ def _add_db(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "db",
         help="create, migrate or inspect the database schema",
-        description="Alembic migrations of the store. The URL comes from --url, else $MONITOR_STORE__URL, "
-        "else the local SQLite default.",
+        description="Alembic migrations of the store. The database is --url, else [store] url of the settings "
+        "(file, then MONITOR_STORE__URL).",
     )
     actions = parser.add_subparsers(dest="db_action", metavar="ACTION", required=True)
     for name, help_text, default_revision in (
@@ -92,6 +92,7 @@ def _add_db(sub: argparse._SubParsersAction) -> None:
         if default_revision is not None:
             action.add_argument("revision", nargs="?", default=default_revision, help=f"default: {default_revision}")
         action.add_argument("--url", help="database URL, e.g. sqlite:///var/ood-monitor.db or postgresql+psycopg://user@host/db")
+        action.add_argument("--config", metavar="FILE", help="TOML settings (default: $MONITOR_CONFIG or config/monitor.toml)")
     parser.set_defaults(run=_lazy("monitor.store.migrate:run_db_command"))
 
 

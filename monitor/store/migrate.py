@@ -82,9 +82,13 @@ def ensure_schema_current(engine: Engine) -> None:
 
 
 def run_db_command(args: argparse.Namespace) -> int:
-    """Entry point of `ood-monitor db ACTION`."""
-    url = resolve_url(getattr(args, "url", None))
-    engine = connect(url)
+    """Entry point of `ood-monitor db ACTION`: --url, else [store] url of the settings (file + environment)."""
+    url = getattr(args, "url", None)
+    if not url:
+        from monitor.settings import load_settings
+
+        url = load_settings(getattr(args, "config", None)).store.url
+    engine = connect(resolve_url(url))
     try:
         action = args.db_action
         if action == "upgrade":
