@@ -174,6 +174,9 @@ class WebSettings:
                                         "score histogram.", minimum=0.01)
     page_size: int = setting(48, "Samples per page of the flagged queue (a request may ask up to 200).",
                              minimum=1, maximum=200)
+    max_failed_logins: int = setting(10, "Failed logins or unknown API tokens from one client address within "
+                                         "5 minutes before it is answered 429 until the window passes.",
+                                     minimum=1, maximum=100000)
 
 
 @dataclass

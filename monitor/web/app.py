@@ -26,6 +26,7 @@ from monitor.web.auth import (
     SESSION_COOKIE,
     Authenticator,
     Credential,
+    FailureLimiter,
     Principal,
     check_hash_format,
     csrf_matches,
@@ -102,6 +103,7 @@ class WebState:
             log.warning("[web] no accounts or tokens are configured: nobody can log in "
                         "(see `ood-monitor web hash-password` and docs/web.md)")
         self.auth = Authenticator(accounts, tokens, secret.encode(), web.session_lifetime_s)
+        self.failures = FailureLimiter(web.max_failed_logins)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         env = self.templates.env
         env.filters["dt"] = _format_datetime
@@ -112,8 +114,20 @@ class WebState:
     def principal(self, request: Request) -> Principal | None:
         header = request.headers.get("authorization", "")
         if header[:7].lower() == "bearer ":
-            return self.auth.principal_for_token(header[7:].strip())
+            client = client_address(request)
+            wait = self.failures.retry_after(client)
+            if wait:
+                raise HTTPException(status_code=429, detail=f"too many unknown tokens from {client}; retry in {wait:.0f} s",
+                                    headers={"Retry-After": str(int(wait) + 1)})
+            principal = self.auth.principal_for_token(header[7:].strip())
+            if principal is None:
+                self.failures.failed(client)
+            return principal
         return self.auth.principal_for_session(request.cookies.get(SESSION_COOKIE))
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 def _format_datetime(value) -> str:

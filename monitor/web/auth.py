@@ -14,7 +14,9 @@ import hashlib
 import hmac
 import json
 import secrets
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -165,6 +167,39 @@ class Authenticator:
 
     def _sign(self, body: str) -> str:
         return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest())
+
+
+class FailureLimiter:
+    """Counts failed logins and unknown tokens per client address over a sliding window.
+
+    Each failure costs the server a full scrypt check, so guessing is throttled per address
+    (answered 429) rather than left to burn CPU. In memory, per process.
+    """
+
+    def __init__(self, max_failures: int, window_s: float = 300.0):
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, key: str, now: float | None = None) -> float:
+        """Seconds until `key` may try again; 0 when it may now."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            times = self._failures.get(key)
+            if not times:
+                return 0.0
+            while times and times[0] <= now - self.window_s:
+                times.popleft()
+            if len(times) < self.max_failures:
+                return 0.0
+            return max(0.0, times[0] + self.window_s - now)
+
+    def failed(self, key: str, now: float | None = None) -> None:
+        with self._lock:
+            if len(self._failures) > 100_000:  # bound the memory a scan of many addresses can take
+                self._failures.clear()
+            self._failures.setdefault(key, deque()).append(time.monotonic() if now is None else now)
 
 
 def csrf_matches(expected: str, presented: str | None) -> bool:

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from monitor.names import INDICATORS
 from monitor.web import charts, queries, views
 from monitor.web.api import report_file_response
-from monitor.web.app import image_response, state_of
+from monitor.web.app import client_address, image_response, state_of
 from monitor.web.auth import CSRF_FIELD, LOGIN_CSRF_COOKIE, SESSION_COOKIE, Principal, csrf_matches
 from monitor.web.filters import (
     LABELLED_CHOICES,
@@ -73,8 +73,8 @@ def render(request: Request, template: str, principal: Principal | None, status_
 
 
 def error_page(request: Request, status_code: int, title: str, message: str) -> Response:
-    principal = state_of(request).principal(request)
-    principal = principal if principal and principal.via == "session" else None
+    # The cookie only: an error page must not itself fail on a throttled or unknown bearer token.
+    principal = state_of(request).auth.principal_for_session(request.cookies.get(SESSION_COOKIE))
     return render(request, "error.html", principal, status_code=status_code, title=title, message=message, active="")
 
 
@@ -120,9 +120,17 @@ async def login(request: Request):
     target = _safe_next(str(form.get("next") or "/"))
     if not csrf_matches(request.cookies.get(LOGIN_CSRF_COOKIE, ""), str(form.get(CSRF_FIELD) or "")):
         return _login_again(request, target, "The login form expired; please try again.", 403)
+    client = client_address(request)
+    wait = state.failures.retry_after(client)
+    if wait:
+        response = _login_again(request, target, f"Too many failed logins from your address; try again in {wait:.0f} s.",
+                                429)
+        response.headers["Retry-After"] = str(int(wait) + 1)
+        return response
     name, password = str(form.get("username") or "").strip(), str(form.get("password") or "")
     account = state.auth.login(name, password) if name and password else None
     if account is None:
+        state.failures.failed(client)
         return _login_again(request, target, "Unknown user name or wrong password.", 401)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(

@@ -570,3 +570,20 @@ def test_an_array_sample_is_drawn_as_png_on_the_pages_and_given_raw_by_the_api(w
     assert page.headers["content-type"] == "image/png" and page.headers["x-content-type-options"] == "nosniff"
     picture = Image.open(io.BytesIO(page.content))
     assert (picture.size, picture.mode) == ((20, 16), "RGB")
+
+
+def test_guessing_passwords_or_tokens_is_answered_429_after_the_configured_failures(web):
+    _, store, _ = web
+    with TestClient(create_app(web_settings(max_failed_logins=3), store)) as client:
+        for _ in range(3):
+            assert client.get("/api/me", headers={"Authorization": "Bearer guess"}).status_code == 401
+        throttled = client.get("/api/me", headers=bearer("viewer-bot"))  # even a good token waits now
+        assert throttled.status_code == 429 and int(throttled.headers["retry-after"]) > 0
+    with TestClient(create_app(web_settings(max_failed_logins=3), store)) as client:
+        for attempt in range(4):
+            form = client.get("/login")
+            token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
+            password = "wrong" if attempt < 3 else PASSWORDS["lena"][1]
+            answer = client.post("/login", data={"username": "lena", "password": password, "csrf_token": token})
+        assert answer.status_code == 429 and "Too many failed logins" in answer.text
+        assert SESSION_COOKIE not in client.cookies

@@ -174,3 +174,15 @@ def test_arrays_that_are_not_pictures_are_refused_with_the_reason():
         array_to_png(_npy(np.zeros((8, 8), dtype=np.int64)), 10_000)
     with pytest.raises(NotDisplayable, match="cannot be read"):
         array_to_png(b"\x93NUMPY garbage", 10_000)
+
+
+def test_failed_attempts_are_throttled_per_address_for_the_window():
+    from monitor.web.auth import FailureLimiter
+
+    limiter = FailureLimiter(max_failures=3, window_s=300.0)
+    for second in (0.0, 1.0, 2.0):
+        assert limiter.retry_after("10.0.0.1", now=second) == 0.0
+        limiter.failed("10.0.0.1", now=second)
+    assert limiter.retry_after("10.0.0.1", now=3.0) == pytest.approx(297.0)
+    assert limiter.retry_after("10.0.0.2", now=3.0) == 0.0  # other addresses are not affected
+    assert limiter.retry_after("10.0.0.1", now=300.5) == 0.0  # the oldest failure left the window
