@@ -414,6 +414,7 @@ def test_the_overview_counts_the_window_and_shows_lag_thresholds_jobs_and_alerts
     assert page.status_code == 200 and '<svg class="chart"' in page.text and "two-means" in page.text
     assert ">42 <" in page.text  # the lag card
     assert page.headers["content-security-policy"].startswith("default-src 'none'")
+    assert re.fullmatch(r"app;dur=\d+\.\d", page.headers["server-timing"])
 
 
 def test_the_thresholds_show_a_histogram_with_each_fitted_value_and_the_history(web):
