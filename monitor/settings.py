@@ -67,6 +67,9 @@ class ModelSettings:
     calibration_samples: int = setting(2048, "Uniform-noise images drawn to standardise the 1C-Sum members (once "
                                              "per model, then cached); fewer start faster but are noisier.",
                                        minimum=16, maximum=1_000_000)
+    torch_threads: int | None = setting(None, "CPU threads torch may use for scoring; none keeps torch's choice "
+                                              "(one per core). Lower it when the CPU is shared with other work.",
+                                        minimum=1, maximum=1024)
 
 
 @dataclass

@@ -151,6 +151,10 @@ class Daemon:
         from monitor.indicators import Scorer
 
         model_settings = self.settings.model
+        if model_settings.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(model_settings.torch_threads)  # this process only: the daemon owns it
         device = pick_device(model_settings.device)
         self.classifier = load_classifier(model_settings.spec, weights=model_settings.weights,
                                           num_classes=model_settings.num_classes, device=device)
