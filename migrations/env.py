@@ -4,7 +4,6 @@ the caller passes an open connection in `config.attributes["connection"]`."""
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import DateTime
 
 from monitor.store.engine import connect
 from monitor.store.models import Base

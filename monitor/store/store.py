@@ -133,7 +133,7 @@ def _sample_insert(marker: str) -> str:
     )
 
 
-def _check_window(last: int | None, since: datetime | None) -> None:
+def _check_last(last: int | None) -> None:
     if last is not None and (not isinstance(last, int) or last < 1):
         raise InputError(f"window: last must be an integer >= 1, got {last!r}")
 
@@ -623,7 +623,7 @@ class Store:
         The window is the samples scored in [since, until), and of those the `last` most recent
         (both optional). Samples where the indicator is NULL are left out. Oldest first.
         """
-        _check_window(last, since)
+        _check_last(last)
         column = _indicator_column(indicator)
         conditions = [*self._window_conditions(model_id, since, until), column.is_not(None)]
         statement = select(Sample.id, column).where(*conditions)
@@ -724,7 +724,7 @@ class Store:
         PostgreSQL computes them in SQL (percentile_cont); SQLite has no percentile function,
         so the window's columns are read and numpy computes the same interpolation.
         """
-        _check_window(last, since)
+        _check_last(last)
         names = list(indicators) if indicators is not None else list(INDICATORS)
         columns = [_indicator_column(name) for name in names]
         for q in percentiles:

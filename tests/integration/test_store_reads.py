@@ -305,3 +305,15 @@ def test_reports_are_listed_newest_first(store):
     assert store.get_report(first.id).summary == {"drift": False}
     with pytest.raises(InputError, match="before period_start"):
         store.add_report(T0, T0 - timedelta(days=1), {})
+
+
+def test_concurrent_refits_leave_exactly_one_active_threshold(store, model):
+    from concurrent.futures import ThreadPoolExecutor
+
+    records = [ThresholdRecord(model_id=model.id, indicator="MP", method="two-means", value=float(i)) for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(store.add_threshold, records))
+
+    history = store.threshold_history(model.id, "MP")
+    assert len(history) == 8 and sum(row.active for row in history) == 1
+    assert store.active_threshold(model.id, "MP").id == max(row.id for row in history)

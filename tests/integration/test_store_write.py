@@ -160,3 +160,17 @@ def test_naive_timestamps_are_taken_as_utc(store, model):
     detail = store.get_sample(store.write([naive]).sample_ids[naive.position])
 
     assert detail.scored_at == T0 + timedelta(hours=1)
+
+
+def test_concurrent_overlapping_batches_store_each_position_once(store, model):
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Four writers, each batch overlapping its neighbours by half: as after a consumer-group rebalance.
+    batches = [[scored(i, model.id) for i in range(start, start + 64)] for start in range(0, 256, 32)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(store.write, batches))
+
+    assert store.count_samples() == 32 * 9
+    assert sum(result.samples_inserted for result in results) == 32 * 9
+    reported = [sample_id for result in results for sample_id in result.sample_ids.values()]
+    assert len(reported) == len(set(reported)) == 32 * 9  # every new id reported to exactly one writer
