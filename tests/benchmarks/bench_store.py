@@ -12,8 +12,8 @@ dropped afterwards) it measures, in the same run:
   INSERT of the same rows, no idempotence, no ids back;
 - the refit window read, ``Store.window_scores(model, "1C-Sum", last=N)`` over every
   stored row (values + current labels as numpy arrays, with 1,000 labelled samples),
-  beside a baseline: the driver fetching the same column with the same ORDER BY and
-  LIMIT into a numpy array.
+  beside a baseline: the driver fetching the same two columns (id, value) with the same
+  ORDER BY and LIMIT into a numpy array.
 
 Figures are printed and saved as JSON and Markdown (docs/benchmarks/store.{json,md} for
 a full run, a temporary folder for --quick unless --out-dir is given).
@@ -171,7 +171,7 @@ def read_window(store, model_id: int, rows: int, backend: str) -> dict:
 
     timings, baseline = [], []
     statement = (
-        select(Sample.one_c_sum).where(Sample.model_id == model_id, Sample.one_c_sum.is_not(None))
+        select(Sample.id, Sample.one_c_sum).where(Sample.model_id == model_id, Sample.one_c_sum.is_not(None))
         .order_by(Sample.scored_at.desc(), Sample.id.desc()).limit(rows)
     )
     compiled = statement.compile(store.engine, compile_kwargs={"literal_binds": True})
@@ -187,7 +187,7 @@ def read_window(store, model_id: int, rows: int, backend: str) -> dict:
             start = time.perf_counter()
             cursor = raw.cursor()
             cursor.execute(str(compiled))
-            values = np.array(cursor.fetchall(), dtype=np.float64).ravel()
+            values = np.array(cursor.fetchall(), dtype=np.float64).reshape(-1, 2)
             baseline.append(time.perf_counter() - start)
             cursor.close()
         finally:
@@ -270,7 +270,7 @@ def to_markdown(report: dict) -> str:
         "Store.write does more than the baseline: ON CONFLICT DO NOTHING on the source position (replays),",
         "RETURNING the new ids (to attach images), record validation and NaN -> NULL. The window read",
         f"returns values and the current labels ({LABELLED:,} labelled samples) as numpy arrays; the baseline",
-        "fetches the value column only. Best of "
+        "fetches the same (id, value) rows into one array. Best of "
         f"{READ_REPEATS} reads. The machine's cores are shared with other work, so figures vary by some 20 %.",
         "",
     ]
