@@ -228,7 +228,8 @@ class Daemon:
         def on_assign(count: int) -> None:
             self.state.assigned_partitions = count
 
-        self.source = KafkaSource(make_consumer(settings.kafka), settings.kafka.topics,
+        self.source = KafkaSource(make_consumer(settings.kafka, max_wait_ms=min(500, settings.stream.max_batch_wait_ms)),
+                                  settings.kafka.topics,
                                   on_revoke=on_revoke, on_assign=on_assign)
         if settings.stream.http:
             app, self.web_app_included = build_http_app(self.state, settings, self.store)
@@ -280,7 +281,8 @@ class Daemon:
                      ", ".join(self.settings.kafka.topics), self.settings.kafka.group_id, self.classifier.name,
                      self.scorer.device, self.settings.stream.batch_size, self.settings.stream.indicator)
             consume(self.source, self.head, self.shutdown, self.state,
-                    max_records=self.settings.kafka.max_poll_records)
+                    max_records=self.settings.kafka.max_poll_records,
+                    poll_timeout_ms=min(POLL_TIMEOUT_MS, max(10, self.settings.stream.max_batch_wait_ms)))
         finally:
             self.close()
         log.info("stopped")

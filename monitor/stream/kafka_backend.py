@@ -62,7 +62,9 @@ def make_producer(kafka: Any, **overrides: Any):
         raise ConfigError(f"[kafka]: the Kafka client refused the settings: {error}") from None
 
 
-def make_consumer(kafka: Any, **overrides: Any):
+def make_consumer(kafka: Any, max_wait_ms: int = 500, **overrides: Any):
+    """A group member with auto-commit off; a fetch waits at most `max_wait_ms` for new messages (the
+    batch's own wait bounds the latency, so the broker should not hold fetches longer)."""
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
@@ -70,7 +72,7 @@ def make_consumer(kafka: Any, **overrides: Any):
     options.update(
         group_id=kafka.group_id, enable_auto_commit=False, auto_offset_reset=kafka.auto_offset_reset,
         max_poll_records=kafka.max_poll_records, session_timeout_ms=kafka.session_timeout_ms,
-        heartbeat_interval_ms=max(100, kafka.session_timeout_ms // 3),
+        heartbeat_interval_ms=max(100, kafka.session_timeout_ms // 3), fetch_max_wait_ms=max(10, max_wait_ms),
         request_timeout_ms=max(kafka.request_timeout_ms, kafka.session_timeout_ms + 5000),
     )
     options.update(overrides)

@@ -28,6 +28,7 @@ from monitor.stream.steps import (
     Step,
     StoreStep,
     Threshold,
+    WorkerStep,
 )
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ class PipelineParts:
 
 def build_pipeline(parts: PipelineParts, shutdown: Shutdown,
                    observers: Sequence[Callable[[Batch], None]] = ()) -> Step:
-    """decode -> batch -> score -> judge -> store -> publish -> commit; returns the head step."""
+    """decode -> batch -> score -> judge -> [store -> publish on a worker thread] -> commit; the head step."""
     commit = CommitStep(parts.commit, observers)
     publish = PublishStep(commit, parts.producer, dead_letter_topic=parts.dead_letter_topic,
                           alerts_topic=parts.alerts_topic, group_id=parts.group_id, model_name=parts.model_name,
@@ -170,7 +171,8 @@ def build_pipeline(parts: PipelineParts, shutdown: Shutdown,
                       keep_image_share=parts.keep_image_share, shutdown=shutdown,
                       retry_initial_s=parts.retry_initial_s, retry_max_s=parts.retry_max_s,
                       on_failure=parts.on_store_failure)
-    judge = JudgeStep(store, parts.current_threshold, parts.indicator)
+    background = WorkerStep(commit, lambda batch: publish.process(store.process(batch)))
+    judge = JudgeStep(background, parts.current_threshold, parts.indicator)
     score = ScoreStep(judge, parts.scorer)
     batch = BatchStep(score, parts.batch_size, parts.max_batch_wait_s)
     return DecodeStep(batch, parts.decode, parts.decode_threads, max_pending=max(2 * parts.batch_size, 16))

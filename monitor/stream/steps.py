@@ -6,7 +6,10 @@ in flight through, `discard()` drops what is in flight (it will be consumed agai
 resources. Committing offsets is the last step, so an offset is committed only after its message's
 row is stored and its dead-letter or alert message is acknowledged: a property of the chain's shape.
 
-    DecodeStep -> BatchStep -> ScoreStep -> JudgeStep -> StoreStep -> PublishStep -> CommitStep
+    DecodeStep -> BatchStep -> ScoreStep -> JudgeStep -> [StoreStep -> PublishStep] -> CommitStep
+
+The bracketed steps run on a worker thread (WorkerStep) while the next batch is decoded and scored;
+commits stay on the consumer's thread and in order.
 """
 
 from __future__ import annotations
@@ -372,12 +375,15 @@ class StoreStep(ForwardStep):
         ]
         return samples, rejects
 
-    def submit(self, batch: Batch) -> None:
+    def process(self, batch: Batch) -> Batch:
         batch.samples, batch.rejects = self.records(batch)
         batch.write_result = retry_until_done(
             lambda: self.write(samples=batch.samples, rejects=batch.rejects), "storing a batch", self.shutdown,
             self.retry_initial_s, self.retry_max_s, self.on_failure)
-        self.next_step.submit(batch)
+        return batch
+
+    def submit(self, batch: Batch) -> None:
+        self.next_step.submit(self.process(batch))
 
 
 class Producer(Protocol):
@@ -433,7 +439,7 @@ class PublishStep(ForwardStep):
         for future in futures:
             future.get(timeout=self.send_timeout_s)  # raises if the broker refused it
 
-    def submit(self, batch: Batch) -> None:
+    def process(self, batch: Batch) -> Batch:
         dead_letters, alerts = self.documents(batch)
         messages = [(self.dead_letter_topic, doc) for doc in dead_letters]
         messages += [(self.alerts_topic, doc) for doc in alerts]
@@ -443,7 +449,62 @@ class PublishStep(ForwardStep):
         if self.on_alert:
             for document in alerts:
                 self.on_alert(document)
-        self.next_step.submit(batch)
+        return batch
+
+    def submit(self, batch: Batch) -> None:
+        self.next_step.submit(self.process(batch))
+
+
+class WorkerStep:
+    """Run `work(batch)` on one worker thread while the chain before it goes on (the next batch is
+    decoded and scored meanwhile); results move on to `next_step` in order, on the caller's thread,
+    because Kafka consumers (and so commits) belong to one thread. At most `max_pending` batches wait.
+    """
+
+    def __init__(self, next_step: Step, work: Callable[[Batch], Batch], max_pending: int = 2,
+                 name: str = "store"):
+        self.next_step = next_step
+        self.work = work
+        self.max_pending = max_pending
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+        self.pending: collections.deque[concurrent.futures.Future] = collections.deque()
+
+    def submit(self, batch: Batch) -> None:
+        while len(self.pending) >= self.max_pending:
+            self.next_step.submit(self.pending.popleft().result())
+        self.pending.append(self.pool.submit(self.work, batch))
+        self._forward_done()
+
+    def _forward_done(self) -> None:
+        while self.pending and self.pending[0].done():
+            self.next_step.submit(self.pending.popleft().result())
+
+    def poll(self) -> None:
+        self._forward_done()
+        self.next_step.poll()
+
+    def join(self, deadline: float | None = None) -> None:
+        while self.pending:
+            self.next_step.submit(self.pending.popleft().result())
+        self.next_step.join(deadline)
+
+    def discard(self) -> None:
+        # A batch being stored finishes (or gives up at shutdown); none of them is committed.
+        for future in self.pending:
+            future.cancel()
+        for future in self.pending:
+            if not future.cancelled():
+                try:
+                    future.result()
+                except Exception:  # noqa: BLE001 - the batch is dropped uncommitted either way
+                    pass
+        self.pending.clear()
+        self.next_step.discard()
+
+    def close(self) -> None:
+        self.discard()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.next_step.close()
 
 
 class CommitStep:
