@@ -33,6 +33,7 @@ def describe(device: torch.device | None = None) -> dict:
         "device": str(device),
         "cuda_available": torch.cuda.is_available(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average_1_5_15_min": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -42,7 +43,9 @@ def describe(device: torch.device | None = None) -> dict:
 def describe_line(info: dict) -> str:
     """One Markdown line for a report's header."""
     gpu = f", GPU {info['gpu']}" if info.get("gpu") else ""
+    load = info.get("load_average_1_5_15_min")
+    busy = f"; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min) when it ended" if load else ""
     return (
         f"{info['cpu']} ({info['cpu_cores']} cores, torch uses {info['torch_threads']} threads){gpu}; "
-        f"torch {info['torch']}, Python {info['python']}; device `{info['device']}`; {info['date']}"
+        f"torch {info['torch']}, Python {info['python']}; device `{info['device']}`; {info['date']}{busy}"
     )

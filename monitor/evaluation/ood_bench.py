@@ -158,6 +158,7 @@ def run_ood_benchmark(options: OodOptions, scorer_factory: Callable | None = Non
             "met": bool(summary_rank <= SUMMARY_RANK_GOAL),
         }
     }
+    output["machine"] = machine.describe(loaded.device)  # at the end: the load average covers the run
     output["seconds"] = round(time.perf_counter() - started, 1)
     return output
 
