@@ -271,7 +271,8 @@ def to_markdown(report: dict) -> str:
         "RETURNING the new ids (to attach images), record validation and NaN -> NULL. The window read",
         f"returns values and the current labels ({LABELLED:,} labelled samples) as numpy arrays; the baseline",
         "fetches the same (id, value) rows into one array. Best of "
-        f"{READ_REPEATS} reads. The machine's cores are shared with other work, so figures vary by some 20 %.",
+        f"{READ_REPEATS} reads. The machine's 2 cores are shared with other work: figures from different runs",
+        "differ by up to several times, so compare each figure with its baseline from the same run.",
         "",
     ]
     return "\n".join(lines)
