@@ -139,3 +139,13 @@ def test_an_unreachable_server_is_named_without_its_password(capsys):
     with pytest.raises(MonitorError, match="cannot reach PostgreSQL") as caught:
         connect(url)
     assert "s3cret-pw" not in str(caught.value)
+
+
+def test_db_command_takes_the_url_from_the_settings_file(fresh_url, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MONITOR_STORE__URL", raising=False)
+    config = tmp_path / "monitor.toml"
+    config.write_text(f'[store]\nurl = "{fresh_url}"\n')
+
+    assert main(["db", "upgrade", "--config", str(config)]) == 0
+    assert main(["db", "current", "--config", str(config)]) == 0
+    assert "(up to date)" in capsys.readouterr().out
