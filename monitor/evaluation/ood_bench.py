@@ -200,6 +200,11 @@ def _near_ood(options: OodOptions, scorer_factory: Callable | None) -> dict:
 def options_from_args(args: argparse.Namespace) -> OodOptions:
     if args.limit is not None and args.limit < 4:
         raise InputError(f"--limit must be at least 4 (half of each set trains the supervised baseline), not {args.limit}")
+    unknown = [name for name in args.sets or () if name not in datasets.FAR_OOD]
+    if unknown:
+        raise InputError(f"--sets: unknown OOD set(s) {unknown}; available: {', '.join(datasets.FAR_OOD)}")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be a positive integer, not {args.batch_size}")
     id_count, ood_count = (QUICK_ID, QUICK_OOD) if args.quick else (FULL_ID, FULL_OOD)
     if args.limit is not None:
         id_count, ood_count = min(id_count, args.limit), min(ood_count, args.limit)
