@@ -9,8 +9,8 @@ y = (z - running_mean) / sqrt(running_var + eps), and summarised per (sample, ch
     A = mean of y^2 over H x W                       (the inner term of eq. 28)
 
 The probe never keeps activations: at each layer it reduces z to two [N, C] tensors, the
-per-channel sum and sum of squares (two fast read-only passes), and every quantity above
-follows from them exactly. Standardisation is affine per channel, so with
+per-channel sum and root sum of squares (two fast read-only passes), and every quantity
+above follows from them exactly. Standardisation is affine per channel, so with
 m_z, v_z the mean and (H*W - 1)-denominator variance of z over H x W and s = running_var + eps:
 
     M = (m_z - running_mean) / sqrt(s),   S^2 = v_z / s,   A = S^2 (H*W - 1) / (H*W) + M^2
@@ -36,15 +36,17 @@ BATCHNORM_FAMILY: tuple[str, ...] = ("DMS", "DMS-AOS", "DSS", "DSS-EXT")
 class LayerMoments:
     """Raw per-(sample, channel) moments of one batch-norm input, and its reference statistics.
 
-    total, total_sq: [N, C] sums of z and z^2 over the H x W positions (float32 or float64).
-    center: [C] running mean; variance: [C] running variance + eps (the standardising scale^2).
+    total: [N, C] sum of z over the H x W positions; root_sum_sq: [N, C] sqrt of the sum of
+    z^2 (what torch.linalg.vector_norm returns, squared once for all layers later);
+    center: [C] running mean; running_var: [C]; eps: the layer's eps (0 for the input).
     """
 
     total: Tensor
-    total_sq: Tensor
+    root_sum_sq: Tensor
     pixels: int
     center: Tensor
-    variance: Tensor
+    running_var: Tensor
+    eps: float
 
     @property
     def channels(self) -> int:
@@ -52,16 +54,14 @@ class LayerMoments:
 
 
 def reduce_activation(z: Tensor) -> tuple[Tensor, Tensor]:
-    """[N, C, H, W] -> per-channel sum and sum of squares, [N, C] each, without copying z.
+    """[N, C, H, W] -> per-channel sum and root sum of squares, [N, C] each, without copying z.
 
     Two read-only reductions are several times faster on CPU than torch.var_mean (Welford)
     and never materialise y or z^2.
     """
     if z.dtype not in (torch.float32, torch.float64):
         z = z.float()  # half-precision sums of squares overflow and round too coarsely
-    total = z.sum(dim=(2, 3))
-    total_sq = torch.linalg.vector_norm(z, ord=2, dim=(2, 3)).square()
-    return total, total_sq
+    return z.sum(dim=(2, 3)), torch.linalg.vector_norm(z, ord=2, dim=(2, 3))
 
 
 @functools.lru_cache(maxsize=256)
@@ -77,73 +77,193 @@ def chi2_acceptance(degrees_of_freedom: int, alpha: float = DSS_EXT_ALPHA) -> tu
 
 @dataclass(frozen=True)
 class _Layout:
-    """Per-channel constants of a sequence of layers, built once per distinct layout."""
+    """Per-channel constants of a sequence of layers (input pseudo-layer first), float32,
+    built once per distinct layout."""
 
-    spread_mask: Tensor  # [C_total] bool: channel's layer has H*W >= 2 (takes part in DSS*)
-    dof: Tensor  # [C_total] H*W - 1 (float64)
-    pixels: Tensor  # [C_total] H*W (float64)
-    chi2_low: Tensor  # [C_total]
-    chi2_high: Tensor  # [C_total]
-    spread_channels: int
+    channels: int
+    pixels: Tensor  # [C] H*W
+    inverse_pixels: Tensor  # [C] 1 / (H*W)
+    dof: Tensor  # [C] H*W - 1, at least 1 (channels with H*W < 2 carry weight 0 in DSS*)
+    eps: Tensor  # [C]
+    chi2_middle: Tensor  # [C] centre of the chi2(H*W - 1) acceptance interval, over H*W - 1
+    chi2_half_width: Tensor  # [C] its half width, over H*W - 1; inf where H*W < 2 (never extreme)
+    spread_mask: Tensor  # [C] 1 for channels of layers with H*W >= 2 (they take part in DSS*)
+    input_channels: int  # the input pseudo-layer's channels come first
+    scale: Tensor  # [8, 1] float64 1 / C_S of (IN-)DMS, DMS-AOS, DSS, DSS-EXT: input alone, every layer
+    input_spread: bool  # the input has H*W >= 2
+    spread_channels: int  # C_S of DSS and DSS-EXT over every layer
 
 
 @functools.lru_cache(maxsize=64)
-def _layout(shape: tuple[tuple[int, int], ...], device: torch.device, alpha: float) -> _Layout:
-    """Constants for layers given as ((channels, pixels), ...); cached so a steady stream of
-    batches of one model never recomputes them."""
-    pixels, low, high = [], [], []
-    for channels, layer_pixels in shape:
+def _layout(
+    shape: tuple[tuple[int, int, float], ...], device: torch.device, alpha: float
+) -> _Layout:
+    """Constants for layers given as ((channels, pixels, eps), ...); cached so a steady
+    stream of batches of one model never recomputes them."""
+    pixels, eps, low, high = [], [], [], []
+    for channels, layer_pixels, layer_eps in shape:
         bounds = chi2_acceptance(layer_pixels - 1, alpha) if layer_pixels >= 2 else (0.0, 0.0)
         pixels += [float(layer_pixels)] * channels
+        eps += [float(layer_eps)] * channels
         low += [bounds[0]] * channels
         high += [bounds[1]] * channels
-    pixels_t = torch.tensor(pixels, dtype=torch.float64, device=device)
-    mask = pixels_t >= 2
+    pixels_t = torch.tensor(pixels, dtype=torch.float64)
+    dof = (pixels_t - 1).clamp_min(1.0)
+    low_t = torch.tensor(low, dtype=torch.float64)
+    high_t = torch.tensor(high, dtype=torch.float64)
+    spread = pixels_t >= 2
+    input_channels, input_pixels, _ = shape[0]
+    spread_channels = int(spread.sum())
+
+    def on_device(values) -> Tensor:
+        return torch.as_tensor(values, dtype=torch.float64).to(device=device, dtype=torch.float32)
+
+    def inverse(count: int) -> float:
+        return 1.0 / count if count else 0.0
+
+    input_spread = inverse(input_channels) if input_pixels >= 2 else 0.0
     return _Layout(
-        spread_mask=mask,
-        dof=pixels_t - 1,
-        pixels=pixels_t,
-        chi2_low=torch.tensor(low, dtype=torch.float64, device=device),
-        chi2_high=torch.tensor(high, dtype=torch.float64, device=device),
-        spread_channels=int(mask.sum().item()),
+        channels=len(pixels),
+        pixels=on_device(pixels_t),
+        inverse_pixels=on_device(1.0 / pixels_t),
+        dof=on_device(dof),
+        eps=on_device(eps),
+        chi2_middle=on_device((low_t + high_t) / 2 / dof),
+        chi2_half_width=on_device(torch.where(spread, (high_t - low_t) / 2 / dof, torch.inf)),
+        spread_mask=on_device(spread),
+        input_channels=input_channels,
+        scale=torch.tensor(
+            [[inverse(input_channels)]] * 2
+            + [[input_spread]] * 2
+            + [[inverse(len(pixels))]] * 2
+            + [[inverse(spread_channels)]] * 2,
+            dtype=torch.float64,
+            device=device,
+        ),
+        input_spread=input_pixels >= 2,
+        spread_channels=spread_channels,
     )
+
+
+class BatchNormReducer:
+    """Turns the moments of one forward pass into the batch-norm family.
+
+    All per-(sample, channel) arithmetic runs in place in one float32 workspace kept between
+    batches, and the per-channel reference statistics are concatenated once and reused until
+    a running statistic changes: on the CPU, fresh [N, C_total] temporaries and extra small
+    operations cost more than the arithmetic itself. Not thread-safe: one per thread.
+    """
+
+    def __init__(self, alpha: float = DSS_EXT_ALPHA) -> None:
+        self.alpha = alpha
+        self._workspace: Tensor | None = None
+        self._reference_key: tuple | None = None
+        self._reference: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def _buffers(self, batch: int, channels: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        workspace = self._workspace
+        if (
+            workspace is None
+            or workspace.shape[1] < batch
+            or workspace.shape[2] != channels
+            or workspace.device != device
+        ):
+            workspace = torch.empty((5, batch, channels), dtype=torch.float32, device=device)
+            self._workspace = workspace
+            self._flags = torch.empty((batch, channels), dtype=torch.bool, device=device)
+        return workspace[:, :batch], self._flags[:batch]
+
+    def _reference_statistics(
+        self, layers: Sequence[LayerMoments], layout: _Layout
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """center, 1 / (running_var + eps) and the S^2 scale H*W / ((H*W - 1)(running_var + eps)),
+        each [C]; recomputed only when a layer's statistics tensor is replaced or modified."""
+        key = tuple(
+            (tensor, tensor._version)
+            for layer in layers
+            for tensor in (layer.center, layer.running_var)
+        )
+        cached = self._reference_key
+        if (
+            cached is not None
+            and len(cached) == len(key)
+            and all(a[0] is b[0] and a[1] == b[1] for a, b in zip(cached, key))
+        ):
+            return self._reference
+        center = torch.cat([layer.center for layer in layers]).float()
+        variance = torch.cat([layer.running_var for layer in layers]).float() + layout.eps
+        inverse_variance = variance.reciprocal()
+        spread_scale = inverse_variance * layout.pixels / layout.dof
+        self._reference_key, self._reference = key, (center, inverse_variance, spread_scale)
+        return self._reference
+
+    def __call__(self, layers: Sequence[LayerMoments]) -> dict[str, Tensor]:
+        """IN-DMS ... IN-DSS-EXT over layers[0] (the input pseudo-layer) and, when there is
+        more than one layer, DMS ... DSS-EXT over all of them (eqs. 27-30); float64 [N] each.
+
+        C_S counts the channels of the layers that take part in each indicator: every layer
+        for DMS and DMS-AOS, only layers with H*W >= 2 for DSS and DSS-EXT (S needs
+        H*W - 1 > 0). DSS and DSS-EXT are omitted for a set with no layer of H*W >= 2.
+        """
+        if not layers:
+            raise ValueError("the batch-norm family needs at least the input pseudo-layer")
+        device = layers[0].total.device
+        layout = _layout(
+            tuple((layer.channels, layer.pixels, float(layer.eps)) for layer in layers),
+            device,
+            self.alpha,
+        )
+        with torch.inference_mode():
+            center, inverse_variance, spread_scale = self._reference_statistics(layers, layout)
+            workspace, flags = self._buffers(layers[0].total.shape[0], layout.channels, device)
+            mean_z, variance_z, deviation_sq, spread_sq, distance = workspace
+            inputs = slice(0, layout.input_channels)
+            torch.cat([layer.total for layer in layers], dim=1, out=mean_z)
+            torch.cat([layer.root_sum_sq for layer in layers], dim=1, out=variance_z)
+
+            mean_z.mul_(layout.inverse_pixels)
+            # H*W-denominator variance E[z^2] - E[z]^2; rounding can make it slightly negative.
+            variance_z.square_().mul_(layout.inverse_pixels).addcmul_(mean_z, mean_z, value=-1.0)
+            variance_z.clamp_min_(0.0)
+            torch.sub(mean_z, center, out=deviation_sq).square_()
+            # Sum_c M^2 = Sum_c (m_z - mu)^2 / s and Sum_c A = Sum_c M^2 + Sum_c Var_HW(z) / s:
+            # matrix-vector products with 1 / s, no [N, C] temporaries.
+            pair = workspace[1:3]  # Var_HW(z), (m_z - mu)^2
+            moments = pair @ inverse_variance  # [2, N]
+            input_moments = pair[:, :, inputs] @ inverse_variance[inputs]
+
+            torch.mul(variance_z, spread_scale, out=spread_sq)  # S^2
+            # Extreme when V = (H*W - 1) S^2 lies outside the chi2 interval: on S^2, the interval
+            # over H*W - 1, half width inf where H*W < 2. On the edge is not extreme.
+            torch.sub(spread_sq, layout.chi2_middle, out=distance).abs_()
+            torch.gt(distance, layout.chi2_half_width, out=flags)
+            extreme = flags.sum(dim=1)
+            input_extreme = flags[:, inputs].sum(dim=1)
+            # sqrt of exact zeros (H*W = 1, constant channels) is ~20x slower than of positive
+            # numbers on some x86 CPUs; 1e-30 changes (S - 1)^2 by 2e-15 (below float32 resolution).
+            spread_sq.clamp_min_(1e-30).sqrt_().sub_(1.0).square_()  # (S - 1)^2
+            spread_gap = spread_sq @ layout.spread_mask  # only layers with H*W >= 2 take part
+            input_spread_gap = spread_sq[:, inputs].sum(dim=1)
+
+            sums = torch.stack([
+                input_moments[1], input_moments[1] + input_moments[0], input_spread_gap, input_extreme,
+                moments[1], moments[1] + moments[0], spread_gap, extreme,
+            ])  # [8, N]: Sum_c over the input layer, then over every layer
+            means = sums.double() * layout.scale  # float64: counts / C_S exactly
+
+        names = ("DMS", "DMS-AOS", "DSS", "DSS-EXT")
+        results = {"IN-" + name: means[index] for index, name in enumerate(names[:2])}
+        if layout.input_spread:
+            results.update({"IN-" + name: means[index] for index, name in enumerate(names) if index >= 2})
+        if len(layers) > 1:
+            results.update({name: means[4 + index] for index, name in enumerate(names[:2])})
+            if layout.spread_channels:
+                results.update({name: means[4 + index] for index, name in enumerate(names) if index >= 2})
+        return results
 
 
 def batchnorm_family(
     layers: Sequence[LayerMoments], alpha: float = DSS_EXT_ALPHA
 ) -> dict[str, Tensor]:
-    """DMS, DMS-AOS, DSS, DSS-EXT over the set of layers S (eqs. 27-30), each a float64 [N].
-
-    C_S counts the channels of the layers that take part in each indicator: every layer for
-    DMS and DMS-AOS, only layers with H*W >= 2 for DSS and DSS-EXT (S needs H*W - 1 > 0).
-    DSS and DSS-EXT are omitted when no layer has H*W >= 2.
-    """
-    if not layers:
-        raise ValueError("batchnorm_family needs at least one layer")
-    device = layers[0].total.device
-    layout = _layout(tuple((layer.channels, layer.pixels) for layer in layers), device, alpha)
-
-    # One concatenation per quantity, then whole-batch arithmetic in float64.
-    total = torch.cat([layer.total for layer in layers], dim=1).double()
-    total_sq = torch.cat([layer.total_sq for layer in layers], dim=1).double()
-    center = torch.cat([layer.center for layer in layers]).double()
-    variance = torch.cat([layer.variance for layer in layers]).double()
-
-    mean_z = total / layout.pixels
-    # Sum of squared deviations from the channel mean; rounding can make it slightly negative.
-    deviations_sq = (total_sq - total * mean_z).clamp_min(0.0)
-    standard_mean = (mean_z - center) / variance.sqrt()  # M
-    mean_square = deviations_sq / layout.pixels / variance + standard_mean.square()  # A
-
-    results = {
-        "DMS": standard_mean.square().mean(dim=1),
-        "DMS-AOS": mean_square.mean(dim=1),
-    }
-    if layout.spread_channels:
-        mask = layout.spread_mask
-        spread_sq = deviations_sq[:, mask] / layout.dof[mask] / variance[mask]  # S^2
-        v_statistic = deviations_sq[:, mask] / variance[mask]  # V = (HW - 1) S^2
-        extreme = (v_statistic < layout.chi2_low[mask]) | (v_statistic > layout.chi2_high[mask])
-        results["DSS"] = (spread_sq.sqrt() - 1.0).square().mean(dim=1)
-        results["DSS-EXT"] = extreme.to(torch.float64).mean(dim=1)
-    return results
+    """One-off form of BatchNormReducer (see there)."""
+    return BatchNormReducer(alpha)(layers)

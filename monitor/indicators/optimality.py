@@ -33,22 +33,20 @@ def tempered_confidence_gap(logits: Tensor, temperature: float) -> Tensor:
 
 def softmax_family(logits: Tensor) -> dict[str, Tensor]:
     """MP (eq. 7), H (eq. 8, natural log, 0 log 0 = 0) and T1000 (eq. 11) from logits [N, K]."""
-    log_p = torch.log_softmax(logits.double(), dim=1)
+    z = logits.double()
+    log_p = torch.log_softmax(z, dim=1)
     p = log_p.exp()
-    # p underflows to exactly 0 where log_p is very negative: those terms are 0 log 0 = 0.
-    entropy = -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(dim=1)
+    # Where p underflows to 0, log_p is finite or -inf; 0 * -inf = NaN is the 0 log 0 = 0 term.
+    entropy = (p * log_p).nan_to_num_(nan=0.0).sum(dim=1).neg_()
     return {
         "MP": 1.0 - p.amax(dim=1),
         "H": entropy,
-        "T1000": tempered_confidence_gap(logits, T1000_TEMPERATURE),
+        "T1000": 1.0 - torch.softmax(z / T1000_TEMPERATURE, dim=1).amax(dim=1),
     }
 
 
-def _safe_cosine(dot: Tensor, norm_a: Tensor, norm_b: Tensor) -> Tensor:
-    """dot / (|a| |b|), 0 where either norm is 0 (the documented zero-norm convention)."""
-    denominator = norm_a * norm_b
-    positive = denominator > 0
-    return torch.where(positive, dot / torch.where(positive, denominator, 1.0), 0.0)
+# Where a norm is 0 its dot product is exactly 0 too, so 0 / tiny = 0 implements the convention.
+_TINY = torch.finfo(torch.float64).tiny
 
 
 def latent_family(logits: Tensor, latent: Tensor, weight: Tensor) -> dict[str, Tensor]:
@@ -58,28 +56,30 @@ def latent_family(logits: Tensor, latent: Tensor, weight: Tensor) -> dict[str, T
     k = argmax of the logits (first index on ties); w_k = W[k]; P = {j : W[k, j] > 0}.
     ACT uses w_k . u without the bias.
     """
-    predicted = logits.argmax(dim=1)
+    classes = weight.shape[0]
+    predicted = logits.argmax(dim=1, keepdim=True)  # [N, 1]
     u = latent.double()
-    w = weight.detach().double()[predicted]  # [N, D]: w_k of each sample
-    positive = w > 0
-    u_p = torch.where(positive, u, 0.0)
-    w_p = torch.where(positive, w, 0.0)
-
-    norm_u = torch.linalg.vector_norm(u, dim=1)
-    norm_w = torch.linalg.vector_norm(w, dim=1)
-    norm_u_p = torch.linalg.vector_norm(u_p, dim=1)
-    norm_w_p = torch.linalg.vector_norm(w_p, dim=1)
-    activation = (w * u).sum(dim=1)
-    activation_p = (w_p * u_p).sum(dim=1)
-
+    w = weight.detach().double()
+    w_positive = w.clamp_min(0.0)  # w_j,P padded with zeros, so w_k,P . u_P = w_positive[k] . u
+    # Every class against every sample in two matrix products, then pick class k per sample.
+    products = u @ torch.cat([w, w_positive]).T  # [N, 2K]: w_j . u, w_j,P . u_P
+    dots = products.gather(1, torch.cat([predicted, predicted + classes], dim=1))  # [N, 2]
+    u_sq = u.square()
+    norm_u_p = (u_sq @ (w > 0).double().T).gather(1, predicted).sqrt_()  # ||u_P||, [N, 1]
+    norms_u = torch.cat([u_sq.sum(dim=1, keepdim=True).sqrt_(), norm_u_p], dim=1)  # [N, 2]
+    row_norms = torch.stack(
+        [torch.linalg.vector_norm(w, dim=1), torch.linalg.vector_norm(w_positive, dim=1)], dim=1
+    )
+    norms_w = row_norms[predicted[:, 0]]  # [N, 2]: ||w_k||, ||w_k,P||
+    cosines = dots / (norms_u * norms_w).clamp_min(_TINY)
     return {
-        "NORM": -norm_u,
-        "NORM+": -norm_u_p,
-        "ANG": 1.0 - _safe_cosine(activation, norm_u, norm_w),
-        "ANG++": 1.0 - _safe_cosine(activation_p, norm_u_p, norm_w_p),
-        "PROJ": -torch.where(norm_w > 0, activation / torch.where(norm_w > 0, norm_w, 1.0), 0.0),
-        "ACT": -activation,
-        "ACT+": -activation_p,
+        "NORM": -norms_u[:, 0],
+        "NORM+": -norms_u[:, 1],
+        "ANG": 1.0 - cosines[:, 0],
+        "ANG++": 1.0 - cosines[:, 1],
+        "PROJ": -dots[:, 0] / norms_w[:, 0].clamp_min(_TINY),
+        "ACT": -dots[:, 0],
+        "ACT+": -dots[:, 1],
     }
 
 

@@ -111,13 +111,14 @@ class Probe:
         if self._capture is None:
             return
         z = args[0]
-        total, total_sq = reduce_activation(z)
+        total, root_sum_sq = reduce_activation(z)
         self._capture.layers.append(
             LayerMoments(
                 total=total,
-                total_sq=total_sq,
+                root_sum_sq=root_sum_sq,
                 pixels=int(z.shape[2] * z.shape[3]),
                 center=module.running_mean,
-                variance=module.running_var + module.eps,
+                running_var=module.running_var,
+                eps=module.eps,
             )
         )

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from monitor.errors import ConfigError, InputError, ModelError
 from monitor.indicators.batchnorm import (
     BATCHNORM_FAMILY,
+    BatchNormReducer,
     LayerMoments,
-    batchnorm_family,
     reduce_activation,
 )
 from monitor.indicators.optimality import (
@@ -123,6 +123,7 @@ class Scorer:
 
         self._model = model.eval()
         self._probe = Probe(model, head)
+        self._batchnorm_reducer = BatchNormReducer()
         if self._probe.head is None:
             log.info("no nn.Linear head found: the latent indicators (%s) are absent",
                      ", ".join(LATENT_FAMILY))
@@ -133,6 +134,7 @@ class Scorer:
         channels = len(self._mean)
         self._mean_t = torch.tensor(self._mean, device=self._device, dtype=self._dtype)
         self._std_t = torch.tensor(self._std, device=self._device, dtype=self._dtype)
+        self._variance_t = self._std_t.square()
         self._mean_view = self._mean_t.view(1, channels, 1, 1)
         self._std_view = self._std_t.view(1, channels, 1, 1)
 
@@ -367,23 +369,25 @@ class Scorer:
             if self._probe.head is not None:
                 values.update(latent_family(logits, self._latent(capture, logits), self._probe.head.weight))
             # The input normalisation is the pseudo batch-norm layer of B (section 2.2).
-            total, total_sq = reduce_activation(pixels)
-            input_layer = LayerMoments(
-                total=total,
-                total_sq=total_sq,
-                pixels=int(pixels.shape[2] * pixels.shape[3]),
-                center=self._mean_t,
-                variance=self._std_t.square(),
-            )
-            for name, value in batchnorm_family([input_layer]).items():
-                values[INPUT_PREFIX + name] = value
+            total, root_sum_sq = reduce_activation(pixels)
+            layers = [
+                LayerMoments(
+                    total=total,
+                    root_sum_sq=root_sum_sq,
+                    pixels=int(pixels.shape[2] * pixels.shape[3]),
+                    center=self._mean_t,
+                    running_var=self._variance_t,
+                    eps=0.0,
+                )
+            ]
             if self._probe.batchnorms:
                 if not capture.layers:
                     raise ModelError(
                         f"none of the model's batch-norm layers ({', '.join(self.batchnorm_layers)}) "
                         "ran during the forward pass"
                     )
-                values.update(batchnorm_family([input_layer, *capture.layers]))
+                layers += capture.layers
+            values.update(self._batchnorm_reducer(layers))
         return values, logits
 
     def _odin_values(self, pixels: Tensor) -> Tensor:
