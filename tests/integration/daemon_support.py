@@ -138,6 +138,19 @@ class DaemonProcess:
         except httpx.HTTPError:
             return None
 
+    def assigned_partitions(self) -> int | None:
+        """What the daemon's /metrics says it consumes (None when it does not answer)."""
+        import httpx
+
+        try:
+            text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("ood_monitor_assigned_partitions "):
+                return int(float(line.split()[1]))
+        return None
+
     def wait_ready(self, timeout: float = 120) -> "DaemonProcess":
         """Until /readyz says 200: model loaded, partitions assigned, database writable."""
         def ready():
@@ -248,3 +261,53 @@ class StoredRows:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+class PacedProducer:
+    """Sends messages from a background thread at `rate` per second, so a fault injected while it runs
+    is guaranteed to fall in the middle of the stream, however fast the daemon is."""
+
+    def __init__(self, bootstrap: str, api_version, topic: str, messages: list[tuple[str, bytes]], rate: float):
+        import threading
+
+        self.args = (bootstrap, api_version, topic)
+        self.messages, self.rate = messages, rate
+        self.positions: list[tuple[int, int]] = []
+        self.error: BaseException | None = None
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, name="paced-producer", daemon=True)
+
+    def _run(self) -> None:
+        import time
+
+        from kafka import KafkaProducer
+
+        bootstrap, api_version, topic = self.args
+        producer = KafkaProducer(bootstrap_servers=bootstrap, api_version=api_version, acks="all", linger_ms=1)
+        try:
+            started = time.monotonic()
+            futures = []
+            for index, (key, value) in enumerate(self.messages):
+                pause = started + index / self.rate - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)  # pacing the stream at `rate`, not waiting for a condition
+                futures.append(producer.send(topic, value=value, key=key.encode()))
+                self.sent = index + 1
+            producer.flush(60)
+            self.positions = [(meta.partition, meta.offset) for meta in (future.get(60) for future in futures)]
+        except BaseException as error:  # noqa: BLE001 - reported by join()
+            self.error = error
+        finally:
+            producer.close(10)
+
+    def start(self) -> "PacedProducer":
+        self.thread.start()
+        return self
+
+    def join(self, timeout: float = 120) -> list[tuple[int, int]]:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise TimeoutError("the paced producer did not finish")
+        if self.error is not None:
+            raise self.error
+        return self.positions

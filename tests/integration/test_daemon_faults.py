@@ -15,6 +15,7 @@ import pytest
 from monitor.store import connect, upgrade
 from tests.integration.daemon_support import (
     DaemonProcess,
+    PacedProducer,
     StoredRows,
     committed_offsets,
     daemon_config,
@@ -66,13 +67,14 @@ def test_sigkill_mid_run_then_restart_loses_nothing_and_stores_nothing_twice(kaf
     rows = StoredRows(store_url)
     try:
         daemon.wait_ready()
-        produced = produce(kafka09.bootstrap, API, topic, image_stream(160, "kill"))
+        stream = PacedProducer(kafka09.bootstrap, API, topic, image_stream(160, "kill"), rate=80).start()
         wait_until(lambda: rows.total() >= 24, 120, "the first batches stored")
         daemon.kill()  # SIGKILL: no chance to finish the batch or commit
         stored_at_kill = rows.total()
-        assert stored_at_kill < len(produced), "the daemon finished before it was killed; nothing was tested"
+        assert stream.sent < 160, "the stream ended before the kill; nothing was tested"
         committed = committed_offsets(kafka09.bootstrap, API, f"g-{topic}", topic, PARTITIONS)
         assert sum(o or 0 for o in committed.values()) <= stored_at_kill  # never committed ahead of the store
+        produced = stream.join()
 
         daemon.start().wait_ready()
         wait_until(lambda: rows.total() >= len(produced), 180, f"all {len(produced)} messages stored")
@@ -100,10 +102,13 @@ def test_two_daemons_in_a_group_the_survivor_takes_over_the_partitions_of_the_ki
         try:
             first.wait_ready()
             second.wait_ready()  # ready = has partitions: the group split them between the two
-            produced = produce(kafka09.bootstrap, API, topic, image_stream(160, "group"))
+            wait_until(lambda: (first.assigned_partitions() or 0) + (second.assigned_partitions() or 0) == PARTITIONS,
+                       60, "the group to settle with every partition assigned once")
+            stream = PacedProducer(kafka09.bootstrap, API, topic, image_stream(160, "group"), rate=50).start()
             wait_until(lambda: rows.total() >= 24, 120, "the first batches stored")
             first.kill()
-            assert rows.total() < len(produced), "everything was stored before the kill; nothing was tested"
+            assert stream.sent < 160, "the stream ended before the kill; nothing was tested"
+            produced = stream.join()
             wait_until(lambda: rows.total() >= len(produced), 180,
                        f"the survivor to store all {len(produced)} messages")
             _assert_exactly_once(rows, topic, produced)
