@@ -26,6 +26,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from monitor.errors import InputError
 from monitor.store.records import ImageBlob, RejectRecord, ScoredSample, WriteResult
 from monitor.stream.messages import (
     InboundMessage,
@@ -277,18 +278,46 @@ class ForwardStep:
         self.next_step.close()
 
 
+UNSCORABLE = "unscorable"
+"""Reject reason of an image the decoder accepted but the Scorer refused (an InputError)."""
+
+
 class ScoreStep(ForwardStep):
-    """Score the batch's images in one pass on the model's device."""
+    """Score the batch's images in one pass on the model's device.
+
+    If the Scorer refuses the batch because of its input, the images are scored one by one and the
+    ones it refuses become rejects (`unscorable`): one bad input never stops the stream. Any other
+    failure (the device itself) stops the daemon, and the batch is replayed after restart.
+    """
 
     def __init__(self, next_step: Step, scorer: BatchScorer):
         self.next_step = next_step
         self.scorer = scorer
 
+    def _one_by_one(self, images: list[Decoded]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        scored: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
+        for item in images:
+            try:
+                scored.append(self.scorer([item.pixels]))
+            except InputError as error:
+                log.warning("%s/%s/%s: the scorer refused the image: %s", item.message.topic,
+                            item.message.partition, item.message.offset, error)
+                item.reject_reason, item.reject_detail = UNSCORABLE, str(error)[:500]
+        if not scored:
+            return {}, np.zeros(0, dtype=np.int64)
+        names = scored[0][0].keys()
+        return ({name: np.concatenate([values[name] for values, _ in scored]) for name in names},
+                np.concatenate([predicted for _, predicted in scored]))
+
     def submit(self, batch: Batch) -> None:
         images = batch.images
         if images:
             started = time.perf_counter()
-            batch.scores, batch.predicted = self.scorer([item.pixels for item in images])
+            try:
+                batch.scores, batch.predicted = self.scorer([item.pixels for item in images])
+            except InputError as error:
+                log.warning("the scorer refused a batch (%s); scoring its images one by one", error)
+                batch.scores, batch.predicted = self._one_by_one(images)
             batch.score_seconds = time.perf_counter() - started
         batch.scored_at = utc_now()
         self.next_step.submit(batch)

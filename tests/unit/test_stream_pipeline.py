@@ -244,3 +244,29 @@ def test_label_fitted_summary_weights_are_applied_to_the_scorer(scorer, store):
         assert scorer.summary_weights[member] == 0.25
     finally:
         scorer.reset_summary_weights()
+
+
+def test_an_image_the_scorer_refuses_becomes_a_reject_and_the_rest_is_scored(scorer, store):
+    import torch
+
+    from monitor.stream.steps import UNSCORABLE, Decoded
+
+    harness = Harness(scorer, store, batch_size=3)
+    good_decode = harness.parts.decode
+
+    def decode_with_a_bad_tensor(message):
+        decoded = good_decode(message)
+        if message.sample_key == "bad":  # pixels outside [0, 1]: the Scorer refuses them
+            decoded = Decoded(message, pixels=torch.full(INPUT_SHAPE, 2.0), image_format="png")
+        return decoded
+
+    harness.head.decode = decode_with_a_bad_tensor
+    for key in ("a", "bad", "b"):
+        harness.send(png(seed=len(key)), key=key)
+    harness.drain()
+    with store.engine.connect() as connection:
+        scored = {row[0] for row in connection.exec_driver_sql("SELECT sample_key FROM samples")}
+        rejected = connection.exec_driver_sql("SELECT sample_key, reason FROM rejects").all()
+    assert scored == {"a", "b"}
+    assert rejected == [("bad", UNSCORABLE)]
+    assert [letter["reason"] for letter in harness.dead_letters()] == [UNSCORABLE]
