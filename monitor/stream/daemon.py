@@ -289,6 +289,7 @@ class Daemon:
         return 0
 
     def close(self) -> None:
+        self.shutdown.abandon_now()  # a retry still waiting on the worker thread gives up: nothing is committed
         for name, action in (
             ("scheduler", lambda: self.scheduler and self.scheduler.shutdown(wait=False)),
             ("pipeline", lambda: self.head and self.head.close()),
