@@ -145,6 +145,15 @@ def _layout(
     )
 
 
+def _versions(tensors: Sequence[Tensor]) -> tuple | None:
+    """(tensor, version counter) pairs: any in-place change bumps a version. None when a
+    tensor has no counter (an inference tensor), so nothing is cached for it."""
+    try:
+        return tuple((tensor, tensor._version) for tensor in tensors)
+    except RuntimeError:
+        return None
+
+
 class BatchNormReducer:
     """Turns the moments of one forward pass into the batch-norm family.
 
@@ -178,14 +187,11 @@ class BatchNormReducer:
     ) -> tuple[Tensor, Tensor, Tensor]:
         """center, 1 / (running_var + eps) and the S^2 scale H*W / ((H*W - 1)(running_var + eps)),
         each [C]; recomputed only when a layer's statistics tensor is replaced or modified."""
-        key = tuple(
-            (tensor, tensor._version)
-            for layer in layers
-            for tensor in (layer.center, layer.running_var)
-        )
+        key = _versions([tensor for layer in layers for tensor in (layer.center, layer.running_var)])
         cached = self._reference_key
         if (
-            cached is not None
+            key is not None
+            and cached is not None
             and len(cached) == len(key)
             and all(a[0] is b[0] and a[1] == b[1] for a, b in zip(cached, key))
         ):

@@ -95,8 +95,9 @@ def odin_perturbation(
     taken in pixel space, before normalisation. x' is not clipped to [0, 1] (as in ODIN).
     Only the input's gradient is computed: parameters' .grad are left untouched.
     """
-    x = pixels.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
+    # Autograd must run even when the caller scores under inference_mode() or no_grad().
+    with torch.inference_mode(False), torch.enable_grad():
+        x = pixels.detach().clone().requires_grad_(True)
         logits = forward(x)
         predicted = logits.argmax(dim=1)
         # 'sum' keeps each sample's gradient unscaled by N; the sign is all that matters.

@@ -168,6 +168,11 @@ class Scorer:
         return self._members
 
     @property
+    def odin(self) -> bool:
+        """Whether score() computes ODIN (an extra backward and forward per batch)."""
+        return self._odin
+
+    @property
     def head_name(self) -> str | None:
         return self._probe.head_name
 
@@ -250,7 +255,9 @@ class Scorer:
     def set_summary_weights(self, weights: Mapping[str, float]) -> None:
         """Set w_i for the named members; members not named keep their weight."""
         if not isinstance(weights, Mapping):
-            raise InputError(f"summary weights must be a mapping name -> number, got {type(weights).__name__}")
+            raise InputError(
+                f"summary weights must be a mapping name -> number, got {type(weights).__name__}"
+            )
         checked = {}
         for name, value in weights.items():
             if name not in self._members:
@@ -367,7 +374,8 @@ class Scorer:
             self._check_logits(logits, pixels.shape[0])
             values = softmax_family(logits)
             if self._probe.head is not None:
-                values.update(latent_family(logits, self._latent(capture, logits), self._probe.head.weight))
+                latent = self._latent(capture, logits)
+                values.update(latent_family(logits, latent, self._probe.head.weight))
             # The input normalisation is the pseudo batch-norm layer of B (section 2.2).
             total, root_sum_sq = reduce_activation(pixels)
             layers = [
@@ -425,7 +433,9 @@ class Scorer:
             shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ModelError(f"the model must return logits [N, K] = [{batch}, K]; it returned {shape}")
         if logits.shape[1] < 2:
-            raise ModelError(f"the model returns {logits.shape[1]} logit per sample; OOD scoring needs K >= 2 classes")
+            raise ModelError(
+                f"the model returns {logits.shape[1]} logit per sample; OOD scoring needs K >= 2 classes"
+            )
         head = self._probe.head
         if head is not None and head.out_features != logits.shape[1]:
             raise ModelError(

@@ -208,3 +208,18 @@ def test_scores_are_batch_independent():
             together[name].numpy(), [a[name].item() for a in alone], rtol=1e-5, atol=1e-7,
             err_msg=name,
         )
+
+
+def test_scoring_inside_inference_mode_or_no_grad_gives_the_same_scores_odin_included():
+    # Services often wrap model calls in inference_mode(); ODIN still needs its gradient.
+    builder, mean, std, shape, head, _ = CASES["small-cnn"]
+    scorer = _calibrated_scorer(builder(), mean, std, shape, head, odin=True)
+    x = _images(shape, seed=9)
+    plain = scorer.score(x)
+    with torch.inference_mode():
+        inside_inference = scorer.score(x)
+    with torch.no_grad():
+        inside_no_grad = scorer.score(x)
+    for name in plain:
+        torch.testing.assert_close(inside_inference[name], plain[name], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(inside_no_grad[name], plain[name], rtol=0, atol=0, msg=name)

@@ -16,7 +16,9 @@ def test_the_benchmark_measures_all_three_variants_and_saves_json_and_markdown(t
     for key in ("bare_images_per_s", "scorer_images_per_s", "scorer_odin_images_per_s"):
         assert row[key] > 0, key
     assert all(len(values) == 2 for values in row["seconds"].values())
+    assert all(len(values) == 2 for values in row["cpu_seconds"].values())
+    assert set(saved["goal_met"]) == {"wall", "cpu"}
     assert row["indicators"] == 19  # resnet18 without ODIN: everything but ODIN, 1C-Sum included
     assert saved["machine"]["torch"] and saved["machine"]["cpu"]
     markdown = (tmp_path / "indicators.md").read_text()
-    assert "| resnet18 | 32x32 | 2 |" in markdown and "Goal:" in markdown
+    assert "| resnet18 | 32x32 | 2 |" in markdown and "Goal, every indicator" in markdown
