@@ -10,7 +10,6 @@ is the sum, round by round, of the five detectors that just ran one after anothe
 from __future__ import annotations
 
 import copy
-import logging
 import statistics
 import time
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from tqdm import tqdm
 
 from monitor.errors import InputError
 
-log = logging.getLogger(__name__)
 
 FORWARD = "forward pass"
 SCORER = "Scorer without ODIN (one forward pass)"
@@ -141,6 +139,21 @@ def time_methods(
     return times
 
 
+def calibrate(subject: Subject, device: torch.device, samples: int, progress: bool = True,
+              scorer_factory: Callable[..., object] | None = None):
+    """1C-Sum's calibration for a subject: set-up, never timed (the service calibrates once
+    per model and caches it)."""
+    from monitor import Scorer
+
+    factory = scorer_factory or Scorer
+    scorer = factory(copy.deepcopy(subject.model).to(device), mean=subject.mean, std=subject.std,
+                     input_shape=subject.input_shape)
+    try:
+        return scorer.calibrate(n=samples, progress=progress)
+    finally:
+        scorer.close()
+
+
 def measure(
     subject: Subject,
     batch_size: int,
@@ -161,13 +174,13 @@ def measure(
     network = Normalized(model, subject.mean, subject.std).to(device).eval()
     generator = torch.Generator().manual_seed(0)
     batch = torch.rand((batch_size, *subject.input_shape), generator=generator).to(device)
+    if calibration is None:
+        calibration = calibrate(subject, device, calibration_samples, progress, factory)
     # Own copies for the scorers: their hooks must not slow down the baselines' model.
     scorer = factory(
         copy.deepcopy(model), mean=subject.mean, std=subject.std, input_shape=subject.input_shape,
         calibration=calibration,
     )
-    if calibration is None:  # set-up, not timed: the service calibrates once per model and caches it
-        calibration = scorer.calibrate(n=calibration_samples, progress=progress)
     scorer_odin = factory(
         copy.deepcopy(model), mean=subject.mean, std=subject.std, input_shape=subject.input_shape,
         odin=True, calibration=calibration,
@@ -197,7 +210,6 @@ def measure(
         "scorer_outputs": len(indicators),
         "images_per_second": {name: batch_size / statistics.median(values) for name, values in times.items()},
         "median_seconds": {name: statistics.median(values) for name, values in times.items()},
-        "calibration": calibration,
     }
 
 
@@ -248,7 +260,7 @@ def run_speed_benchmark(quick: bool = False, devices: Sequence[str] | None = Non
         for subject in subjects(quick, device):
             size = "large" if subject.input_shape[1] >= LARGE_SIDE else "small"
             batches = QUICK_BATCHES if quick else FULL_BATCHES[("cuda" if device.type == "cuda" else "cpu", size)]
-            calibration = None
+            calibration = calibrate(subject, device, CALIBRATION_SAMPLES, progress, scorer_factory)
             for batch_size in batches:
                 rows.append(
                     measure(
@@ -260,11 +272,9 @@ def run_speed_benchmark(quick: bool = False, devices: Sequence[str] | None = Non
                         max_rounds=1 if quick else 30,
                         scorer_factory=scorer_factory,
                         progress=progress,
-                        calibration_samples=CALIBRATION_SAMPLES,
                         calibration=calibration,
                     )
                 )
-                calibration = rows[-1].pop("calibration")
     speedups = [speedup(row) for row in rows]
     one_pass = [speedup(row, SCORER) for row in rows]
     try:

@@ -167,7 +167,7 @@ def test_bench_ood_command_writes_json_markdown_and_plots(tmp_path, capsys):
     assert isinstance(result["goals"]["summary_rank_among_indicators"]["met"], bool)
 
     markdown = (tmp_path / "ood.md").read_text()
-    assert "ood-monitor bench ood --quick --limit 60" in markdown or "bench ood" in markdown
+    assert f"`ood-monitor bench ood --quick --limit 60 --output-dir {tmp_path}`" in markdown
     assert "| **1C-Sum** |" in markdown and "near-OOD" in markdown
     for png in ("ood_auroc_heatmap.png", "ood_average_rank.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

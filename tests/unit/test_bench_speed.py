@@ -91,7 +91,8 @@ def test_bench_speed_command_writes_json_markdown_and_plot(tmp_path, capsys):
     goal = result["goals"]["scorer_faster_than_five_detectors"]
     assert goal["rows"] == 4 and isinstance(goal["met"], bool)
     markdown = (tmp_path / "speed.md").read_text()
-    assert speed.PYTORCH_OOD_ALL in markdown and "bench speed" in markdown
+    assert speed.PYTORCH_OOD_ALL in markdown
+    assert f"`ood-monitor bench speed --quick --device cpu --output-dir {tmp_path}`" in markdown
     assert (tmp_path / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "pytorch-ood x5" in capsys.readouterr().out
 
