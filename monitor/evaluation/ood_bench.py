@@ -95,7 +95,7 @@ def _stream_section(id_scores, ood_scores: dict[str, protocol.Scores], seed: int
         single, single_is_ood, single_counts = protocol.mixed_stream(id_scores, {name: scores}, STREAM_OOD_SHARE, seed)
         per_set[name] = {
             "ood": single_counts[name],
-            "thresholds": protocol.stream_thresholds(single, single_is_ood, [SUMMARY]),
+            "thresholds": protocol.stream_thresholds(single, single_is_ood, [m for m in (SUMMARY,) if m in single]),
         }
     return {
         "ood_share": float(np.mean(is_ood)),
