@@ -169,7 +169,7 @@ class BatchNormReducer:
         self._reference_key: tuple | None = None
         self._reference: tuple[Tensor, Tensor, Tensor] | None = None
 
-    def _buffers(self, batch: int, channels: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    def _buffers(self, batch: int, channels: int, device: torch.device) -> Tensor:
         workspace = self._workspace
         if (
             workspace is None
@@ -177,10 +177,9 @@ class BatchNormReducer:
             or workspace.shape[2] != channels
             or workspace.device != device
         ):
-            workspace = torch.empty((5, batch, channels), dtype=torch.float32, device=device)
+            workspace = torch.empty((6, batch, channels), dtype=torch.float32, device=device)
             self._workspace = workspace
-            self._flags = torch.empty((batch, channels), dtype=torch.bool, device=device)
-        return workspace[:, :batch], self._flags[:batch]
+        return workspace[:, :batch]
 
     def _reference_statistics(
         self, layers: Sequence[LayerMoments], layout: _Layout
@@ -221,8 +220,8 @@ class BatchNormReducer:
         )
         with torch.inference_mode():
             center, inverse_variance, spread_scale = self._reference_statistics(layers, layout)
-            workspace, flags = self._buffers(layers[0].total.shape[0], layout.channels, device)
-            mean_z, variance_z, deviation_sq, spread_sq, distance = workspace
+            workspace = self._buffers(layers[0].total.shape[0], layout.channels, device)
+            mean_z, variance_z, deviation_sq, spread_sq, distance, flags = workspace
             inputs = slice(0, layout.input_channels)
             torch.cat([layer.total for layer in layers], dim=1, out=mean_z)
             torch.cat([layer.root_sum_sq for layer in layers], dim=1, out=variance_z)
@@ -242,6 +241,7 @@ class BatchNormReducer:
             # Extreme when V = (H*W - 1) S^2 lies outside the chi2 interval: on S^2, the interval
             # over H*W - 1, half width inf where H*W < 2. On the edge is not extreme.
             torch.sub(spread_sq, layout.chi2_middle, out=distance).abs_()
+            # 0/1 as float32: summing floats is several times faster than summing booleans.
             torch.gt(distance, layout.chi2_half_width, out=flags)
             extreme = flags.sum(dim=1)
             input_extreme = flags[:, inputs].sum(dim=1)
