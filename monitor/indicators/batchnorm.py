@@ -89,7 +89,8 @@ class _Layout:
     chi2_half_width: Tensor  # [C] its half width, over H*W - 1; inf where H*W < 2 (never extreme)
     spread_mask: Tensor  # [C] 1 for channels of layers with H*W >= 2 (they take part in DSS*)
     input_channels: int  # the input pseudo-layer's channels come first
-    scale: Tensor  # [8, 1] float64 1 / C_S of (IN-)DMS, DMS-AOS, DSS, DSS-EXT: input alone, every layer
+    # [8, 1] float64: 1 / C_S of DMS, DMS-AOS, DSS, DSS-EXT over the input alone, then every layer
+    scale: Tensor
     input_spread: bool  # the input has H*W >= 2
     spread_channels: int  # C_S of DSS and DSS-EXT over every layer
 
@@ -186,7 +187,7 @@ class BatchNormReducer:
     ) -> tuple[Tensor, Tensor, Tensor]:
         """center, 1 / (running_var + eps) and the S^2 scale H*W / ((H*W - 1)(running_var + eps)),
         each [C]; recomputed only when a layer's statistics tensor is replaced or modified."""
-        key = _versions([tensor for layer in layers for tensor in (layer.center, layer.running_var)])
+        key = _versions([t for layer in layers for t in (layer.center, layer.running_var)])
         cached = self._reference_key
         if (
             key is not None
@@ -252,19 +253,22 @@ class BatchNormReducer:
             input_spread_gap = spread_sq[:, inputs].sum(dim=1)
 
             sums = torch.stack([
-                input_moments[1], input_moments[1] + input_moments[0], input_spread_gap, input_extreme,
+                input_moments[1],
+                input_moments[1] + input_moments[0],
+                input_spread_gap,
+                input_extreme,
                 moments[1], moments[1] + moments[0], spread_gap, extreme,
             ])  # [8, N]: Sum_c over the input layer, then over every layer
             means = sums.double() * layout.scale  # float64: counts / C_S exactly
 
         names = ("DMS", "DMS-AOS", "DSS", "DSS-EXT")
-        results = {"IN-" + name: means[index] for index, name in enumerate(names[:2])}
-        if layout.input_spread:
-            results.update({"IN-" + name: means[index] for index, name in enumerate(names) if index >= 2})
+        sets = [("IN-", 0, layout.input_spread)]
         if len(layers) > 1:
-            results.update({name: means[4 + index] for index, name in enumerate(names[:2])})
-            if layout.spread_channels:
-                results.update({name: means[4 + index] for index, name in enumerate(names) if index >= 2})
+            sets.append(("", 4, layout.spread_channels > 0))
+        results = {}
+        for prefix, offset, with_spread in sets:
+            for index, name in enumerate(names if with_spread else names[:2]):
+                results[prefix + name] = means[offset + index]
         return results
 
 

@@ -223,3 +223,15 @@ def test_scoring_inside_inference_mode_or_no_grad_gives_the_same_scores_odin_inc
     for name in plain:
         torch.testing.assert_close(inside_inference[name], plain[name], rtol=0, atol=0, msg=name)
         torch.testing.assert_close(inside_no_grad[name], plain[name], rtol=0, atol=0, msg=name)
+
+
+def test_a_batchnorm_without_running_statistics_is_left_out_with_a_warning(caplog):
+    model = small_cnn()
+    model[1] = torch.nn.BatchNorm2d(8, track_running_stats=False).eval()
+    with caplog.at_level("WARNING", logger="monitor.indicators.probe"):
+        scorer = _calibrated_scorer(model, GREY_MEAN, GREY_STD, (2, 1, 28, 28), None)
+    assert "'1' keeps no running statistics" in caplog.text
+    assert scorer.batchnorm_layers == ("5", "8")
+    scores = scorer.score(_images((2, 1, 28, 28)))
+    assert BATCHNORM_NAMES <= set(scores)
+    assert all(torch.isfinite(value).all() for value in scores.values())
