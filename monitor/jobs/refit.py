@@ -5,7 +5,10 @@ Window: the last `refit_window_samples` samples of the model, or those of the la
 current label in the window steers the fit (monitor.thresholds.fit_threshold). Too few
 samples: the active threshold stays and the run is recorded as skipped with the reason.
 With at least `min_labels_for_weights` labels of each kind, the 1C-Sum weights are re-fitted
-too (paper section 5) and stored as the model's active weights.
+too (paper section 5) and stored as the model's active weights. When the thresholded
+indicator is 1C-Sum, the threshold is fitted on the window's 1C-Sum recomputed with those
+new weights, and the two are stored together: the daemon never judges samples with weights
+and a threshold that were fitted on different scales.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from monitor.errors import MonitorError
 from monitor.jobs import queries
 from monitor.jobs.alerts import THRESHOLD_CHANGED, json_number, utc_iso
 from monitor.jobs.scheduler import JobContext, JobOutcome
-from monitor.names import INDICATORS, SUMMARY_MEMBERS_EXCLUDED
+from monitor.names import INDICATORS, SUMMARY, SUMMARY_MEMBERS_EXCLUDED
 from monitor.store.records import ThresholdRecord, ThresholdRow
-from monitor.thresholds import NotEnoughData, fit_summary_weights, fit_threshold
+from monitor.thresholds import NotEnoughData, SummaryWeights, fit_summary_weights, fit_threshold
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +79,34 @@ def refit(context: JobContext, *, model_id: int | None = None, fitted_by: str | 
     else:
         window = store.window_scores(model_id, indicator, last=jobs.refit_window_samples)
     previous = store.active_threshold(model_id, indicator)
+    reweighting = _fit_summary_weights(context, model_id, window)
+    values, labels = window.values, window.labels
+    if reweighting.fitted is not None and indicator == SUMMARY:
+        values, labels = reweighting.window_summary, reweighting.window_labels
     try:
-        fit = fit_threshold(window.values, jobs.refit_method, window.labels,
+        fit = fit_threshold(values, jobs.refit_method, labels,
                             min_samples=jobs.min_samples, **method_parameters(jobs))
     except NotEnoughData as refusal:
         kept = (f"kept threshold #{previous.id} ({previous.value:.6g}, {previous.method})" if previous
                 else "no threshold is active yet")
-        return RefitResult(model_id, indicator, None, previous, f"{refusal}; {kept}")
+        unchanged = "; 1C-Sum weights unchanged with it" if reweighting.fitted is not None else ""
+        return RefitResult(model_id, indicator, None, previous, f"{refusal}; {kept}{unchanged}")
 
     parameters = {**fit.parameters, "window": window_description(jobs), "used_labels": fit.used_labels,
                   "details": _json_ready(fit.details)}
+    weights_message, weights_id = reweighting.message, None
+    if reweighting.fitted is not None:
+        stored = store.add_summary_weights(
+            model_id, {**_json_ready(reweighting.fitted.to_dict()), "members": reweighting.members})
+        weights_id = stored.id
+        weights_message = f"1C-Sum weights #{stored.id} {reweighting.fitted.reason}"
+        if indicator == SUMMARY:
+            parameters["summary_weights_id"] = weights_id
     row = store.add_threshold(ThresholdRecord(
         model_id=model_id, indicator=indicator, method=fit.method, value=float(fit.threshold),
         parameters=parameters, counts=fit.counts(), window_start=window.start, window_end=window.end,
         fitted_by=fitted_by or f"scheduler {context.runner}",
     ), activate=True)
-    weights_message, weights_id = _refit_summary_weights(context, model_id, window)
     if _changed(previous, row):
         context.alerts.raise_alert(THRESHOLD_CHANGED, {
             "model_id": model_id,
@@ -125,36 +140,52 @@ def _changed(previous: ThresholdRow | None, new: ThresholdRow) -> bool:
     return not (same_value and previous.method == new.method)
 
 
-def _refit_summary_weights(context: JobContext, model_id: int, window: Any) -> tuple[str, int | None]:
-    """Re-fit the 1C-Sum weights on the window's labelled samples; (what happened, stored row id)."""
+@dataclass(frozen=True)
+class Reweighting:
+    """Label-fitted 1C-Sum weights for a window, not yet stored; `fitted` None says why in `message`.
+
+    window_summary, window_labels: the window's 1C-Sum recomputed with the new weights, for the
+    samples whose member values are all known (the threshold is fitted on these).
+    """
+
+    message: str
+    fitted: SummaryWeights | None = None
+    members: tuple[str, ...] = ()
+    window_summary: np.ndarray | None = None
+    window_labels: np.ndarray | None = None
+
+
+def _fit_summary_weights(context: JobContext, model_id: int, window: Any) -> Reweighting:
+    """Re-fit the 1C-Sum weights on the window's labelled samples (paper section 5)."""
     jobs = context.settings.jobs
     labels = np.asarray(window.labels)
     n_ood, n_id = int((labels == 1).sum()), int((labels == 0).sum())
     needed = jobs.min_labels_for_weights
     if min(n_ood, n_id) < needed:
-        return (f"1C-Sum weights unchanged: {n_ood} OOD and {n_id} ID labels in the window, "
-                f"re-weighting needs {needed} of each"), None
+        return Reweighting(f"1C-Sum weights unchanged: {n_ood} OOD and {n_id} ID labels in the window, "
+                           f"re-weighting needs {needed} of each")
     model = context.store.get_model(model_id)
     calibration = context.store.get_calibration(model.fingerprint) if model else None
     if not calibration or "means" not in calibration:
-        return "1C-Sum weights unchanged: no noise calibration stored for the model's weights", None
-    members = [name for name in INDICATORS
-               if name in calibration["means"] and name not in SUMMARY_MEMBERS_EXCLUDED]
-    labelled_ids = window.sample_ids[labels >= 0]
-    rows = queries.indicator_window(context.store, model_id, members, start=window.start,
-                                    end=window.end + timedelta(microseconds=1), labelled_only=True)
-    keep = np.isin(rows.sample_ids, labelled_ids)
-    complete = keep & np.all([np.isfinite(rows.values[name]) for name in members], axis=0)
-    if not complete.any():
-        return "1C-Sum weights unchanged: the labelled samples lack member indicator values", None
+        return Reweighting("1C-Sum weights unchanged: no noise calibration stored for the model's weights")
+    members = tuple(name for name in INDICATORS
+                    if name in calibration["means"] and name not in SUMMARY_MEMBERS_EXCLUDED)
+    rows = queries.indicator_window(context.store, model_id, list(members), start=window.start,
+                                    end=window.end + timedelta(microseconds=1))
+    in_window = np.isin(rows.sample_ids, window.sample_ids)
+    complete = in_window & np.all([np.isfinite(rows.values[name]) for name in members], axis=0)
+    labelled = complete & (rows.labels >= 0)
+    if not labelled.any():
+        return Reweighting("1C-Sum weights unchanged: the labelled samples lack member indicator values")
     fitted = fit_summary_weights(
-        {name: rows.values[name][complete] for name in members}, rows.labels[complete],
+        {name: rows.values[name][labelled] for name in members}, rows.labels[labelled],
         calibration["means"], calibration["stds"], min_per_class=needed,
     )
     if not fitted.used_labels:
-        return fitted.reason, None
-    stored = context.store.add_summary_weights(model_id, {**_json_ready(fitted.to_dict()), "members": members})
-    return f"1C-Sum weights #{stored.id} {fitted.reason}", stored.id
+        return Reweighting(fitted.reason)
+    summary = fitted.summary({name: rows.values[name][complete] for name in members},
+                             calibration["means"], calibration["stds"])
+    return Reweighting("", fitted, members, summary, rows.labels[complete])
 
 
 def _json_ready(value: Any) -> Any:

@@ -23,6 +23,11 @@ def _stored_values(store, model_id):
     return store.window_scores(model_id, "1C-Sum").values
 
 
+def store_members(store, model_id, names):
+    """Each named indicator's stored values, in the same (oldest first) order as _stored_values."""
+    return {name: store.window_scores(model_id, name).values for name in names}
+
+
 @pytest.mark.parametrize("method, parameters", [("proportion", {"expected_share": 0.1}), ("two-means", {})])
 def test_refit_of_a_mixture_separates_id_from_ood(store, method, parameters):
     model = store.register_model("classifier", "weights-1", {})
@@ -78,16 +83,21 @@ def test_labels_move_the_threshold_as_the_label_rule_says(store):
     store.save_calibration("weights-1", {"means": means, "stds": {name: 1.0 for name in means}})
     after = refit(context)
 
-    assert after.threshold.value < stored[labelled_ood].min(), "every labelled OOD sample is flagged"
-    assert after.threshold.value > stored[labelled_id].max(), "no labelled ID sample is flagged"
+    # The threshold is fitted on the 1C-Sum the daemon computes from now on: the stored member
+    # values re-weighted with the new weights (calibration means 0, stds 1 here).
+    weights = store.active_summary_weights(model.id)
+    assert weights is not None and after.summary_weights_id == weights.id
+    assert after.threshold.parameters["summary_weights_id"] == weights.id
+    members = store_members(store, model.id, weights.weights["weights"])
+    reweighted = sum(weight * members[name] for name, weight in weights.weights["weights"].items())
+    assert after.threshold.value < reweighted[labelled_ood].min(), "every labelled OOD sample is flagged"
+    assert after.threshold.value > reweighted[labelled_id].max(), "no labelled ID sample is flagged"
     assert after.threshold.counts["n_labelled_ood"] == 12 and after.threshold.counts["n_labelled_id"] == 15
     assert after.threshold.counts["mistakes"] == 0
     assert after.threshold.parameters["used_labels"] is True
     assert after.previous.id == before.threshold.id
     assert store.active_threshold(model.id, "1C-Sum").id == after.threshold.id
     # With 12 OOD and 15 ID labels (>= 10 of each) the 1C-Sum weights are re-fitted and stored.
-    weights = store.active_summary_weights(model.id)
-    assert weights is not None and after.summary_weights_id == weights.id
     assert weights.weights["used_labels"] is True and set(weights.weights["members"]) == set(means)
 
 
