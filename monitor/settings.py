@@ -67,6 +67,13 @@ class ModelSettings:
     calibration_samples: int = setting(2048, "Uniform-noise images drawn to standardise the 1C-Sum members (once "
                                              "per model, then cached); fewer start faster but are noisier.",
                                        minimum=16, maximum=1_000_000)
+    input_shape: list[int] | None = setting(None, "Input the model expects, [C, H, W]; none takes it from the JSON "
+                                                  "file beside the weights, else the spec's default.", minimum=1)
+    mean: list[float] | None = setting(None, "Per-channel input normalisation mean (pixels in [0, 1]); none: "
+                                             "from the JSON beside the weights, else the spec's default.")
+    std: list[float] | None = setting(None, "Per-channel input normalisation std, each > 0; none: as for mean.")
+    head: str | None = setting(None, "Dotted module name of the classifier's head nn.Linear when it is not the "
+                                     "model's last nn.Linear (e.g. 'classifier.1').")
     torch_threads: int | None = setting(None, "CPU threads torch may use for scoring; none keeps torch's choice "
                                               "(one per core). Lower it when the CPU is shared with other work.",
                                         minimum=1, maximum=1024)
@@ -295,7 +302,8 @@ def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
 def _type_name(annotation: Any) -> str:
     inner, optional = _unwrap_optional(annotation)
     if typing.get_origin(inner) is list:
-        name = "a list of strings"
+        (item,) = typing.get_args(inner)
+        name = "a list of " + {str: "strings", int: "integers", float: "numbers"}[item]
     else:
         name = {str: "a string", int: "an integer", float: "a number", bool: "a boolean (true/false)"}[inner]
     return name + (" or none" if optional else "")
@@ -312,7 +320,8 @@ def _from_environment(text: str, annotation: Any) -> Any:
     if optional and stripped in {"", "none", "null"}:
         return None
     if typing.get_origin(inner) is list:
-        return [part.strip() for part in stripped.split(",") if part.strip()]
+        (item,) = typing.get_args(inner)
+        return [_from_environment(part.strip(), item) for part in stripped.split(",") if part.strip()]
     if inner is bool:
         if stripped.lower() in _TRUE:
             return True
@@ -334,11 +343,12 @@ def _coerce(value: Any, annotation: Any) -> Any:
             return None
         raise ValueError
     if typing.get_origin(inner) is list:
-        if isinstance(value, str):  # one topic / one server written without brackets
+        (item,) = typing.get_args(inner)
+        if isinstance(value, str) and item is str:  # one topic / one server written without brackets
             value = [part.strip() for part in value.split(",") if part.strip()]
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        if not isinstance(value, list):
             raise ValueError
-        return list(value)
+        return [_coerce(element, item) for element in value]
     if inner is bool:
         if isinstance(value, bool):
             return value
@@ -380,6 +390,20 @@ def _check_range(section: str, key: str, value: Any, meta: Mapping[str, Any]) ->
 def _cross_checks(settings: Settings) -> list[str]:
     """Rules that involve more than one key."""
     problems = []
+    model = settings.model
+    if model.input_shape is not None and len(model.input_shape) != 3:
+        problems.append(f"[model] input_shape: {model.input_shape} is not [C, H, W] (three integers)")
+    for key in ("mean", "std"):
+        values = getattr(model, key)
+        if values is None:
+            continue
+        channels = model.input_shape[0] if model.input_shape is not None and len(model.input_shape) == 3 else None
+        if channels is not None and len(values) != channels:
+            problems.append(f"[model] {key}: has {len(values)} values but input_shape has {channels} channels")
+        if key == "std" and any(value <= 0 for value in values):
+            problems.append(f"[model] std: {values} has a value <= 0; every channel's std must be positive")
+    if (model.mean is None) != (model.std is None):
+        problems.append("[model] mean / std: give both or neither")
     kafka = settings.kafka
     if kafka.api_version != "auto":
         parts = kafka.api_version.split(".")

@@ -157,10 +157,13 @@ class Daemon:
             torch.set_num_threads(model_settings.torch_threads)  # this process only: the daemon owns it
         device = pick_device(model_settings.device)
         self.classifier = load_classifier(model_settings.spec, weights=model_settings.weights,
-                                          num_classes=model_settings.num_classes, device=device)
+                                          num_classes=model_settings.num_classes,
+                                          input_shape=model_settings.input_shape, mean=model_settings.mean,
+                                          std=model_settings.std, device=device)
         preprocessing = self.classifier.preprocessing
         self.scorer = Scorer(self.classifier.model, mean=preprocessing.mean, std=preprocessing.std,
-                             odin=model_settings.odin, input_shape=preprocessing.input_shape)
+                             odin=model_settings.odin, input_shape=preprocessing.input_shape,
+                             head=model_settings.head)
         Path(model_settings.cache_dir).mkdir(parents=True, exist_ok=True)
         load_or_calibrate(self.scorer, model_settings.cache_dir, n=model_settings.calibration_samples,
                           progress=self.progress)

@@ -139,3 +139,27 @@ def test_every_setting_is_documented_in_the_config_file_and_the_docs():
         assert doc, f"[{section}] {key} has no documentation string"
         assert f"[{section}]" in config_text and key in config_text, f"[{section}] {key} missing from config/monitor.toml"
         assert f"`{key}`" in docs_text, f"[{section}] {key} missing from docs/configuration.md"
+
+
+def test_model_preprocessing_lists_from_file_and_environment():
+    settings = settings_from_mapping(
+        {"model": {"input_shape": [3, 32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+                   "head": "classifier.1"}},
+        environ={"MONITOR_MODEL__MEAN": "0.4, 0.45, 0.5"},
+    )
+    assert settings.model.input_shape == [3, 32, 32]
+    assert settings.model.mean == [0.4, 0.45, 0.5] and settings.model.std == [0.25, 0.25, 0.25]
+    assert settings.model.head == "classifier.1"
+
+
+@pytest.mark.parametrize("model, expected", [
+    ({"input_shape": [3, 32]}, "[model] input_shape: [3, 32] is not [C, H, W]"),
+    ({"input_shape": [1, 28, 28], "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]},
+     "[model] mean: has 3 values but input_shape has 1 channels"),
+    ({"mean": [0.5], "std": [0.0]}, "[model] std: [0.0] has a value <= 0"),
+    ({"mean": [0.5]}, "[model] mean / std: give both or neither"),
+    ({"input_shape": [1, "28", 28]}, "[model] input_shape: expected a list of integers or none"),
+    ({"input_shape": [0, 28, 28]}, "[model] input_shape: 0 is below the minimum 1"),
+])
+def test_model_preprocessing_rules_name_the_key(model, expected):
+    assert expected in _error({"model": model})
