@@ -21,9 +21,13 @@ extras=""
 [[ $want_test == 1 ]] && extras="[test]"
 stamp="$venv/.installed-$( (cat pyproject.toml; echo "$extras") | sha256sum | cut -c1-16)"
 if [[ ! -f "$stamp" ]]; then
-  echo "[bootstrap] installing ood-monitor$extras (torch and torchvision come from local disk)"
-  "$venv/bin/pip" install --quiet --upgrade pip
-  "$venv/bin/pip" install --quiet -e ".$extras"
+  echo "[bootstrap] installing ood-monitor$extras (torch and torchvision come from local disk; a few minutes)"
+  log="$venv/install.log"
+  if ! "$venv/bin/pip" install -e ".$extras" >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "[bootstrap] installation failed; the whole log is $log" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
 
