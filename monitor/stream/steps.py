@@ -169,21 +169,24 @@ class Batch:
 # --- steps ---------------------------------------------------------------------------------------
 
 
-class DecodeStep:
-    """Decode messages in a small thread pool while the model scores; results leave in order."""
+class OrderedPoolStep:
+    """Run `work(item)` on a thread pool while the caller goes on; results move on to `next_step` in
+    submission order, on the caller's thread, because Kafka consumers (and so commits) belong to one
+    thread. At most `max_pending` items wait: past that, submit blocks on the oldest (backpressure).
+    """
 
-    def __init__(self, next_step: Step, decode: Callable[[InboundMessage], Decoded], threads: int,
-                 max_pending: int | None = None):
+    def __init__(self, next_step: Step, work: Callable[[Any], Any], *, threads: int, max_pending: int,
+                 name: str):
         self.next_step = next_step
-        self.decode = decode
-        self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="decode")
+        self.work = work
+        self.max_pending = max_pending
+        self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=name)
         self.pending: collections.deque[concurrent.futures.Future] = collections.deque()
-        self.max_pending = max_pending or threads * 64
 
-    def submit(self, message: InboundMessage) -> None:
-        while len(self.pending) >= self.max_pending:  # backpressure: finish the oldest first
+    def submit(self, item: Any) -> None:
+        while len(self.pending) >= self.max_pending:  # finish the oldest first
             self.next_step.submit(self.pending.popleft().result())
-        self.pending.append(self.pool.submit(self.decode, message))
+        self.pending.append(self.pool.submit(self.work, item))
         self._forward_done()
 
     def _forward_done(self) -> None:
@@ -200,8 +203,15 @@ class DecodeStep:
         self.next_step.join(deadline)
 
     def discard(self) -> None:
+        # Work already running finishes (or gives up at shutdown); none of it moves on, so none is committed.
         for future in self.pending:
             future.cancel()
+        for future in self.pending:
+            if not future.cancelled():
+                try:
+                    future.result()
+                except Exception:  # noqa: BLE001 - the item is dropped uncommitted either way
+                    pass
         self.pending.clear()
         self.next_step.discard()
 
@@ -209,6 +219,15 @@ class DecodeStep:
         self.discard()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.next_step.close()
+
+
+class DecodeStep(OrderedPoolStep):
+    """Decode messages in a small thread pool while the model scores; results leave in order."""
+
+    def __init__(self, next_step: Step, decode: Callable[[InboundMessage], Decoded], threads: int,
+                 max_pending: int | None = None):
+        super().__init__(next_step, decode, threads=threads, max_pending=max_pending or threads * 64,
+                         name="decode")
 
 
 class BatchStep:
@@ -484,56 +503,14 @@ class PublishStep(ForwardStep):
         self.next_step.submit(self.process(batch))
 
 
-class WorkerStep:
+class WorkerStep(OrderedPoolStep):
     """Run `work(batch)` on one worker thread while the chain before it goes on (the next batch is
-    decoded and scored meanwhile); results move on to `next_step` in order, on the caller's thread,
-    because Kafka consumers (and so commits) belong to one thread. At most `max_pending` batches wait.
+    decoded and scored meanwhile); results move on in order. At most `max_pending` batches wait.
     """
 
     def __init__(self, next_step: Step, work: Callable[[Batch], Batch], max_pending: int = 2,
                  name: str = "store"):
-        self.next_step = next_step
-        self.work = work
-        self.max_pending = max_pending
-        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
-        self.pending: collections.deque[concurrent.futures.Future] = collections.deque()
-
-    def submit(self, batch: Batch) -> None:
-        while len(self.pending) >= self.max_pending:
-            self.next_step.submit(self.pending.popleft().result())
-        self.pending.append(self.pool.submit(self.work, batch))
-        self._forward_done()
-
-    def _forward_done(self) -> None:
-        while self.pending and self.pending[0].done():
-            self.next_step.submit(self.pending.popleft().result())
-
-    def poll(self) -> None:
-        self._forward_done()
-        self.next_step.poll()
-
-    def join(self, deadline: float | None = None) -> None:
-        while self.pending:
-            self.next_step.submit(self.pending.popleft().result())
-        self.next_step.join(deadline)
-
-    def discard(self) -> None:
-        # A batch being stored finishes (or gives up at shutdown); none of them is committed.
-        for future in self.pending:
-            future.cancel()
-        for future in self.pending:
-            if not future.cancelled():
-                try:
-                    future.result()
-                except Exception:  # noqa: BLE001 - the batch is dropped uncommitted either way
-                    pass
-        self.pending.clear()
-        self.next_step.discard()
-
-    def close(self) -> None:
-        self.discard()
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.next_step.close()
+        super().__init__(next_step, work, threads=1, max_pending=max_pending, name=name)
 
 
 class CommitStep:

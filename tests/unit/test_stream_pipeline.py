@@ -260,7 +260,7 @@ def test_an_image_the_scorer_refuses_becomes_a_reject_and_the_rest_is_scored(sco
             decoded = Decoded(message, pixels=torch.full(INPUT_SHAPE, 2.0), image_format="png")
         return decoded
 
-    harness.head.decode = decode_with_a_bad_tensor
+    harness.head.work = decode_with_a_bad_tensor
     for key in ("a", "bad", "b"):
         harness.send(png(seed=len(key)), key=key)
     harness.drain()
@@ -270,3 +270,18 @@ def test_an_image_the_scorer_refuses_becomes_a_reject_and_the_rest_is_scored(sco
     assert scored == {"a", "b"}
     assert rejected == [("bad", UNSCORABLE)]
     assert [letter["reason"] for letter in harness.dead_letters()] == [UNSCORABLE]
+
+
+def test_closing_the_head_of_the_chain_stops_every_worker_thread(scorer, store):
+    import threading
+
+    harness = Harness(scorer, store, batch_size=2)
+    for key in ("a", "b", "c"):
+        harness.send(png(seed=len(key)), key=key)
+    harness.drain()
+    workers = {thread for thread in threading.enumerate() if thread.name.startswith(("decode", "store"))}
+    assert {thread.name.split("_")[0] for thread in workers} == {"decode", "store"}
+
+    harness.head.close()
+
+    assert not [thread.name for thread in workers if thread.is_alive()], "a step's pool outlived close()"
