@@ -275,11 +275,12 @@ def test_an_image_the_scorer_refuses_becomes_a_reject_and_the_rest_is_scored(sco
 def test_closing_the_head_of_the_chain_stops_every_worker_thread(scorer, store):
     import threading
 
+    before = set(threading.enumerate())  # other tests' pipelines may still hold threads
     harness = Harness(scorer, store, batch_size=2)
     for key in ("a", "b", "c"):
         harness.send(png(seed=len(key)), key=key)
     harness.drain()
-    workers = {thread for thread in threading.enumerate() if thread.name.startswith(("decode", "store"))}
+    workers = set(threading.enumerate()) - before
     assert {thread.name.split("_")[0] for thread in workers} == {"decode", "store"}
 
     harness.head.close()
