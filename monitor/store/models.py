@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    select,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -143,18 +144,21 @@ class SampleImage(Base):
 
 
 class Label(Base):
-    """An operator's verdict on a sample. History is kept: the current label is the latest row."""
+    """An operator's verdict on a sample. History is kept: the current label is the latest row.
+
+    A row without a label clears the verdict (an undone first label): the sample is unlabelled.
+    """
 
     __tablename__ = "labels"
     __table_args__ = (
-        CheckConstraint("label IN ('ID', 'OOD')", name="label_value"),
+        CheckConstraint("label IS NULL OR label IN ('ID', 'OOD')", name="label_value"),
         Index("ix_labels_sample_id_id", "sample_id", "id"),
         Index("ix_labels_labelled_at", "labelled_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntegerKey, primary_key=True)
     sample_id: Mapped[int] = mapped_column(BigIntegerKey, ForeignKey("samples.id", ondelete="CASCADE"))
-    label: Mapped[str] = mapped_column(String(3))
+    label: Mapped[str | None] = mapped_column(String(3))
     labelled_by: Mapped[str] = mapped_column(String(200))
     labelled_at: Mapped[datetime]
     note: Mapped[str | None] = mapped_column(Text)
@@ -284,3 +288,11 @@ INDICATOR_COLUMNS: dict[str, Any] = {name: Sample.__table__.c[column] for name, 
 _declared = {c.name for c in Sample.__table__.c if isinstance(c.type, Float)} - {"score"}
 if _declared != set(COLUMNS.values()):  # pragma: no cover - guards a schema edit that forgets a name
     raise RuntimeError(f"samples indicator columns {sorted(_declared)} differ from monitor.names.COLUMNS")
+
+
+def current_label_of_sample():
+    """The latest label of the enclosing query's Sample, as a correlated scalar subquery.
+
+    None when the sample was never labelled or its verdict was cleared; 'ID' or 'OOD' otherwise.
+    """
+    return select(Label.label).where(Label.sample_id == Sample.id).order_by(Label.id.desc()).limit(1).scalar_subquery()

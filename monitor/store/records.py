@@ -205,7 +205,7 @@ class ThresholdRow:
 class LabelRow:
     id: int
     sample_id: int
-    label: str
+    label: str | None  # None: the verdict was cleared (an undone first label), the sample is unlabelled
     labelled_by: str
     labelled_at: datetime
     note: str | None

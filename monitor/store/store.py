@@ -22,7 +22,6 @@ from sqlalchemy import (
     and_,
     cast,
     delete,
-    exists,
     func,
     insert,
     literal,
@@ -53,6 +52,7 @@ from monitor.store.models import (
     SampleImage,
     SummaryWeights,
     Threshold,
+    current_label_of_sample,
 )
 from monitor.store.records import (
     LABEL_CODES,
@@ -503,8 +503,8 @@ class Store:
         if max_score is not None:
             conditions.append(Sample.score <= max_score)
         if labelled is not None:
-            has_label = exists().where(Label.sample_id == Sample.id)
-            conditions.append(has_label if labelled else ~has_label)
+            current = current_label_of_sample()
+            conditions.append(current.is_not(None) if labelled else current.is_(None))
         sort_column = Sample.score if sort == "score" else Sample.scored_at
         page_conditions = list(conditions)
         if cursor is not None:
@@ -607,7 +607,9 @@ class Store:
         ).subquery()
         with self._reading() as connection:
             rows = connection.execute(
-                select(Label.__table__).join(latest, Label.id == latest.c.id).order_by(Label.sample_id)
+                select(Label.__table__).join(latest, Label.id == latest.c.id)
+                .where(Label.label.is_not(None))  # a cleared verdict leaves the sample unlabelled
+                .order_by(Label.sample_id)
             )
             return [LabelRow(**row._mapping) for row in rows]
 
@@ -678,7 +680,7 @@ class Store:
         order = np.argsort(sample_ids, kind="stable")
         sorted_ids = sample_ids[order]
         labelled_ids = np.array([sample_id for sample_id, _ in found], dtype=np.int64)
-        codes = np.array([LABEL_CODES[label] for _, label in found], dtype=np.int8)
+        codes = np.array([LABEL_CODES.get(label, UNLABELLED) for _, label in found], dtype=np.int8)
         positions = np.searchsorted(sorted_ids, labelled_ids)
         inside = positions < sorted_ids.shape[0]
         inside[inside] = sorted_ids[positions[inside]] == labelled_ids[inside]

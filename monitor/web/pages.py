@@ -239,7 +239,6 @@ def sample_page(request: Request, sample_id: int):
 
 _ERRORS = {
     "nothing": "Nothing to undo.",
-    "first": "A sample's first label cannot be undone, only replaced: label it ID or OOD instead.",
     "others": "The latest label is another operator's; only an admin may undo it.",
 }
 
@@ -298,7 +297,7 @@ async def undo_form(request: Request, sample_id: int):
         queries.undo_label(state_of(request).engine, sample_id, principal.name, principal.can("admin"))
     except queries.LabelConflict as conflict:
         text = str(conflict)
-        code = "first" if "first label" in text else "others" if "admin" in text else "nothing"
+        code = "others" if "admin" in text else "nothing"
         return _back_to_sample(sample_id, form, error=code)
     return _back_to_sample(sample_id, form, done="undone")
 

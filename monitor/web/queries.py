@@ -27,6 +27,7 @@ from monitor.store.models import (
     Sample,
     SampleImage,
     Threshold,
+    current_label_of_sample,
 )
 from monitor.store.records import (
     AlertRow,
@@ -213,10 +214,6 @@ def score_histogram(
 # --- the flagged queue ----------------------------------------------------------------------
 
 
-def _current_label():
-    return (
-        select(Label.label).where(Label.sample_id == Sample.id).order_by(Label.id.desc()).limit(1).scalar_subquery()
-    )
 
 
 def _queue_conditions(model_id: int, filters: QueueFilters) -> list[ColumnElement]:
@@ -231,13 +228,13 @@ def _queue_conditions(model_id: int, filters: QueueFilters) -> list[ColumnElemen
         conditions.append(Sample.score >= filters.min_score)
     if filters.max_score is not None:
         conditions.append(Sample.score <= filters.max_score)
-    any_label = exists().where(Label.sample_id == Sample.id)
+    current = current_label_of_sample()
     if filters.labelled == "no":
-        conditions.append(~any_label)
+        conditions.append(current.is_(None))
     elif filters.labelled == "yes":
-        conditions.append(any_label)
+        conditions.append(current.is_not(None))
     elif filters.labelled in ("ID", "OOD"):
-        conditions.append(_current_label() == filters.labelled)
+        conditions.append(current == filters.labelled)
     return conditions
 
 
@@ -277,7 +274,7 @@ def flagged_queue(connection: Connection, model_id: int, filters: QueueFilters) 
     query = (
         select(
             Sample.id, Sample.model_id, Sample.sample_key, Sample.scored_at, Sample.predicted_class, Sample.score,
-            Sample.score_indicator, Sample.flagged, _current_label().label("label"), has_image.label("has_image"),
+            Sample.score_indicator, Sample.flagged, current_label_of_sample().label("label"), has_image.label("has_image"),
         )
         .join(page_ids, page_ids.c.id == Sample.id)
         .order_by(*_SORTS[filters.sort])
@@ -399,9 +396,9 @@ def sample_exists(connection: Connection, sample_id: int) -> bool:
 def undo_label(engine: Engine, sample_id: int, requested_by: str, may_undo_others: bool) -> list[LabelRow]:
     """Take back the latest label by appending the one it replaced; the history keeps both.
 
-    Raises LabelConflict when there is nothing to restore: the sample has no label, its
-    first label can only be replaced (the history has no 'unlabelled' entry), or the
-    latest label is someone else's and the caller may not undo it.
+    Undoing a first label appends a row without a label: the sample is unlabelled again.
+    Raises LabelConflict when the sample has no label, or the latest label is someone
+    else's and the caller may not undo it.
     """
     with engine.connect().execution_options(**{WRITE_OPTION: True}) as connection, connection.begin():
         history = label_history(connection, sample_id)
@@ -412,15 +409,11 @@ def undo_label(engine: Engine, sample_id: int, requested_by: str, may_undo_other
             raise LabelConflict(
                 f"the latest label was given by {latest.labelled_by}; only an admin may undo another operator's label"
             )
-        if len(history) == 1:
-            raise LabelConflict(
-                "the sample's first label cannot be undone, only replaced: label it ID or OOD instead"
-            )
-        previous = history[-2]
+        restored = history[-2].label if len(history) > 1 else None  # None: unlabelled again
         connection.execute(
             Label.__table__.insert().values(
-                sample_id=sample_id, label=previous.label, labelled_by=requested_by, labelled_at=utc_now(),
-                note=f"undo of label #{latest.id} ({latest.label} by {latest.labelled_by})",
+                sample_id=sample_id, label=restored, labelled_by=requested_by, labelled_at=utc_now(),
+                note=f"undo of label #{latest.id} ({latest.label or 'cleared'} by {latest.labelled_by})",
             )
         )
         return label_history(connection, sample_id)

@@ -317,3 +317,28 @@ def test_concurrent_refits_leave_exactly_one_active_threshold(store, model):
     history = store.threshold_history(model.id, "MP")
     assert len(history) == 8 and sum(row.active for row in history) == 1
     assert store.active_threshold(model.id, "MP").id == max(row.id for row in history)
+
+
+def test_a_cleared_label_leaves_the_sample_unlabelled_everywhere(store, model, queue):
+    from sqlalchemy import insert
+    from sqlalchemy.exc import IntegrityError
+
+    from monitor.store.models import Label
+
+    store.add_label(queue[4], "OOD", "alice")
+    store.add_label(queue[6], "ID", "alice")
+    # An undone first label: a history row without a value (what the operator pages write).
+    with store.engine.begin() as connection:
+        connection.execute(insert(Label).values(sample_id=queue[4], label=None, labelled_by="alice",
+                                                labelled_at=T0 + timedelta(hours=1), note="undo"))
+
+    labelled = store.flagged_queue(limit=100, labelled=True).items
+    assert [item.score for item in labelled] == [6.0]
+    assert 4.0 in [item.score for item in store.flagged_queue(limit=100, labelled=False).items]
+    assert [row.sample_id for row in store.labels_for_window(model.id)] == [queue[6]]
+    window = store.window_scores(model.id, "1C-Sum")
+    codes = dict(zip(window.sample_ids.tolist(), window.labels.tolist()))
+    assert codes[queue[4]] == -1 and codes[queue[6]] == 0
+    with pytest.raises(IntegrityError), store.engine.begin() as connection:
+        connection.execute(insert(Label).values(sample_id=queue[4], label="XX", labelled_by="alice",
+                                                labelled_at=T0, note=None))

@@ -186,13 +186,18 @@ def test_undo_restores_the_previous_label_and_keeps_every_change(web):
     url = f"/api/samples/{sample}/labels"
     headers = bearer("labeller-bot")
     assert client.post(url + "/undo", headers=headers).status_code == 409  # nothing yet
+    # A first label taken back leaves the sample unlabelled; the history keeps both rows.
+    client.post(url, json={"label": "OOD"}, headers=headers)
+    cleared = client.post(url + "/undo", headers=headers)
+    assert cleared.status_code == 200 and cleared.json()["current_label"] is None
+    assert [h["label"] for h in cleared.json()["history"]] == ["OOD", None]
+    unlabelled = client.get("/api/flagged", params={"labelled": "no", "per_page": 100}, headers=headers).json()
+    assert sample in [item["id"] for item in unlabelled["items"]]
     client.post(url, json={"label": "ID"}, headers=headers)
-    first_only = client.post(url + "/undo", headers=headers)
-    assert first_only.status_code == 409 and "first label" in first_only.json()["detail"]
     client.post(url, json={"label": "OOD"}, headers=headers)
     undone = client.post(url + "/undo", headers=headers).json()
     assert undone["current_label"] == "ID"
-    assert [h["label"] for h in undone["history"]] == ["ID", "OOD", "ID"]
+    assert [h["label"] for h in undone["history"]] == ["OOD", None, "ID", "OOD", "ID"]
     assert "undo of label" in undone["history"][-1]["note"]
     # Someone else's latest label: only an admin may take it back.
     client.post(url, json={"label": "OOD"}, headers=bearer("admin-bot"))
