@@ -49,7 +49,7 @@ def load_or_calibrate(
             scorer.calibration = calibration
             log.info("1C-Sum calibration loaded from %s", path)
             return calibration
-        except (OSError, ValueError, MonitorError) as error:
+        except (OSError, ValueError, TypeError, KeyError, MonitorError) as error:  # any damaged file
             log.warning("ignoring calibration cache %s (%s); recomputing it", path, error)
     calibration = scorer.calibrate(n=n, seed=seed, batch_size=batch_size, progress=progress)
     _write_atomically(path, json.dumps(calibration.to_dict(), indent=2, sort_keys=True) + "\n")

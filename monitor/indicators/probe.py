@@ -105,7 +105,8 @@ class Probe:
     def _on_head_input(self, module: nn.Module, args: tuple) -> None:
         if self._capture is not None:
             # A head applied twice keeps its last input, the one the logits come from.
-            self._capture.latent = args[0].flatten(1) if args[0].dim() > 1 else args[0]
+            # A copy: the model may change u in place after the head (an inplace ReLU on a skip).
+            self._capture.latent = (args[0].flatten(1) if args[0].dim() > 1 else args[0]).clone()
 
     def _on_batchnorm_input(self, module: nn.BatchNorm2d, args: tuple) -> None:
         if self._capture is None:

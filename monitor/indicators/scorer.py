@@ -365,8 +365,9 @@ class Scorer:
 
     def _single_pass(self, pixels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """Every indicator but ODIN and 1C-Sum from one forward pass; float64 on device."""
-        if self._model.training:
-            log.warning("the monitored model was switched to training mode; putting it back in eval")
+        # Any submodule in training mode would use batch statistics and overwrite the running ones.
+        if any(module.training for module in self._model.modules()):
+            log.warning("part of the monitored model was in training mode; putting it back in eval")
             self._model.eval()
         with torch.inference_mode():
             with self._probe.capture() as capture:
@@ -435,6 +436,13 @@ class Scorer:
         if logits.shape[1] < 2:
             raise ModelError(
                 f"the model returns {logits.shape[1]} logit per sample; OOD scoring needs K >= 2 classes"
+            )
+        finite = torch.isfinite(logits).all(dim=1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten().tolist()
+            raise InputError(
+                f"the model returned non-finite logits (NaN or inf) for sample(s) {bad[:10]}: "
+                "no indicator can be trusted for them"
             )
         head = self._probe.head
         if head is not None and head.out_features != logits.shape[1]:

@@ -54,6 +54,8 @@ def fingerprint(
         "std": [float(v) for v in std],
         "input_shape": [int(v) for v in input_shape],
         "head": head,
+        # eps is not in the state_dict but changes every batch-norm indicator.
+        "batchnorm_eps": [float(m.eps) for m in model.modules() if isinstance(m, nn.BatchNorm2d)],
     }
     digest.update(json.dumps(preprocessing, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
