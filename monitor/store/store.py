@@ -580,7 +580,8 @@ class Store:
             "note": note or None,
         }
         with self._writing() as connection:
-            if connection.execute(select(Sample.id).where(Sample.id == sample_id)).first() is None:
+            # The same row lock as an undo takes, so the two never interleave on one sample.
+            if connection.execute(select(Sample.id).where(Sample.id == sample_id).with_for_update()).first() is None:
                 raise InputError(f"label: no sample with id {sample_id}")
             label_id = connection.execute(insert(Label).returning(Label.id), [row]).scalar_one()
         return LabelRow(id=label_id, **{**row, "labelled_at": row["labelled_at"].astimezone(timezone.utc)})

@@ -18,6 +18,7 @@ from monitor.web import queries, views
 from monitor.web.app import REPORT_CSP, api_principal, image_response, state_of
 from monitor.web.auth import Principal
 from monitor.web.filters import (
+    RowId,
     parse_indicator,
     parse_int,
     parse_queue_filters,
@@ -138,7 +139,7 @@ def flagged(
 
 
 @router.get("/samples/{sample_id}", summary="A sample: every indicator with its percentile in the window, labels")
-def sample(request: Request, sample_id: int, principal: Principal = Depends(viewer)):
+def sample(request: Request, sample_id: RowId, principal: Principal = Depends(viewer)):
     state = state_of(request)
     with state.engine.connect() as connection:
         try:
@@ -160,7 +161,7 @@ def sample(request: Request, sample_id: int, principal: Principal = Depends(view
     response_class=JSONResponse,
     responses={200: {"content": {"image/*": {}}}},
 )
-def sample_image(request: Request, sample_id: int, principal: Principal = Depends(viewer)):
+def sample_image(request: Request, sample_id: RowId, principal: Principal = Depends(viewer)):
     with state_of(request).engine.connect() as connection:
         image = queries.get_image(connection, sample_id)
         if image is None:
@@ -172,7 +173,7 @@ def sample_image(request: Request, sample_id: int, principal: Principal = Depend
 
 
 @router.get("/samples/{sample_id}/labels", summary="The sample's label history, oldest first")
-def sample_labels(request: Request, sample_id: int, principal: Principal = Depends(viewer)):
+def sample_labels(request: Request, sample_id: RowId, principal: Principal = Depends(viewer)):
     with state_of(request).engine.connect() as connection:
         if not queries.sample_exists(connection, sample_id):
             raise HTTPException(status_code=404, detail=f"sample {sample_id} not found")
@@ -185,7 +186,7 @@ def _label_answer(sample_id: int, history) -> JSONResponse:
 
 
 @router.post("/samples/{sample_id}/labels", status_code=201, summary="Label a sample ID or OOD (labeller)")
-def add_label(request: Request, sample_id: int, body: LabelIn = Body(...), principal: Principal = Depends(labeller)):
+def add_label(request: Request, sample_id: RowId, body: LabelIn = Body(...), principal: Principal = Depends(labeller)):
     state = state_of(request)
     with state.engine.connect() as connection:
         if not queries.sample_exists(connection, sample_id):
@@ -199,7 +200,7 @@ def add_label(request: Request, sample_id: int, body: LabelIn = Body(...), princ
 
 
 @router.post("/samples/{sample_id}/labels/undo", summary="Undo the latest label by restoring the one before (labeller)")
-def undo_label(request: Request, sample_id: int, principal: Principal = Depends(labeller)):
+def undo_label(request: Request, sample_id: RowId, principal: Principal = Depends(labeller)):
     state = state_of(request)
     with state.engine.connect() as connection:
         if not queries.sample_exists(connection, sample_id):
@@ -300,7 +301,7 @@ def report_file_response(request: Request, report_id: int):
 
 
 @router.get("/reports/{report_id}/file", summary="The drift report's file as produced by the job")
-def report_file(request: Request, report_id: int, principal: Principal = Depends(viewer)):
+def report_file(request: Request, report_id: RowId, principal: Principal = Depends(viewer)):
     return report_file_response(request, report_id)
 
 

@@ -63,10 +63,11 @@ def parse_credentials(entries: Iterable[str], key: str) -> list[Credential]:
             check_hash_format(secret_hash)
         except ValueError as error:
             raise ConfigError(f"{where} ({name}): {error}") from None
+        name = name.strip()
         if name in seen:
             raise ConfigError(f"{where}: {name!r} appears twice")
         seen.add(name)
-        credentials.append(Credential(name=name.strip(), role=role, secret_hash=secret_hash))
+        credentials.append(Credential(name=name, role=role, secret_hash=secret_hash))
     return credentials
 
 

@@ -151,7 +151,8 @@ class Authenticator:
         if not cookie or "." not in cookie:
             return None
         body, signature = cookie.rsplit(".", 1)
-        if not hmac.compare_digest(signature, self._sign(body)):
+        # Bytes: compare_digest refuses non-ASCII str, and a cookie is whatever the client sends.
+        if not hmac.compare_digest(signature.encode(), self._sign(body).encode()):
             return None
         try:
             payload = json.loads(_unb64(body))
@@ -203,7 +204,7 @@ class FailureLimiter:
 
 
 def csrf_matches(expected: str, presented: str | None) -> bool:
-    return bool(expected) and bool(presented) and hmac.compare_digest(expected, presented or "")
+    return bool(expected) and bool(presented) and hmac.compare_digest(expected.encode(), (presented or "").encode())
 
 
 def _b64(raw: bytes) -> str:

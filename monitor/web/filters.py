@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Mapping
+from typing import Annotated, Mapping
+
+from fastapi import Path
 
 from monitor.names import INDICATORS
 
@@ -72,6 +74,13 @@ def _present(params: Mapping[str, str], name: str) -> str | None:
     return value or None  # an empty form field means "no filter"
 
 
+DATABASE_INTEGER_MAX = 2**63 - 1
+"""Largest id or count a query parameter may carry (BIGINT on PostgreSQL, INTEGER on SQLite)."""
+
+RowId = Annotated[int, Path(ge=1, le=DATABASE_INTEGER_MAX, description="Database id, from 1.")]
+"""A sample or report id in a URL path: out-of-range values get a 422, never reach the database."""
+
+
 def parse_datetime(name: str, text: str | None) -> datetime | None:
     """ISO 8601 date or date-time; without an offset it is taken as UTC."""
     if text is None:
@@ -81,9 +90,11 @@ def parse_datetime(name: str, text: str | None) -> datetime | None:
         candidate = candidate.replace(" ", "+")
     try:
         value = datetime.fromisoformat(candidate)
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
     except ValueError:
         raise FilterError(name, f"{text!r} is not an ISO 8601 date-time such as 2026-11-27T14:00 or 2026-11-27T14:00:00Z") from None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before the first representable instant
+        raise FilterError(name, f"{text!r} is outside the range of dates") from None
 
 
 def parse_int(name: str, text: str | None, minimum: int | None = None, maximum: int | None = None) -> int | None:
@@ -93,6 +104,9 @@ def parse_int(name: str, text: str | None, minimum: int | None = None, maximum: 
         value = int(text)
     except ValueError:
         raise FilterError(name, f"{text!r} is not a whole number") from None
+    # Every number here ends in a 64-bit database integer: larger ones are refused, not a 500.
+    minimum = -DATABASE_INTEGER_MAX if minimum is None else minimum
+    maximum = DATABASE_INTEGER_MAX if maximum is None else min(maximum, DATABASE_INTEGER_MAX)
     if minimum is not None and value < minimum:
         raise FilterError(name, f"must be at least {minimum}, got {value}")
     if maximum is not None and value > maximum:

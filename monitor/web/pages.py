@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from monitor.names import INDICATORS
@@ -19,6 +20,7 @@ from monitor.web.filters import (
     LABELLED_CHOICES,
     SORT_CHOICES,
     FilterError,
+    RowId,
     parse_indicator,
     parse_int,
     parse_queue_filters,
@@ -42,7 +44,9 @@ class LoginRequired(Exception):
 
 def _safe_next(target: str | None) -> str:
     # Only paths of this site: never an absolute or protocol-relative URL (open redirect).
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    # Browsers drop tabs and newlines from URLs, so "/\t/evil.example" would become "//evil.example".
+    if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
+            or any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in target)):
         return "/"
     return target
 
@@ -128,7 +132,8 @@ async def login(request: Request):
         response.headers["Retry-After"] = str(int(wait) + 1)
         return response
     name, password = str(form.get("username") or "").strip(), str(form.get("password") or "")
-    account = state.auth.login(name, password) if name and password else None
+    # scrypt takes tens of milliseconds: off the event loop, so other requests and probes go on.
+    account = await run_in_threadpool(state.auth.login, name, password) if name and password else None
     if account is None:
         state.failures.failed(client)
         return _login_again(request, target, "Unknown user name or wrong password.", 401)
@@ -152,7 +157,7 @@ def _login_again(request: Request, target: str, message: str, status_code: int) 
 
 @router.post("/logout")
 async def logout(request: Request):
-    principal = page_principal(request)
+    principal = await run_in_threadpool(page_principal, request)
     form = await request.form()
     if not csrf_matches(principal.csrf, str(form.get(CSRF_FIELD) or "")):
         raise HTTPException(status_code=403, detail="missing or wrong CSRF token")
@@ -223,7 +228,7 @@ def queue_page(request: Request):
 
 
 @router.get("/samples/{sample_id}", response_class=HTMLResponse)
-def sample_page(request: Request, sample_id: int):
+def sample_page(request: Request, sample_id: RowId):
     principal = page_principal(request)
     state = state_of(request)
     with state.engine.connect() as connection:
@@ -244,7 +249,7 @@ _ERRORS = {
 
 
 @router.get("/samples/{sample_id}/image")
-def sample_image_page(request: Request, sample_id: int):
+def sample_image_page(request: Request, sample_id: RowId):
     page_principal(request)
     with state_of(request).engine.connect() as connection:
         image = queries.get_image(connection, sample_id)
@@ -260,7 +265,7 @@ def sample_image_page(request: Request, sample_id: int):
 
 
 async def _label_form(request: Request, sample_id: int) -> tuple[Principal, dict]:
-    principal = page_principal(request, "labeller")
+    principal = await run_in_threadpool(page_principal, request, "labeller")
     form = await request.form()
     if not csrf_matches(principal.csrf, str(form.get(CSRF_FIELD) or "")):
         raise HTTPException(status_code=403, detail="missing or wrong CSRF token; reload the page and try again")
@@ -278,7 +283,7 @@ def _back_to_sample(sample_id: int, form: dict, **params) -> RedirectResponse:
 
 
 @router.post("/samples/{sample_id}/label")
-async def label_form(request: Request, sample_id: int):
+async def label_form(request: Request, sample_id: RowId):
     principal, form = await _label_form(request, sample_id)
     label = form.get("label", "")
     if label not in ("ID", "OOD"):
@@ -286,15 +291,16 @@ async def label_form(request: Request, sample_id: int):
     note = form.get("note", "").strip()
     if len(note) > 2000:
         raise HTTPException(status_code=400, detail="note: at most 2000 characters")
-    state_of(request).store.add_label(sample_id, label, principal.name, note or None)
+    await run_in_threadpool(state_of(request).store.add_label, sample_id, label, principal.name, note or None)
     return _back_to_sample(sample_id, form, done="labelled")
 
 
 @router.post("/samples/{sample_id}/undo")
-async def undo_form(request: Request, sample_id: int):
+async def undo_form(request: Request, sample_id: RowId):
     principal, form = await _label_form(request, sample_id)
     try:
-        queries.undo_label(state_of(request).engine, sample_id, principal.name, principal.can("admin"))
+        await run_in_threadpool(queries.undo_label, state_of(request).engine, sample_id, principal.name,
+                                principal.can("admin"))
     except queries.LabelConflict as conflict:
         text = str(conflict)
         code = "others" if "admin" in text else "nothing"
@@ -339,7 +345,7 @@ def reports_page(request: Request):
 
 
 @router.get("/reports/{report_id}/file")
-def report_file_page(request: Request, report_id: int):
+def report_file_page(request: Request, report_id: RowId):
     page_principal(request)
     return report_file_response(request, report_id)
 

@@ -401,6 +401,9 @@ def undo_label(engine: Engine, sample_id: int, requested_by: str, may_undo_other
     else's and the caller may not undo it.
     """
     with engine.connect().execution_options(**{WRITE_OPTION: True}) as connection, connection.begin():
+        # Lock the sample (PostgreSQL; SQLite's writer lock already serialises) so a label given
+        # meanwhile cannot slip between reading the history and appending the undo.
+        connection.execute(select(Sample.id).where(Sample.id == sample_id).with_for_update())
         history = label_history(connection, sample_id)
         if not history:
             raise LabelConflict("the sample has no label to undo")

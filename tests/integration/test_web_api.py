@@ -593,3 +593,34 @@ def test_guessing_passwords_or_tokens_is_answered_429_after_the_configured_failu
             answer = client.post("/login", data={"username": "lena", "password": password, "csrf_token": token})
         assert answer.status_code == 429 and "Too many failed logins" in answer.text
         assert SESSION_COOKIE not in client.cookies
+
+
+def test_hostile_bytes_and_huge_numbers_get_4xx_never_a_server_error(web):
+    client, _, seeded = web
+    client.cookies.clear()
+    headers = bearer("viewer-bot")
+    # A cookie or CSRF value with a non-ASCII character is simply not a valid session.
+    poisoned = {"Cookie": "ood_session=x.\u00e9".encode("latin-1")}
+    assert client.get("/api/me", headers=poisoned).status_code == 401
+    assert client.get("/", headers=poisoned, follow_redirects=False).status_code == 303
+    csrf = login(client, "lena")
+    refused = client.post(f"/api/samples/{seeded.flagged_ids[0]}/labels", json={"label": "OOD"},
+                          headers={"X-CSRF-Token": "\u00e9".encode("latin-1")})
+    assert refused.status_code == 403 and csrf
+    client.cookies.clear()
+    too_big = "9" * 25
+    for path in (f"/api/samples/{too_big}", f"/api/samples/{2**63}/labels", f"/api/reports/{too_big}/file"):
+        assert client.get(path, headers=headers).status_code == 422, path
+    for params in ({"class": too_big}, {"since": "0001-01-01T00:00+01:00"}, {"until": "9999-12-31T23:59-01:00"}):
+        answer = client.get("/api/flagged", params=params, headers=headers)
+        assert answer.status_code in (400, 422) and answer.status_code != 500, params
+        assert next(iter(params)) in answer.text
+    assert client.get("/api/alerts", params={"offset": too_big}, headers=headers).status_code in (400, 422)
+
+
+def test_the_back_link_never_leaves_the_site(web):
+    client, _, seeded = web
+    login(client, "lena")
+    page = client.get(f"/samples/{seeded.flagged_ids[0]}", params={"back": "/\t/evil.example"})
+    assert page.status_code == 200
+    assert "evil.example" not in page.text

@@ -186,3 +186,12 @@ def test_failed_attempts_are_throttled_per_address_for_the_window():
     assert limiter.retry_after("10.0.0.1", now=3.0) == pytest.approx(297.0)
     assert limiter.retry_after("10.0.0.2", now=3.0) == 0.0  # other addresses are not affected
     assert limiter.retry_after("10.0.0.1", now=300.5) == 0.0  # the oldest failure left the window
+
+
+def test_a_name_given_twice_is_refused_even_with_surrounding_spaces():
+    from monitor.errors import ConfigError
+    from monitor.web.app import parse_credentials
+
+    with pytest.raises(ConfigError, match="'bob' appears twice"):
+        stored = hash_secret("secret", n=CHEAP)
+        parse_credentials(["bob:viewer:" + stored, " bob:admin:" + stored], "[web] accounts")
