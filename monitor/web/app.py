@@ -117,11 +117,14 @@ class WebState:
         header = request.headers.get("authorization", "")
         if header[:7].lower() == "bearer ":
             client = client_address(request)
-            wait = self.failures.retry_after(client)
+            token = header[7:].strip()
+            # A token already proven good passes even while guesses from the same address (say,
+            # behind one proxy) are throttled: guessing must not lock out working clients.
+            wait = 0.0 if self.auth.is_known_token(token) else self.failures.retry_after(client)
             if wait:
                 raise HTTPException(status_code=429, detail=f"too many unknown tokens from {client}; retry in {wait:.0f} s",
                                     headers={"Retry-After": str(int(wait) + 1)})
-            principal = self.auth.principal_for_token(header[7:].strip())
+            principal = self.auth.principal_for_token(token)
             if principal is None:
                 self.failures.failed(client)
             return principal

@@ -119,6 +119,10 @@ class Authenticator:
             return None
         return account if verify_secret(password, account.secret_hash) else None
 
+    def is_known_token(self, token: str) -> bool:
+        """A token that already passed scrypt in this process (cheap: one SHA-256)."""
+        return bool(token) and hashlib.sha256(token.encode()).digest() in self._verified_tokens
+
     def principal_for_token(self, token: str) -> Principal | None:
         if not token:
             return None

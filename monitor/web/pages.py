@@ -124,14 +124,16 @@ async def login(request: Request):
     target = _safe_next(str(form.get("next") or "/"))
     if not csrf_matches(request.cookies.get(LOGIN_CSRF_COOKIE, ""), str(form.get(CSRF_FIELD) or "")):
         return _login_again(request, target, "The login form expired; please try again.", 403)
-    client = client_address(request)
+    name, password = str(form.get("username") or "").strip(), str(form.get("password") or "")
+    # Counted per address and account name: guesses at one account from a shared address (a
+    # proxy) throttle that account there, not every operator behind the same address.
+    client = f"{client_address(request)} {name.lower()}"
     wait = state.failures.retry_after(client)
     if wait:
-        response = _login_again(request, target, f"Too many failed logins from your address; try again in {wait:.0f} s.",
-                                429)
+        response = _login_again(request, target, f"Too many failed logins for this account from your address; "
+                                f"try again in {wait:.0f} s.", 429)
         response.headers["Retry-After"] = str(int(wait) + 1)
         return response
-    name, password = str(form.get("username") or "").strip(), str(form.get("password") or "")
     # scrypt takes tens of milliseconds: off the event loop, so other requests and probes go on.
     account = await run_in_threadpool(state.auth.login, name, password) if name and password else None
     if account is None:
