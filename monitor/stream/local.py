@@ -13,6 +13,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Iterable
 
+from kafka.errors import MessageSizeTooLargeError
+
 from monitor.stream.messages import InboundMessage
 
 
@@ -29,6 +31,7 @@ class LocalBroker:
         self.partitions: dict[str, list[list[LocalRecord]]] = {}
         self.committed: dict[tuple[str, str, int], int] = {}
         self.fail_sends = 0  # the next N sends fail, as a broker that is down would
+        self.max_message_bytes: int | None = None  # larger sends are refused, as message.max.bytes does
         self._lock = threading.Lock()
 
     def create_topic(self, topic: str, partitions: int | None = None) -> None:
@@ -115,6 +118,8 @@ class LocalProducer:
         if self.broker.fail_sends > 0:
             self.broker.fail_sends -= 1
             future.set_exception(ConnectionError("local broker: send refused (simulated outage)"))
+        elif self.broker.max_message_bytes is not None and len(value) > self.broker.max_message_bytes:
+            future.set_exception(MessageSizeTooLargeError(f"local broker: {len(value)} bytes is over the limit"))
         else:
             future.set_result(self.broker.produce(topic, value, key, headers or ()))
         return _SentRecord(future)

@@ -18,14 +18,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
-from monitor.store.records import SourcePosition
+from monitor.store.records import MAX_NAME_LENGTH, SourcePosition
 
 SCHEMA_VERSION = 1
 CONTENT_TYPE_HEADER = "content-type"
 DEAD_LETTER_KIND = "dead_letter"
 FLAGGED_SAMPLE_KIND = "flagged_sample"
-# Stays under the broker's default message.max.bytes (1000012) once wrapped in the JSON envelope.
+# Value, key and headers together stay under the broker's default message.max.bytes (1000012)
+# once base64-encoded (x 4/3) and wrapped in the JSON envelope.
 DEAD_LETTER_MAX_VALUE_BYTES = 700_000
+# A key or a set of headers larger than this is left out of the dead letter (its source
+# position still holds it), so that they never crowd out the value or break the broker's limit.
+DEAD_LETTER_MAX_KEY_BYTES = 16_384
+DEAD_LETTER_MAX_HEADER_BYTES = 65_536
+_CONTROL_CHARACTERS = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
 
 
 def utc_now() -> datetime:
@@ -66,10 +72,20 @@ class InboundMessage:
 
     @property
     def sample_key(self) -> str:
-        """The message key as text (the sample id), else 'topic/partition/offset'."""
-        if self.key:
-            return self.key.decode("utf-8", errors="backslashreplace")
-        return f"{self.topic}/{self.partition}/{self.offset}"
+        """The message key as text (the sample id), else 'topic/partition/offset'.
+
+        Any key becomes a storable id: bytes that are not UTF-8 and control characters (NUL
+        cannot be stored in PostgreSQL text) are escaped as \\xNN, and a key longer than the
+        store's 255 characters keeps its start plus a hash of the whole key, so distinct keys
+        stay distinct. The dead letter carries the original key bytes.
+        """
+        if not self.key:
+            return f"{self.topic}/{self.partition}/{self.offset}"
+        text = self.key.decode("utf-8", errors="backslashreplace").translate(_CONTROL_CHARACTERS)
+        if len(text) > MAX_NAME_LENGTH:
+            digest = hashlib.sha256(self.key).hexdigest()[:16]
+            text = text[: MAX_NAME_LENGTH - len(digest) - 1] + "\u2026" + digest
+        return text
 
     @property
     def content_type(self) -> str | None:
@@ -108,12 +124,19 @@ def dead_letter_document(message: InboundMessage, reason: str, detail: str, *, g
                          max_value_bytes: int = DEAD_LETTER_MAX_VALUE_BYTES) -> dict[str, Any]:
     """The dead-letter message for a rejected input: why, where from, and the original bytes.
 
-    Values above `max_value_bytes` are left out (`value_base64` null, `value_truncated` true): they
-    would not fit in one broker message; the sha256 still identifies them, the source position
-    still holds them.
+    Whatever would not fit in one broker message is left out and said so: a key above
+    DEAD_LETTER_MAX_KEY_BYTES (`key_truncated`), headers above DEAD_LETTER_MAX_HEADER_BYTES
+    together (`headers_truncated`), and a value above what `max_value_bytes` leaves after the
+    key and headers (`value_base64` null, `value_truncated` true). The sha256 still identifies
+    the value, and the source position still holds everything.
     """
     value = message.value or b""
-    keep_value = len(value) <= max_value_bytes
+    key = message.key
+    keep_key = key is None or len(key) <= DEAD_LETTER_MAX_KEY_BYTES
+    header_bytes = sum(len(name.encode("utf-8", errors="replace")) + len(raw) for name, raw in message.headers)
+    keep_headers = header_bytes <= DEAD_LETTER_MAX_HEADER_BYTES
+    room = max_value_bytes - (len(key) if key is not None and keep_key else 0) - (header_bytes if keep_headers else 0)
+    keep_value = len(value) <= room
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": DEAD_LETTER_KIND,
@@ -122,9 +145,11 @@ def dead_letter_document(message: InboundMessage, reason: str, detail: str, *, g
         "sample_key": message.sample_key,
         "source": {"topic": message.topic, "partition": message.partition, "offset": message.offset,
                    "timestamp_ms": message.timestamp_ms},
-        "key_base64": base64.b64encode(message.key).decode("ascii") if message.key is not None else None,
+        "key_base64": base64.b64encode(key).decode("ascii") if key is not None and keep_key else None,
+        "key_truncated": not keep_key,
         "headers": [{"key": name, "value_base64": base64.b64encode(raw).decode("ascii")}
-                    for name, raw in message.headers],
+                    for name, raw in message.headers] if keep_headers else [],
+        "headers_truncated": not keep_headers,
         "size": len(value),
         "sha256": hashlib.sha256(value).hexdigest(),
         "value_base64": base64.b64encode(value).decode("ascii") if keep_value else None,
@@ -132,6 +157,14 @@ def dead_letter_document(message: InboundMessage, reason: str, detail: str, *, g
         "rejected_at": iso_utc(rejected_at or utc_now()),
         "group_id": group_id,
     }
+
+
+def stripped_dead_letter(document: dict[str, Any]) -> dict[str, Any]:
+    """The dead letter without the original bytes: for a broker whose size limit is below ours."""
+    return {**document, "value_base64": None, "value_truncated": True, "key_base64": None,
+            "key_truncated": document.get("key_base64") is not None or document.get("key_truncated", False),
+            "headers": [], "headers_truncated": bool(document.get("headers")) or document.get("headers_truncated", False),
+            "detail": str(document.get("detail", ""))[:1000]}
 
 
 def original_value(document: dict[str, Any]) -> bytes | None:

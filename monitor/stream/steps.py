@@ -25,16 +25,19 @@ from datetime import datetime
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
+from kafka.errors import MessageSizeTooLargeError
 
 from monitor.errors import InputError
 from monitor.store.records import ImageBlob, RejectRecord, ScoredSample, WriteResult
 from monitor.stream.messages import (
+    DEAD_LETTER_KIND,
     InboundMessage,
     dead_letter_document,
     encode_json,
     flagged_sample_alert,
     message_key,
     next_offsets,
+    stripped_dead_letter,
     utc_now,
 )
 
@@ -480,12 +483,30 @@ class PublishStep(ForwardStep):
                         class_name=self.class_name(sample.predicted_class)))
         return dead_letters, alerts
 
+    def _send(self, topic: str, document: dict[str, Any]) -> Any:
+        return self.producer.send(topic, encode_json(document), key=message_key(document))
+
     def _send_all(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
-        futures = [self.producer.send(topic, encode_json(document), key=message_key(document))
-                   for topic, document in messages]
+        # A dead letter too large for the broker is sent again without the original bytes: retrying
+        # it unchanged would block the batch forever (its source position still holds the bytes).
+        sent = []
+        for topic, document in messages:
+            try:
+                sent.append((topic, document, self._send(topic, document)))
+            except MessageSizeTooLargeError:
+                if document.get("kind") != DEAD_LETTER_KIND:
+                    raise
+                sent.append((topic, document, self._send(topic, stripped_dead_letter(document))))
         self.producer.flush(self.send_timeout_s)
-        for future in futures:
-            future.get(timeout=self.send_timeout_s)  # raises if the broker refused it
+        for topic, document, future in sent:
+            try:
+                future.get(timeout=self.send_timeout_s)  # raises if the broker refused it
+            except MessageSizeTooLargeError:
+                if document.get("kind") != DEAD_LETTER_KIND or document.get("value_base64") is None:
+                    raise
+                retry = self._send(topic, stripped_dead_letter(document))
+                self.producer.flush(self.send_timeout_s)
+                retry.get(timeout=self.send_timeout_s)
 
     def process(self, batch: Batch) -> Batch:
         dead_letters, alerts = self.documents(batch)

@@ -286,3 +286,32 @@ def test_closing_the_head_of_the_chain_stops_every_worker_thread(scorer, store):
     harness.head.close()
 
     assert not [thread.name for thread in workers if thread.is_alive()], "a step's pool outlived close()"
+
+
+def test_any_key_becomes_a_storable_sample_id_and_the_batch_goes_through(scorer, store):
+    harness = Harness(scorer, store, batch_size=4)
+    keys = [b"\xff" * 70, b"cam\x00-7", b"a" * 300, b"a" * 299 + b"b"]
+    for key in keys:
+        harness.broker.produce(TOPIC, png(seed=len(key)), key)
+    harness.drain()
+
+    with store.engine.connect() as connection:
+        stored = [row[0] for row in connection.exec_driver_sql("SELECT sample_key FROM samples")]
+    assert len(stored) == 4 and len(set(stored)) == 4, "distinct keys stay distinct"
+    assert all(len(key) <= 255 and "\x00" not in key for key in stored)
+    assert "cam\\x00-7" in stored
+    assert sum(harness.committed().values()) == 4
+
+
+def test_a_dead_letter_too_large_for_the_broker_is_sent_without_the_original_bytes(scorer, store):
+    harness = Harness(scorer, store, batch_size=2)
+    harness.broker.max_message_bytes = 20_000
+    broken = b"\x89PNG\r\n\x1a\n" + bytes(30_000)  # a PNG signature, then nothing decodable
+    harness.send(broken, key="big")
+    harness.send(png(seed=1), key="fine")
+    harness.drain()
+
+    [letter] = harness.dead_letters()
+    assert letter["sample_key"] == "big" and letter["value_base64"] is None and letter["value_truncated"]
+    assert _count(store, "rejects") == 1 and _count(store, "samples") == 1
+    assert sum(harness.committed().values()) == 2
