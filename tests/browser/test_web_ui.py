@@ -20,6 +20,8 @@ def log_in(page: Page, base: str, name: str, start: str = "/queue") -> None:
     page.fill("input[name=password]", PASSWORDS[name][1])
     page.click("button[type=submit]")
     expect(page).to_have_url(base + start)
+    # The URL changes before the page's deferred script runs; keys pressed earlier would be lost.
+    page.wait_for_load_state("load")
 
 
 def label_history(store, sample_id: int) -> list[tuple[str, str]]:
@@ -49,6 +51,7 @@ def test_a_labeller_labels_by_click_and_by_keyboard_and_the_labels_stay(page: Pa
     page.click("text=Back to the queue")
     tiles = page.locator(".tile")
     expect(tiles.nth(0).locator(".badge")).to_have_text("OOD")
+    expect(tiles.nth(0)).to_have_attribute("aria-selected", "true")  # the keyboard script is ready
     page.keyboard.press("j")
     expect(tiles.nth(1)).to_have_class(re.compile(r"\bselected\b"))
     second_id = int(tiles.nth(1).get_attribute("data-sample-id"))
@@ -133,6 +136,7 @@ def test_keyboard_labelling_runs_through_the_unlabelled_queue_page_after_page(pa
     log_in(page, base, "lena", start="/queue?labelled=no&per_page=4")
     total_before = int(page.locator("#queue-total").inner_text().split()[0])
     tiles = page.locator(".tile")
+    expect(tiles.first).to_have_attribute("aria-selected", "true")  # the keyboard script is ready
     first_page = [int(tiles.nth(i).get_attribute("data-sample-id")) for i in range(4)]
     for index, key in enumerate("oioi"):
         page.keyboard.press(key)
