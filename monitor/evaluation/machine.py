@@ -1,4 +1,8 @@
-"""What a benchmark ran on, written next to its figures."""
+"""What a benchmark ran on, written next to its figures (every benchmark of the project uses it).
+
+torch is imported only by `describe`, so the store and threshold benchmarks can name the CPU
+without loading it.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ import datetime as dt
 import os
 import platform
 from pathlib import Path
-
-import torch
 
 
 def cpu_model() -> str:
@@ -20,8 +22,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def describe(device: torch.device | None = None) -> dict:
+def describe(device: "torch.device | None" = None) -> dict:
     """CPU model, cores, torch version, the device used and its name, and when."""
+    import torch
+
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     info = {
         "cpu": cpu_model(),

@@ -28,6 +28,7 @@ import torchvision
 from tqdm.auto import tqdm
 
 from monitor import Scorer
+from monitor.evaluation.machine import cpu_model
 
 GOAL_OVERHEAD = 0.10  # the full indicator set (no ODIN) within 10 % of the bare forward
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -56,14 +57,7 @@ QUICK = (
 
 
 def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return {
         "cpu": cpu,

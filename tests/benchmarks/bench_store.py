@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -34,6 +35,8 @@ from typing import Any, Sequence
 
 import numpy as np
 from tqdm import tqdm
+
+from monitor.evaluation.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[2]
 FULL_ROWS = 1_000_000
@@ -228,16 +231,7 @@ def bench_backend(backend: str, rows: int, max_insert_seconds: float, scratch: P
 def machine_info() -> dict[str, Any]:
     import sqlalchemy
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
+    cpu = cpu_model()
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "sqlalchemy": sqlalchemy.__version__}
 

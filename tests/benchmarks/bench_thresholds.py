@@ -25,6 +25,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from monitor.evaluation.machine import cpu_model
+
 ROOT = Path(__file__).resolve().parents[2]
 FULL_SIZES = (1_000_000, 10_000_000)
 QUICK_SIZES = (10_000, 100_000)
@@ -79,14 +81,7 @@ def machine_info() -> dict[str, Any]:
     import scipy
     import sklearn
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
