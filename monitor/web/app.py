@@ -188,6 +188,10 @@ def image_response(image) -> Response:
     )
 
 
+MAX_REQUEST_BYTES = 65_536
+"""Largest request body accepted (a label with its note, a login form, with ample margin)."""
+
+
 def create_app(
     settings,
     store,
@@ -217,6 +221,10 @@ def create_app(
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
         started = time.perf_counter()
+        declared = request.headers.get("content-length", "")
+        # Labels, notes and forms are small; a huge body would be read and parsed before any login check.
+        if request.method not in ("GET", "HEAD") and declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+            return JSONResponse(status_code=413, content={"detail": f"request body over {MAX_REQUEST_BYTES} bytes"})
         response = await call_next(request)
         # The server's own time, shown by the browser's developer tools beside the network time.
         response.headers.setdefault("Server-Timing", f"app;dur={(time.perf_counter() - started) * 1000:.1f}")

@@ -634,3 +634,12 @@ def test_the_back_link_never_leaves_the_site(web):
     page = client.get(f"/samples/{seeded.flagged_ids[0]}", params={"back": "/\t/evil.example"})
     assert page.status_code == 200
     assert "evil.example" not in page.text
+
+
+def test_an_oversized_body_is_refused_before_anything_reads_it(web):
+    client, _, seeded = web
+    client.cookies.clear()
+    huge = b'{"label": "OOD", "note": "' + b"x" * 200_000 + b'"}'
+    answer = client.post(f"/api/samples/{seeded.flagged_ids[0]}/labels", content=huge,
+                         headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413 and "65536" in answer.json()["detail"]
