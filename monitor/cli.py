@@ -71,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # --- subcommands -------------------------------------------------------------------------
+
+
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML settings (default: $MONITOR_CONFIG or config/monitor.toml)")
 # Keep one builder per subcommand; add yours below with the @subcommand decorator.
 
 
@@ -92,7 +96,7 @@ def _add_db(sub: argparse._SubParsersAction) -> None:
         if default_revision is not None:
             action.add_argument("revision", nargs="?", default=default_revision, help=f"default: {default_revision}")
         action.add_argument("--url", help="database URL, e.g. sqlite:///var/ood-monitor.db or postgresql+psycopg://user@host/db")
-        action.add_argument("--config", metavar="FILE", help="TOML settings (default: $MONITOR_CONFIG or config/monitor.toml)")
+        _add_config_argument(action)
     parser.set_defaults(run=_lazy("monitor.store.migrate:run_db_command"))
 
 
@@ -148,7 +152,7 @@ def _add_scheduler(sub: argparse._SubParsersAction) -> None:
         description="The jobs of [jobs] without the consumer, until SIGTERM/SIGINT. Several replicas may "
         "run it against one PostgreSQL: each job runs on one of them at a time (docs/jobs.md).",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML settings (default: $MONITOR_CONFIG or config/monitor.toml)")
+    _add_config_argument(parser)
     parser.set_defaults(run=_lazy("monitor.jobs.commands:run_scheduler_command"))
 
 
@@ -160,7 +164,7 @@ def _add_refit(sub: argparse._SubParsersAction) -> None:
         description="One re-fit now, with the window, method and labels rule of [jobs]. Exit status 1 when "
         "there are too few samples (the active threshold stays; the reason is printed).",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML settings (default: $MONITOR_CONFIG or config/monitor.toml)")
+    _add_config_argument(parser)
     parser.add_argument("--model-id", type=int, metavar="ID", help="model to re-fit (default: the most recently scored)")
     parser.set_defaults(run=_lazy("monitor.jobs.commands:run_refit_command"))
 
@@ -174,7 +178,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         "[jobs] report_dir and indexed in the database. Times: ISO 8601 (UTC unless a zone is given) or a "
         "duration ago such as 24h, 90m, 7d.",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML settings (default: $MONITOR_CONFIG or config/monitor.toml)")
+    _add_config_argument(parser)
     parser.add_argument("--since", metavar="WHEN", help="start of the period (default: one report period ago)")
     parser.add_argument("--until", metavar="WHEN", help="end of the period (default: now)")
     parser.add_argument("--output-dir", metavar="DIR", help="write the report here instead of [jobs] report_dir")
@@ -278,7 +282,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "offsets; serves /healthz, /readyz, /metrics and the web app; runs the scheduled jobs. "
         "Stops cleanly on SIGTERM or Ctrl-C (docs/daemon.md).",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML settings (default: $MONITOR_CONFIG or config/monitor.toml)")
+    _add_config_argument(parser)
     parser.set_defaults(run=_lazy("monitor.stream.daemon:run_daemon"))
 
 
@@ -296,7 +300,7 @@ def _add_produce(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--key-from", choices=("name", "none"), default="name",
                         help="message key: the file name without extension (default) or none")
     parser.add_argument("--api-version", metavar="VERSION", help="broker protocol, e.g. 0.9 (default: [kafka] api_version)")
-    parser.add_argument("--config", metavar="FILE", help="TOML settings (default: $MONITOR_CONFIG or config/monitor.toml)")
+    _add_config_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=_lazy("monitor.stream.produce:run_produce"))
 
@@ -336,7 +340,7 @@ def _add_web(sub: argparse._SubParsersAction) -> None:
         description="The flagged queue, labelling, thresholds, reports and alerts over the configured store "
         "(docs/web.md). `ood-monitor web hash-password` prints a [web] accounts/tokens entry.",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML settings (default: $MONITOR_CONFIG or config/monitor.toml)")
+    _add_config_argument(parser)
     parser.add_argument("--host", help="listen address (default: [web] host)")
     parser.add_argument("--port", type=int, help="listen port (default: [web] port)")
     actions = parser.add_subparsers(dest="web_action", metavar="ACTION")
