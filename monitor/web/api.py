@@ -21,6 +21,7 @@ from monitor.web.filters import (
     RowId,
     parse_indicator,
     parse_int,
+    parse_page_window,
     parse_queue_filters,
     parse_window_hours,
     reject_unknown,
@@ -246,8 +247,7 @@ def alerts(
     principal: Principal = Depends(viewer),
 ):
     reject_unknown(request.query_params, ("limit", "offset"))
-    count = parse_int("limit", limit or None, minimum=1, maximum=500) or 50
-    skip = parse_int("offset", offset or None, minimum=0) or 0
+    count, skip = parse_page_window(limit, offset)
     with state_of(request).engine.connect() as connection:
         return _json(queries.recent_alerts(connection, count, skip))
 
@@ -259,7 +259,7 @@ def jobs(
     principal: Principal = Depends(viewer),
 ):
     reject_unknown(request.query_params, ("limit",))
-    count = parse_int("limit", limit or None, minimum=1, maximum=500) or 50
+    count, _ = parse_page_window(limit, None)
     with state_of(request).engine.connect() as connection:
         return _json(queries.recent_job_runs(connection, count))
 
@@ -272,8 +272,7 @@ def reports(
     principal: Principal = Depends(viewer),
 ):
     reject_unknown(request.query_params, ("limit", "offset"))
-    count = parse_int("limit", limit or None, minimum=1, maximum=500) or 50
-    skip = parse_int("offset", offset or None, minimum=0) or 0
+    count, skip = parse_page_window(limit, offset)
     with state_of(request).engine.connect() as connection:
         rows = queries.list_reports(connection, count, skip)
     # The server-side path stays private: clients fetch the file by report id.

@@ -50,6 +50,14 @@ def _format_number(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _grid_row(y: float, value: float) -> list[str]:
+    """A horizontal grid line across the plot at height y, labelled with `value` on the left axis."""
+    return [
+        f'<line class="grid" x1="{MARGIN_LEFT}" x2="{WIDTH - MARGIN_RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>',
+        f'<text class="axis" x="{MARGIN_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_format_number(value)}</text>',
+    ]
+
+
 def _svg_open(title: str, role_label: str) -> list[str]:
     return [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
@@ -82,11 +90,7 @@ def volume_chart(buckets: Sequence[RateBucket], bucket_label: str) -> str:
     # Grid and axes labels: 4 horizontal lines.
     for step in range(5):
         y = MARGIN_TOP + plot_h * (1 - step / 4)
-        parts.append(f'<line class="grid" x1="{MARGIN_LEFT}" x2="{WIDTH - MARGIN_RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        parts.append(
-            f'<text class="axis" x="{MARGIN_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">'
-            f"{_format_number(top_volume * step / 4)}</text>"
-        )
+        parts += _grid_row(y, top_volume * step / 4)
         parts.append(
             f'<text class="axis share" x="{WIDTH - MARGIN_RIGHT + 6}" y="{y + 4:.1f}">'
             f"{_format_number(top_share * step / 4)}%</text>"
@@ -158,11 +162,7 @@ def histogram_chart(
     parts = _svg_open(title, title)
     for step in range(5):
         y = MARGIN_TOP + plot_h * (1 - step / 4)
-        parts.append(f'<line class="grid" x1="{MARGIN_LEFT}" x2="{WIDTH - MARGIN_RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        parts.append(
-            f'<text class="axis" x="{MARGIN_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">'
-            f"{_format_number(top * step / 4)}</text>"
-        )
+        parts += _grid_row(y, top * step / 4)
     for index, count in enumerate(counts):
         x0, x1 = x_of(edges[index]), x_of(edges[index + 1])
         height = plot_h * count / top

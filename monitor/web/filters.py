@@ -114,6 +114,11 @@ def parse_int(name: str, text: str | None, minimum: int | None = None, maximum: 
     return value
 
 
+def parse_page_window(limit: str | None, offset: str | None) -> tuple[int, int]:
+    """The `limit` (1 to 500, default 50) and `offset` (default 0) of the API's list endpoints."""
+    count = parse_int("limit", limit or None, minimum=1, maximum=500) or 50
+    return count, parse_int("offset", offset or None, minimum=0) or 0
+
 def parse_float(name: str, text: str | None) -> float | None:
     if text is None:
         return None
