@@ -9,8 +9,8 @@ y = (z - running_mean) / sqrt(running_var + eps), and summarised per (sample, ch
     A = mean of y^2 over H x W                       (the inner term of eq. 28)
 
 The probe never keeps activations: at each layer it reduces z to two [N, C] tensors, the
-per-channel sum and root sum of squares (two fast read-only passes), and every quantity
-above follows from them exactly. Standardisation is affine per channel, so with
+per-channel sum and sum of squares (one fused read on the CPU, see monitor.indicators.kernels;
+two read-only passes elsewhere), and every quantity above follows from them exactly. Standardisation is affine per channel, so with
 m_z, v_z the mean and (H*W - 1)-denominator variance of z over H x W and s = running_var + eps:
 
     M = (m_z - running_mean) / sqrt(s),   S^2 = v_z / s,   A = S^2 (H*W - 1) / (H*W) + M^2
@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
+import numpy as np
 import torch
 from scipy.stats import chi2
 from torch import Tensor
+
+from monitor.indicators import kernels
 
 # Paper section 2.2: "we take alpha = 0.1 for DSS-EXT".
 DSS_EXT_ALPHA = 0.1
@@ -32,17 +35,16 @@ DSS_EXT_ALPHA = 0.1
 BATCHNORM_FAMILY: tuple[str, ...] = ("DMS", "DMS-AOS", "DSS", "DSS-EXT")
 
 
-@dataclass(frozen=True)
-class LayerMoments:
+class LayerMoments(NamedTuple):
     """Raw per-(sample, channel) moments of one batch-norm input, and its reference statistics.
 
-    total: [N, C] sum of z over the H x W positions; root_sum_sq: [N, C] sqrt of the sum of
-    z^2 (what torch.linalg.vector_norm returns, squared once for all layers later);
-    center: [C] running mean; running_var: [C]; eps: the layer's eps (0 for the input).
+    total: [N, C] sum of z over the H x W positions; sum_sq: [N, C] sum of z^2 (float32 or
+    float64, on z's device); center: [C] running mean; running_var: [C]; eps: the layer's eps
+    (0 for the input). A named tuple: one is made per layer and batch, inside the forward pass.
     """
 
     total: Tensor
-    root_sum_sq: Tensor
+    sum_sq: Tensor
     pixels: int
     center: Tensor
     running_var: Tensor
@@ -53,15 +55,21 @@ class LayerMoments:
         return int(self.total.shape[1])
 
 
-def reduce_activation(z: Tensor) -> tuple[Tensor, Tensor]:
-    """[N, C, H, W] -> per-channel sum and root sum of squares, [N, C] each, without copying z.
+def reduce_activation(
+    z: Tensor, buffers: kernels.MomentBuffers | None = None, key: object = None
+) -> tuple[Tensor, Tensor]:
+    """[N, C, H, W] -> per-channel sum and sum of squares, [N, C] each, without copying z.
 
-    Two read-only reductions are several times faster on CPU than torch.var_mean (Welford)
-    and never materialise y or z^2.
+    On the CPU, where torch would reduce on one thread, one fused read (float64 sums, into
+    buffers[key] when given: see kernels.MomentBuffers); else two read-only torch reductions,
+    several times faster than torch.var_mean (Welford), that never materialise y or z^2
+    (vector_norm, squared on the small result, beats a sum of squares).
     """
+    if kernels.channel_moments_applicable(z):
+        return kernels.channel_moments(z, buffers, key)
     if z.dtype not in (torch.float32, torch.float64):
         z = z.float()  # half-precision sums of squares overflow and round too coarsely
-    return z.sum(dim=(2, 3)), torch.linalg.vector_norm(z, ord=2, dim=(2, 3))
+    return z.sum(dim=(2, 3)), torch.linalg.vector_norm(z, ord=2, dim=(2, 3)).square_()
 
 
 @functools.lru_cache(maxsize=256)
@@ -77,8 +85,8 @@ def chi2_acceptance(degrees_of_freedom: int, alpha: float = DSS_EXT_ALPHA) -> tu
 
 @dataclass(frozen=True)
 class _Layout:
-    """Per-channel constants of a sequence of layers (input pseudo-layer first), float32,
-    built once per distinct layout."""
+    """Per-channel constants of a sequence of layers (input pseudo-layer first), float32 on
+    the device, built once per distinct layout."""
 
     channels: int
     pixels: Tensor  # [C] H*W
@@ -88,6 +96,8 @@ class _Layout:
     chi2_middle: Tensor  # [C] centre of the chi2(H*W - 1) acceptance interval, over H*W - 1
     chi2_half_width: Tensor  # [C] its half width, over H*W - 1; inf where H*W < 2 (never extreme)
     spread_mask: Tensor  # [C] 1 for channels of layers with H*W >= 2 (they take part in DSS*)
+    # The same constants as float64 NumPy arrays, for the fused CPU kernel.
+    host: dict[str, np.ndarray]
     input_channels: int  # the input pseudo-layer's channels come first
     # [8, 1] float64: 1 / C_S of DMS, DMS-AOS, DSS, DSS-EXT over the input alone, then every layer
     scale: Tensor
@@ -115,9 +125,19 @@ def _layout(
     spread = pixels_t >= 2
     input_channels, input_pixels, _ = shape[0]
     spread_channels = int(spread.sum())
+    host = {
+        "pixels": pixels_t,
+        "inverse_pixels": 1.0 / pixels_t,
+        "dof": dof,
+        "eps": torch.tensor(eps, dtype=torch.float64),
+        "chi2_middle": (low_t + high_t) / 2 / dof,
+        "chi2_half_width": torch.where(spread, (high_t - low_t) / 2 / dof, torch.inf),
+        "spread_mask": spread.double(),
+        "input_mask": (torch.arange(len(pixels)) < input_channels).double(),
+    }
 
-    def on_device(values) -> Tensor:
-        return torch.as_tensor(values, dtype=torch.float64).to(device=device, dtype=torch.float32)
+    def on_device(values: Tensor) -> Tensor:
+        return values.to(device=device, dtype=torch.float32)
 
     def inverse(count: int) -> float:
         return 1.0 / count if count else 0.0
@@ -128,10 +148,11 @@ def _layout(
         pixels=on_device(pixels_t),
         inverse_pixels=on_device(1.0 / pixels_t),
         dof=on_device(dof),
-        eps=on_device(eps),
-        chi2_middle=on_device((low_t + high_t) / 2 / dof),
-        chi2_half_width=on_device(torch.where(spread, (high_t - low_t) / 2 / dof, torch.inf)),
-        spread_mask=on_device(spread),
+        eps=on_device(host["eps"]),
+        chi2_middle=on_device(host["chi2_middle"]),
+        chi2_half_width=on_device(host["chi2_half_width"]),
+        spread_mask=on_device(host["spread_mask"]),
+        host={name: values.numpy() for name, values in host.items()},
         input_channels=input_channels,
         scale=torch.tensor(
             [[inverse(input_channels)]] * 2
@@ -158,17 +179,19 @@ def _versions(tensors: Sequence[Tensor]) -> tuple | None:
 class BatchNormReducer:
     """Turns the moments of one forward pass into the batch-norm family.
 
-    All per-(sample, channel) arithmetic runs in place in one float32 workspace kept between
-    batches, and the per-channel reference statistics are concatenated once and reused until
-    a running statistic changes: on the CPU, fresh [N, C_total] temporaries and extra small
-    operations cost more than the arithmetic itself. Not thread-safe: one per thread.
+    On the CPU, one fused loop over the moments (monitor.indicators.kernels), in float64.
+    Elsewhere (or with the kernels switched off), all per-(sample, channel) arithmetic runs
+    in place in one float32 workspace kept between batches. Either way the per-channel
+    reference statistics are concatenated once and reused until a running statistic changes:
+    fresh [N, C_total] temporaries and extra small operations cost more than the arithmetic
+    itself. Not thread-safe: one per thread.
     """
 
     def __init__(self, alpha: float = DSS_EXT_ALPHA) -> None:
         self.alpha = alpha
         self._workspace: Tensor | None = None
         self._reference_key: tuple | None = None
-        self._reference: tuple[Tensor, Tensor, Tensor] | None = None
+        self._reference: dict[str, Any] | None = None
 
     def _buffers(self, batch: int, channels: int, device: torch.device) -> Tensor:
         workspace = self._workspace
@@ -182,11 +205,11 @@ class BatchNormReducer:
             self._workspace = workspace
         return workspace[:, :batch]
 
-    def _reference_statistics(
-        self, layers: Sequence[LayerMoments], layout: _Layout
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """center, 1 / (running_var + eps) and the S^2 scale H*W / ((H*W - 1)(running_var + eps)),
-        each [C]; recomputed only when a layer's statistics tensor is replaced or modified."""
+    def _reference_statistics(self, layers: Sequence[LayerMoments], layout: _Layout) -> dict[str, Any]:
+        """Per-channel center, 1 / (running_var + eps) and the S^2 scale
+        H*W / ((H*W - 1)(running_var + eps)): float32 tensors on the device for the torch path
+        and float64 arrays for the fused one; recomputed only when a layer's statistics tensor
+        is replaced or modified."""
         key = _versions([t for layer in layers for t in (layer.center, layer.running_var)])
         cached = self._reference_key
         if (
@@ -196,16 +219,35 @@ class BatchNormReducer:
             and all(a[0] is b[0] and a[1] == b[1] for a, b in zip(cached, key))
         ):
             return self._reference
-        center = torch.cat([layer.center for layer in layers]).float()
-        variance = torch.cat([layer.running_var for layer in layers]).float() + layout.eps
-        inverse_variance = variance.reciprocal()
-        spread_scale = inverse_variance * layout.pixels / layout.dof
-        self._reference_key, self._reference = key, (center, inverse_variance, spread_scale)
-        return self._reference
+        center = torch.cat([layer.center.detach().double().flatten() for layer in layers])
+        running_var = torch.cat([layer.running_var.detach().double().flatten() for layer in layers])
+        host = layout.host
+        inverse_variance = (running_var.cpu() + torch.from_numpy(host["eps"])).reciprocal()
+        spread_scale = inverse_variance * torch.from_numpy(host["pixels"] / host["dof"])
+        device = layout.pixels.device
+        reference = {
+            "center": center.to(device, torch.float32),
+            "inverse_variance": inverse_variance.to(device, torch.float32),
+            "spread_scale": spread_scale.to(device, torch.float32),
+            "host": {
+                "center": center.cpu().numpy(),
+                "inverse_variance": inverse_variance.numpy(),
+                "spread_scale": spread_scale.numpy(),
+            },
+        }
+        self._reference_key, self._reference = key, reference
+        return reference
 
-    def __call__(self, layers: Sequence[LayerMoments]) -> dict[str, Tensor]:
+    def __call__(
+        self,
+        layers: Sequence[LayerMoments],
+        whole: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> dict[str, Tensor]:
         """IN-DMS ... IN-DSS-EXT over layers[0] (the input pseudo-layer) and, when there is
         more than one layer, DMS ... DSS-EXT over all of them (eqs. 27-30); float64 [N] each.
+
+        whole: the layers' totals and sums of squares already side by side, [N, C_total]
+        each (see kernels.MomentBuffers.whole); else they are concatenated here.
 
         C_S counts the channels of the layers that take part in each indicator: every layer
         for DMS and DMS-AOS, only layers with H*W >= 2 for DSS and DSS-EXT (S needs
@@ -220,45 +262,16 @@ class BatchNormReducer:
             self.alpha,
         )
         with torch.inference_mode():
-            center, inverse_variance, spread_scale = self._reference_statistics(layers, layout)
-            workspace = self._buffers(layers[0].total.shape[0], layout.channels, device)
-            mean_z, variance_z, deviation_sq, spread_sq, distance, flags = workspace
-            inputs = slice(0, layout.input_channels)
-            torch.cat([layer.total for layer in layers], dim=1, out=mean_z)
-            torch.cat([layer.root_sum_sq for layer in layers], dim=1, out=variance_z)
-
-            mean_z.mul_(layout.inverse_pixels)
-            # H*W-denominator variance E[z^2] - E[z]^2; rounding can make it slightly negative.
-            variance_z.square_().mul_(layout.inverse_pixels).addcmul_(mean_z, mean_z, value=-1.0)
-            variance_z.clamp_min_(0.0)
-            torch.sub(mean_z, center, out=deviation_sq).square_()
-            # Sum_c M^2 = Sum_c (m_z - mu)^2 / s and Sum_c A = Sum_c M^2 + Sum_c Var_HW(z) / s:
-            # matrix-vector products with 1 / s, no [N, C] temporaries.
-            pair = workspace[1:3]  # Var_HW(z), (m_z - mu)^2
-            moments = pair @ inverse_variance  # [2, N]
-            input_moments = pair[:, :, inputs] @ inverse_variance[inputs]
-
-            torch.mul(variance_z, spread_scale, out=spread_sq)  # S^2
-            # Extreme when V = (H*W - 1) S^2 lies outside the chi2 interval: on S^2, the interval
-            # over H*W - 1, half width inf where H*W < 2. On the edge is not extreme.
-            torch.sub(spread_sq, layout.chi2_middle, out=distance).abs_()
-            # 0/1 as float32: summing floats is several times faster than summing booleans.
-            torch.gt(distance, layout.chi2_half_width, out=flags)
-            extreme = flags.sum(dim=1)
-            input_extreme = flags[:, inputs].sum(dim=1)
-            # sqrt of exact zeros (H*W = 1, constant channels) is ~20x slower than of positive
-            # numbers on some x86 CPUs; 1e-30 changes (S - 1)^2 by 2e-15 (below float32 resolution).
-            spread_sq.clamp_min_(1e-30).sqrt_().sub_(1.0).square_()  # (S - 1)^2
-            spread_gap = spread_sq @ layout.spread_mask  # only layers with H*W >= 2 take part
-            input_spread_gap = spread_sq[:, inputs].sum(dim=1)
-
-            sums = torch.stack([
-                input_moments[1],
-                input_moments[1] + input_moments[0],
-                input_spread_gap,
-                input_extreme,
-                moments[1], moments[1] + moments[0], spread_gap, extreme,
-            ])  # [8, N]: Sum_c over the input layer, then over every layer
+            reference = self._reference_statistics(layers, layout)
+            if device.type == "cpu" and kernels.enabled():
+                if whole is None:
+                    whole = (
+                        torch.cat([layer.total for layer in layers], dim=1).numpy(),
+                        torch.cat([layer.sum_sq for layer in layers], dim=1).numpy(),
+                    )
+                sums = kernels.batchnorm_sums(*whole, {**layout.host, **reference["host"]})
+            else:
+                sums = self._sums(layers, layout, reference)
             means = sums.double() * layout.scale  # float64: counts / C_S exactly
 
         names = ("DMS", "DMS-AOS", "DSS", "DSS-EXT")
@@ -270,6 +283,52 @@ class BatchNormReducer:
             for index, name in enumerate(names if with_spread else names[:2]):
                 results[prefix + name] = means[offset + index]
         return results
+
+    def _sums(self, layers: Sequence[LayerMoments], layout: _Layout, reference: dict[str, Any]) -> Tensor:
+        """[8, N] Sum_c M^2, Sum_c A, Sum_c (S - 1)^2 and #extreme over the input layer, then
+        over every layer, with torch operations on the layers' device (float32)."""
+        center = reference["center"]
+        inverse_variance = reference["inverse_variance"]
+        spread_scale = reference["spread_scale"]
+        device = layers[0].total.device
+        workspace = self._buffers(layers[0].total.shape[0], layout.channels, device)
+        mean_z, variance_z, deviation_sq, spread_sq, distance, flags = workspace
+        inputs = slice(0, layout.input_channels)
+        torch.cat([layer.total for layer in layers], dim=1, out=mean_z)
+        torch.cat([layer.sum_sq for layer in layers], dim=1, out=variance_z)
+
+        mean_z.mul_(layout.inverse_pixels)
+        # H*W-denominator variance E[z^2] - E[z]^2; rounding can make it slightly negative.
+        variance_z.mul_(layout.inverse_pixels).addcmul_(mean_z, mean_z, value=-1.0)
+        variance_z.clamp_min_(0.0)
+        torch.sub(mean_z, center, out=deviation_sq).square_()
+        # Sum_c M^2 = Sum_c (m_z - mu)^2 / s and Sum_c A = Sum_c M^2 + Sum_c Var_HW(z) / s:
+        # matrix-vector products with 1 / s, no [N, C] temporaries.
+        pair = workspace[1:3]  # Var_HW(z), (m_z - mu)^2
+        moments = pair @ inverse_variance  # [2, N]
+        input_moments = pair[:, :, inputs] @ inverse_variance[inputs]
+
+        torch.mul(variance_z, spread_scale, out=spread_sq)  # S^2
+        # Extreme when V = (H*W - 1) S^2 lies outside the chi2 interval: on S^2, the interval
+        # over H*W - 1, half width inf where H*W < 2. On the edge is not extreme.
+        torch.sub(spread_sq, layout.chi2_middle, out=distance).abs_()
+        # 0/1 as float32: summing floats is several times faster than summing booleans.
+        torch.gt(distance, layout.chi2_half_width, out=flags)
+        extreme = flags.sum(dim=1)
+        input_extreme = flags[:, inputs].sum(dim=1)
+        # sqrt of exact zeros (H*W = 1, constant channels) is ~20x slower than of positive
+        # numbers on some x86 CPUs; 1e-30 changes (S - 1)^2 by 2e-15 (below float32 resolution).
+        spread_sq.clamp_min_(kernels.SMALLEST_SPREAD_SQ).sqrt_().sub_(1.0).square_()  # (S - 1)^2
+        spread_gap = spread_sq @ layout.spread_mask  # only layers with H*W >= 2 take part
+        input_spread_gap = spread_sq[:, inputs].sum(dim=1)
+
+        return torch.stack([
+            input_moments[1],
+            input_moments[1] + input_moments[0],
+            input_spread_gap,
+            input_extreme,
+            moments[1], moments[1] + moments[0], spread_gap, extreme,
+        ])  # [8, N]: Sum_c over the input layer, then over every layer
 
 
 def batchnorm_family(

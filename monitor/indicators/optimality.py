@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from monitor.indicators import kernels
+
 T1000_TEMPERATURE = 1000.0
 ODIN_TEMPERATURE = 1000.0
 ODIN_EPSILON = 8e-4
@@ -27,60 +29,89 @@ LATENT_FAMILY: tuple[str, ...] = ("NORM", "NORM+", "ANG", "ANG++", "PROJ", "ACT"
 
 def tempered_confidence_gap(logits: Tensor, temperature: float) -> Tensor:
     """1 - max softmax(z / T), float64 [N] (eq. 11; MP when T = 1)."""
-    probabilities = torch.softmax(logits.double() / temperature, dim=1)
-    return 1.0 - probabilities.amax(dim=1)
+    if kernels.on_kernels(logits):
+        return kernels.tempered_confidence_gap(logits.detach(), temperature)
+    # exp of the largest log-probability: bit for bit what softmax_family computes for T1000.
+    return 1.0 - torch.log_softmax(logits.double() / temperature, dim=1).amax(dim=1).exp()
 
 
 def softmax_family(logits: Tensor) -> dict[str, Tensor]:
-    """MP (eq. 7), H (eq. 8, natural log, 0 log 0 = 0) and T1000 (eq. 11) from logits [N, K]."""
+    """MP (eq. 7), H (eq. 8, natural log, 0 log 0 = 0) and T1000 (eq. 11) from finite logits [N, K]."""
     z = logits.double()
-    log_p = torch.log_softmax(z, dim=1)
+    # Both temperatures in one pass: [2, N, K].
+    log_p = torch.log_softmax(torch.stack([z, z / T1000_TEMPERATURE]), dim=2)
     p = log_p.exp()
-    # Where p underflows to 0, log_p is finite or -inf; 0 * -inf = NaN is the 0 log 0 = 0 term.
-    entropy = (p * log_p).nan_to_num_(nan=0.0).sum(dim=1).neg_()
-    return {
-        "MP": 1.0 - p.amax(dim=1),
-        "H": entropy,
-        "T1000": 1.0 - torch.softmax(z / T1000_TEMPERATURE, dim=1).amax(dim=1),
-    }
+    gaps = 1.0 - log_p.amax(dim=2).exp()
+    # Finite logits make log_p finite; where p underflows to 0 the term p log p is 0 * finite = 0.
+    entropy = torch.linalg.vecdot(p[0], log_p[0]).neg_()
+    return {"MP": gaps[0], "H": entropy, "T1000": gaps[1]}
 
 
 # Where a norm is 0 its dot product is exactly 0 too, so 0 / tiny = 0 implements the convention.
 _TINY = torch.finfo(torch.float64).tiny
 
 
-def latent_family(logits: Tensor, latent: Tensor, weight: Tensor) -> dict[str, Tensor]:
+def _versions(tensor: Tensor) -> tuple | None:
+    try:
+        return (tensor, tensor._version)
+    except RuntimeError:  # an inference tensor has no version counter: never cached
+        return None
+
+
+class LatentReducer:
     """NORM, NORM+, ANG, ANG++, PROJ, ACT, ACT+ (eqs. 14-17 and their '+' variants).
 
-    logits [N, K], latent u [N, D] (the head's flattened input), weight W [K, D].
-    k = argmax of the logits (first index on ties); w_k = W[k]; P = {j : W[k, j] > 0}.
-    ACT uses w_k . u without the bias.
+    What depends only on the head's weight W [K, D] (float64 copies of w_j, w_j,P and of the
+    indicator of P, the norms ||w_j|| and ||w_j,P||) is computed once and reused until W is
+    replaced or changed in place. Per batch, only the predicted class's rows are gathered:
+    O(N D) work whatever the number of classes, and a handful of operations, which is what
+    a batch costs on the CPU. Not thread-safe: one per thread.
     """
-    classes = weight.shape[0]
-    predicted = logits.argmax(dim=1, keepdim=True)  # [N, 1]
-    u = latent.double()
-    w = weight.detach().double()
-    w_positive = w.clamp_min(0.0)  # w_j,P padded with zeros, so w_k,P . u_P = w_positive[k] . u
-    # Every class against every sample in two matrix products, then pick class k per sample.
-    products = u @ torch.cat([w, w_positive]).T  # [N, 2K]: w_j . u, w_j,P . u_P
-    dots = products.gather(1, torch.cat([predicted, predicted + classes], dim=1))  # [N, 2]
-    u_sq = u.square()
-    norm_u_p = (u_sq @ (w > 0).double().T).gather(1, predicted).sqrt_()  # ||u_P||, [N, 1]
-    norms_u = torch.cat([u_sq.sum(dim=1, keepdim=True).sqrt_(), norm_u_p], dim=1)  # [N, 2]
-    row_norms = torch.stack(
-        [torch.linalg.vector_norm(w, dim=1), torch.linalg.vector_norm(w_positive, dim=1)], dim=1
-    )
-    norms_w = row_norms[predicted[:, 0]]  # [N, 2]: ||w_k||, ||w_k,P||
-    cosines = dots / (norms_u * norms_w).clamp_min(_TINY)
-    return {
-        "NORM": -norms_u[:, 0],
-        "NORM+": -norms_u[:, 1],
-        "ANG": 1.0 - cosines[:, 0],
-        "ANG++": 1.0 - cosines[:, 1],
-        "PROJ": -dots[:, 0] / norms_w[:, 0].clamp_min(_TINY),
-        "ACT": -dots[:, 0],
-        "ACT+": -dots[:, 1],
-    }
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._tables: tuple[Tensor, Tensor] | None = None
+
+    def head_tables(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """rows [K, 3, D]: w_j, w_j,P (zeros off P), 1_P; norms [K, 3]: ||w_j||, ||w_j,P||, 1/||w_j||."""
+        key = _versions(weight)
+        cached = self._key
+        if key is not None and cached is not None and key[0] is cached[0] and key[1] == cached[1]:
+            return self._tables
+        w = weight.detach().double()
+        # w_j,P padded with zeros, so w_k,P . u_P = w_positive[k] . u
+        w_positive = w.clamp_min(0.0)
+        rows = torch.stack([w, w_positive, (w > 0).double()], dim=1)
+        norms = torch.stack(
+            [torch.linalg.vector_norm(w, dim=1), torch.linalg.vector_norm(w_positive, dim=1)], dim=1
+        )
+        # PROJ's divisor; a zero row gives PROJ = 0 (its dot product is 0).
+        norms = torch.cat([norms, norms[:, :1].clamp_min(_TINY).reciprocal()], dim=1)
+        self._key, self._tables = key, (rows, norms)
+        return rows, norms
+
+    def __call__(self, predicted: Tensor, latent: Tensor, weight: Tensor) -> dict[str, Tensor]:
+        """predicted [N] int64: argmax of the logits (first index on ties); latent u [N, D]
+        (the head's flattened input); weight W [K, D]. k = predicted; P = {j : W[k, j] > 0}.
+        ACT uses w_k . u without the bias."""
+        rows, norms = self.head_tables(weight)
+        u = latent.double()
+        # [N, 3, D] @ [N, D, 2] -> w_k . u, w_k,P . u (column 0) and ||u_P||^2 (row 2, column 1).
+        products = torch.bmm(rows[predicted], torch.stack([u, u.square()], dim=2))
+        picked = products.flatten(1)[:, [0, 2, 5]]  # w_k . u, w_k,P . u, ||u_P||^2
+        norms_u = torch.stack([torch.linalg.vector_norm(u, dim=1), picked[:, 2].sqrt()], dim=1)
+        norms_w = norms[predicted]  # ||w_k||, ||w_k,P||, 1 / ||w_k||
+        dots = picked[:, :2]
+        cosines = dots / (norms_u * norms_w[:, :2]).clamp_min(_TINY)
+        negated = torch.cat([norms_u, cosines, dots[:, :1] * norms_w[:, 2:], dots], dim=1).neg_()
+        # NORM, NORM+, ANG = 1 - cos, ANG++ = 1 - cos+, PROJ, ACT, ACT+: all negated, +1 for ANG*.
+        negated[:, 2:4] += 1.0
+        return dict(zip(LATENT_FAMILY, negated.unbind(1)))
+
+
+def latent_family(logits: Tensor, latent: Tensor, weight: Tensor) -> dict[str, Tensor]:
+    """One-off form of LatentReducer, from the logits [N, K] (see there)."""
+    return LatentReducer()(logits.argmax(dim=1), latent, weight)
 
 
 def odin_perturbation(

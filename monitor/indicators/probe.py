@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from monitor.errors import ModelError
 from monitor.indicators.batchnorm import LayerMoments, reduce_activation
+from monitor.indicators.kernels import MomentBuffers
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ class Capture:
 
     latent: Tensor | None = None
     layers: list[LayerMoments] = field(default_factory=list)
+    # How often each batch-norm module ran in this pass: a module applied twice keeps both.
+    calls: dict[int, int] = field(default_factory=dict)
+    # The MomentBuffers key of each entry of layers.
+    keys: list = field(default_factory=list)
 
 
 class Probe:
@@ -82,6 +87,8 @@ class Probe:
         self.head_name, self.head = find_head(model, head)
         self.batchnorms = find_batchnorms(model)
         self._capture: Capture | None = None
+        # Reused between passes: a capture's moments are consumed before the next capture.
+        self.buffers = MomentBuffers()
         self._handles = []
         if self.head is not None:
             self._handles.append(self.head.register_forward_pre_hook(self._on_head_input))
@@ -109,17 +116,25 @@ class Probe:
             self._capture.latent = (args[0].flatten(1) if args[0].dim() > 1 else args[0]).clone()
 
     def _on_batchnorm_input(self, module: nn.BatchNorm2d, args: tuple) -> None:
-        if self._capture is None:
+        # Runs at every batch-norm layer of every batch: kept lean (its cost is the probe's).
+        capture = self._capture
+        if capture is None:
             return
         z = args[0]
-        total, root_sum_sq = reduce_activation(z)
-        self._capture.layers.append(
+        calls = capture.calls
+        call = calls.get(id(module), 0)
+        calls[id(module)] = call + 1
+        key = (id(module), call)
+        capture.keys.append(key)
+        total, sum_sq = reduce_activation(z, self.buffers, key)
+        statistics = module._buffers  # running_mean, running_var (faster than module.__getattr__)
+        capture.layers.append(
             LayerMoments(
-                total=total,
-                root_sum_sq=root_sum_sq,
-                pixels=int(z.shape[2] * z.shape[3]),
-                center=module.running_mean,
-                running_var=module.running_var,
-                eps=module.eps,
+                total,
+                sum_sq,
+                z.shape[2] * z.shape[3],
+                statistics["running_mean"],
+                statistics["running_var"],
+                module.eps,
             )
         )

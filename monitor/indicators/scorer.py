@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from monitor.errors import ConfigError, InputError, ModelError
+from monitor.indicators import kernels
 from monitor.indicators.batchnorm import (
     BATCHNORM_FAMILY,
     BatchNormReducer,
@@ -32,7 +33,8 @@ from monitor.indicators.optimality import (
     ODIN_EPSILON,
     ODIN_TEMPERATURE,
     SOFTMAX_FAMILY,
-    latent_family,
+    T1000_TEMPERATURE,
+    LatentReducer,
     odin_perturbation,
     softmax_family,
     tempered_confidence_gap,
@@ -44,8 +46,8 @@ from monitor.indicators.summary import (
     Calibration,
     fingerprint,
     fit_calibration,
-    one_c_sum,
     summary_members,
+    summary_terms,
 )
 from monitor.names import INDICATORS, SUMMARY
 
@@ -122,8 +124,11 @@ class Scorer:
         self._dtype = reference.dtype if reference.is_floating_point() else torch.float32
 
         self._model = model.eval()
+        # Checked before every pass; walking the module tree each time costs more than the check.
+        self._modules = tuple(model.modules())
         self._probe = Probe(model, head)
         self._batchnorm_reducer = BatchNormReducer()
+        self._latent_reducer = LatentReducer()
         if self._probe.head is None:
             log.info("no nn.Linear head found: the latent indicators (%s) are absent",
                      ", ".join(LATENT_FAMILY))
@@ -150,6 +155,7 @@ class Scorer:
         self._available = tuple(name for name in INDICATORS if name in present)
         self._members = summary_members(self._available)
         self._weights = {name: 1.0 for name in self._members}
+        self._summary_cache: tuple | None = None
         self._calibration: Calibration | None = None
         self._lock = threading.RLock()
         if calibration is not None:
@@ -307,7 +313,7 @@ class Scorer:
                     for row in range(count):
                         torch.rand(self._input_shape, generator=generator, out=noise[row])
                     pixels = noise[:count].to(self._device, self._dtype)
-                    values, _ = self._single_pass(pixels)
+                    values, _, _ = self._single_pass(pixels)
                     stacked = torch.stack([values[name] for name in self._members]).cpu().numpy()
                     for index, name in enumerate(self._members):
                         columns[name].append(stacked[index])
@@ -350,39 +356,59 @@ class Scorer:
                     DEFAULT_CALIBRATION_SAMPLES,
                 )
                 self.calibrate()
-            values, logits = self._single_pass(pixels)
+            values, logits, predicted = self._single_pass(pixels)
             if self._odin:
                 values["ODIN"] = self._odin_values(pixels)
-            values[SUMMARY] = one_c_sum(values, self._calibration, self._weights)
-            # One device-to-host copy for every indicator.
-            table = torch.stack([values[name] for name in self._available]).cpu()
+            # Every indicator in one [A, N] table; 1C-Sum is a linear form of its rows; one
+            # device-to-host copy for all of them.
+            names = self._available[:-1]  # "1C-Sum" comes last
+            table = torch.stack([values[name] for name in names])
+            index, scale, offset = self._summary_form(names, table.device)
+            if index is None:
+                # Every member was constant on noise: the sum is empty, hence 0 (logged at calibration).
+                summary = table.new_zeros((1, table.shape[1]))
+            else:
+                summary = (scale @ table[index] - offset).unsqueeze(0)
+            table = torch.cat([table, summary]).cpu()
             indicators = dict(zip(self._available, table.unbind(0)))
-            return ScoreBatch(
-                indicators=indicators,
-                predicted=logits.argmax(dim=1).cpu(),
-                logits=logits.cpu(),
-            )
+            return ScoreBatch(indicators=indicators, predicted=predicted.cpu(), logits=logits.cpu())
 
-    def _single_pass(self, pixels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """Every indicator but ODIN and 1C-Sum from one forward pass; float64 on device."""
+    def _summary_form(
+        self, names: tuple[str, ...], device: torch.device
+    ) -> tuple[Tensor | None, Tensor | None, float]:
+        """(row index, scale, offset) of 1C-Sum over the rows `names` (see summary_terms),
+        rebuilt only when the calibration or a weight changes."""
+        key = (tuple(self._weights.items()), names, device)
+        cached = self._summary_cache
+        if cached is not None and cached[0] is self._calibration and cached[1] == key:
+            return cached[2]
+        index, scale, offset = summary_terms(names, self._calibration, self._weights)
+        form = (
+            (torch.tensor(index, device=device), torch.tensor(scale, dtype=torch.float64, device=device), offset)
+            if index
+            else (None, None, 0.0)
+        )
+        self._summary_cache = (self._calibration, key, form)
+        return form
+
+    def _single_pass(self, pixels: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """Every indicator but ODIN and 1C-Sum from one forward pass (float64 on device), the
+        logits and the predicted classes."""
         # Any submodule in training mode would use batch statistics and overwrite the running ones.
-        if any(module.training for module in self._model.modules()):
+        if any(module.training for module in self._modules):
             log.warning("part of the monitored model was in training mode; putting it back in eval")
             self._model.eval()
         with torch.inference_mode():
             with self._probe.capture() as capture:
                 logits = self._model(self._normalize(pixels))
             self._check_logits(logits, pixels.shape[0])
-            values = softmax_family(logits)
-            if self._probe.head is not None:
-                latent = self._latent(capture, logits)
-                values.update(latent_family(logits, latent, self._probe.head.weight))
+            values, predicted = self._optimality(capture, logits)
             # The input normalisation is the pseudo batch-norm layer of B (section 2.2).
-            total, root_sum_sq = reduce_activation(pixels)
+            total, sum_sq = reduce_activation(pixels, self._probe.buffers, "input")
             layers = [
                 LayerMoments(
                     total=total,
-                    root_sum_sq=root_sum_sq,
+                    sum_sq=sum_sq,
                     pixels=int(pixels.shape[2] * pixels.shape[3]),
                     center=self._mean_t,
                     running_var=self._variance_t,
@@ -396,8 +422,25 @@ class Scorer:
                         "ran during the forward pass"
                     )
                 layers += capture.layers
-            values.update(self._batchnorm_reducer(layers))
-        return values, logits
+            whole = self._probe.buffers.whole(["input", *capture.keys], [layer.total for layer in layers])
+            values.update(self._batchnorm_reducer(layers, whole))
+        return values, logits, predicted
+
+    def _optimality(self, capture: Capture, logits: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """The softmax and latent families (float64 [N] each) and the predicted classes."""
+        head = self._probe.head
+        latent = None if head is None else self._latent(capture, logits)
+        if kernels.on_kernels(logits):
+            # On the CPU, one compiled loop: a dozen small tensor operations cost more.
+            tables = None if head is None else self._latent_reducer.head_tables(head.weight)
+            table, predicted = kernels.optimality_family(logits, latent, tables, T1000_TEMPERATURE)
+            names = SOFTMAX_FAMILY + (LATENT_FAMILY if head is not None else ())
+            return dict(zip(names, table.unbind(0))), predicted
+        values = softmax_family(logits)
+        predicted = logits.argmax(dim=1)
+        if head is not None:
+            values.update(self._latent_reducer(predicted, latent, head.weight))
+        return values, predicted
 
     def _odin_values(self, pixels: Tensor) -> Tensor:
         # The probe records nothing outside capture(), and eval mode freezes running stats.

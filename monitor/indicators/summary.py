@@ -203,3 +203,18 @@ def one_c_sum(
     offset = sum(s * calibration.means[name] for s, name in zip(scale, members))
     values = torch.stack([indicators[name].double() for name in members], dim=1)  # [N, M]
     return values @ torch.tensor(scale, dtype=torch.float64, device=values.device) - offset
+
+
+def summary_terms(
+    names: Sequence[str], calibration: Calibration, weights: Mapping[str, float]
+) -> tuple[list[int], list[float], float]:
+    """Eq. 31 as a linear form over rows named `names`: 1C-Sum = sum_r scale_r * row[index_r] - offset.
+
+    sum_i w_i (h_i - mu_i) / sigma_i = sum_i (w_i / sigma_i) h_i - sum_i w_i mu_i / sigma_i,
+    over the calibration's members (each must be among names).
+    """
+    members = calibration.members
+    index = [list(names).index(name) for name in members]
+    scale = [float(weights.get(name, 1.0)) / calibration.stds[name] for name in members]
+    offset = sum(s * calibration.means[name] for s, name in zip(scale, members))
+    return index, scale, float(offset)

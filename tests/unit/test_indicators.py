@@ -11,6 +11,7 @@ import torchvision
 
 from monitor import INDICATORS, Scorer
 from monitor.errors import ModelError
+from monitor.indicators import kernels
 from tests.unit.indicator_models import (
     convolutional_head_cnn,
     gated_head_cnn,
@@ -29,6 +30,19 @@ GREY_STD = (0.353,)
 BATCHNORM_NAMES = {"DMS", "DMS-AOS", "DSS", "DSS-EXT"}
 LATENT_NAMES = {"NORM", "NORM+", "ANG", "ANG++", "PROJ", "ACT", "ACT+"}
 ALWAYS = {"MP", "H", "T1000", "IN-DMS", "IN-DMS-AOS", "IN-DSS", "IN-DSS-EXT", "1C-Sum"}
+
+
+@pytest.fixture(params=["compiled-kernels", "torch-operations"], autouse=True)
+def computation(request):
+    """Every test here runs on both CPU paths: the compiled kernels and plain torch operations
+    (what CUDA runs). The reference tests also run on CUDA where there is one, with TF32 off:
+    its 10-bit mantissa would move the logits themselves by about 1e-3."""
+    kernels.use_kernels(request.param == "compiled-kernels")
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield request.param
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    kernels.use_kernels(None)
 
 
 def _images(shape, seed=0):
@@ -73,13 +87,14 @@ def _calibrated_scorer(model, mean, std, shape, head, **options):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_every_indicator_matches_the_float64_reference(case):
+def test_every_indicator_matches_the_float64_reference(case, torch_device):
     builder, mean, std, shape, head, expected = CASES[case]
     model = builder()
     x = _images(shape)
     reference, reference_logits = reference_indicators(model, x, mean, std, head=head)
 
-    scorer = _calibrated_scorer(model, mean, std, shape, head)
+    scorer = _calibrated_scorer(model.to(torch_device), mean, std, shape, head)
+    assert scorer.device.type == torch_device.type
     batch = scorer.score_batch(x)
     scores = batch.indicators
 
@@ -122,14 +137,14 @@ def test_the_default_head_is_the_last_linear_and_a_mismatch_names_the_fix():
 
 
 @pytest.mark.parametrize("case", ["small-cnn", "resnet18"])
-def test_odin_matches_the_float64_reference(case):
+def test_odin_matches_the_float64_reference(case, torch_device):
     builder, mean, std, shape, head, _ = CASES[case]
     model = builder()
     model64 = copy.deepcopy(model).double()
     x = _images(shape, seed=5)
     expected = reference_odin(model64, x, mean, std, temperature=1000.0, epsilon=8e-4)
 
-    scorer = _calibrated_scorer(model, mean, std, shape, head, odin=True)
+    scorer = _calibrated_scorer(model.to(torch_device), mean, std, shape, head, odin=True)
     scores = scorer.score(x)
     assert "ODIN" in scorer.available and "ODIN" in scores
     # The perturbation must move the score, or the comparison below proves nothing.

@@ -1,0 +1,122 @@
+"""The compiled CPU kernels against float64 torch, and the paths that choose them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from monitor import Scorer
+from monitor.indicators import kernels
+from monitor.indicators.batchnorm import reduce_activation
+
+pytestmark = pytest.mark.skipif(not kernels.enabled(), reason="Numba is not importable here")
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 9), (2, 4, 1, 1), (1, 2, 224, 224)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channel_moments_are_the_float64_sums_in_one_read(shape, dtype):
+    z = (torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3 + 50).to(dtype)
+    totals, squares = kernels.channel_moments(z)
+    reference = z.double()
+    assert totals.dtype == squares.dtype == torch.float64
+    torch.testing.assert_close(totals, reference.sum(dim=(2, 3)), rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(squares, reference.square().sum(dim=(2, 3)), rtol=1e-12, atol=1e-9)
+
+
+def test_buffers_are_reused_per_key_and_replaced_when_the_shape_changes():
+    buffers = kernels.MomentBuffers()
+    first = buffers.get("a", 2, 3)
+    assert buffers.get("a", 2, 3)[2] is first[2]
+    assert buffers.get("a", 4, 3)[2] is not first[2]
+    assert buffers.get("b", 2, 3)[2] is not first[2]
+
+
+def test_the_arena_holds_a_pass_once_its_keys_are_known_and_not_a_stale_one():
+    buffers = kernels.MomentBuffers()
+    z1, z2 = torch.rand(2, 3, 4, 4), torch.rand(2, 5, 2, 2)
+
+    def one_pass(first, second):
+        t1, _ = reduce_activation(first, buffers, "one")
+        t2, _ = reduce_activation(second, buffers, "two")
+        return buffers.whole(["one", "two"], [t1, t2]), torch.cat([t1, t2], dim=1).clone()
+
+    assert one_pass(z1, z2)[0] is None  # first pass: keys learnt, arena laid out
+    whole, expected = one_pass(z1 * 2, z2 * 2)  # second: written in place, already side by side
+    assert whole is not None
+    np.testing.assert_array_equal(whole[0], expected.numpy())
+    # A new batch size leaves the arena: the caller concatenates, nothing stale comes back.
+    assert one_pass(torch.rand(3, 3, 4, 4), torch.rand(3, 5, 2, 2))[0] is None
+
+
+def test_torch_reduces_large_activations_when_it_has_several_threads():
+    threads = torch.get_num_threads()
+    large = torch.rand(1, 8, 256, 256)
+    try:
+        torch.set_num_threads(2)
+        assert not kernels.channel_moments_applicable(large)
+        assert kernels.channel_moments_applicable(torch.rand(2, 4, 8, 8))
+        torch.set_num_threads(1)
+        assert kernels.channel_moments_applicable(large)
+    finally:
+        torch.set_num_threads(threads)
+    assert not kernels.channel_moments_applicable(large.to(memory_format=torch.channels_last))
+    assert not kernels.channel_moments_applicable(large.half())
+
+
+class SharedBatchNorm(nn.Module):
+    """One batch-norm layer applied twice, as weight-shared blocks do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.norm(self.conv1(x)))
+        x = torch.relu(self.norm(self.conv2(x)))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def _shared_model():
+    torch.manual_seed(3)
+    model = SharedBatchNorm()
+    with torch.no_grad():
+        model.norm.running_mean.uniform_(-0.5, 0.5)
+        model.norm.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_both_paths_agree_on_every_indicator_with_a_layer_applied_twice():
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    results = {}
+    for on in (True, False):
+        kernels.use_kernels(on)
+        try:
+            scorer = Scorer(_shared_model(), mean=(0.5,) * 3, std=(0.25,) * 3, input_shape=(3, 8, 8))
+            scorer.calibrate(n=8, batch_size=8, progress=False)
+            scorer.score(x)  # a first pass lays the arena out; the second writes into it
+            results[on] = scorer.score_batch(x)
+        finally:
+            kernels.use_kernels(None)
+    compiled, plain = results[True], results[False]
+    assert torch.equal(compiled.predicted, plain.predicted)
+    assert tuple(compiled.indicators) == tuple(plain.indicators)
+    for name, value in compiled.indicators.items():
+        np.testing.assert_allclose(value.numpy(), plain.indicators[name].numpy(), rtol=2e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_switching_the_kernels_off_by_environment(monkeypatch):
+    monkeypatch.setenv(kernels.ENVIRONMENT_SWITCH, "0")
+    kernels.use_kernels(None)
+    try:
+        assert not kernels.enabled()
+        assert not kernels.channel_moments_applicable(torch.rand(2, 3, 4, 4))
+    finally:
+        monkeypatch.delenv(kernels.ENVIRONMENT_SWITCH)
+        kernels.use_kernels(None)
+    assert kernels.enabled()
