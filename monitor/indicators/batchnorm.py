@@ -9,9 +9,10 @@ y = (z - running_mean) / sqrt(running_var + eps), and summarised per (sample, ch
     A = mean of y^2 over H x W                       (the inner term of eq. 28)
 
 The probe never keeps activations: at each layer it reduces z to two [N, C] tensors, the
-per-channel sum and sum of squares (one fused read on the CPU, see monitor.indicators.kernels;
-two read-only passes elsewhere), and every quantity above follows from them exactly. Standardisation is affine per channel, so with
-m_z, v_z the mean and (H*W - 1)-denominator variance of z over H x W and s = running_var + eps:
+per-channel mean and H*W-denominator variance of z (one compiled read on the CPU, see
+monitor.indicators.kernels; one batch-norm statistics kernel on CUDA), and every quantity
+above follows from them exactly. Standardisation is affine per channel, so with m_z, v_z the
+mean and (H*W - 1)-denominator variance of z over H x W and s = running_var + eps:
 
     M = (m_z - running_mean) / sqrt(s),   S^2 = v_z / s,   A = S^2 (H*W - 1) / (H*W) + M^2
 """
@@ -36,15 +37,16 @@ BATCHNORM_FAMILY: tuple[str, ...] = ("DMS", "DMS-AOS", "DSS", "DSS-EXT")
 
 
 class LayerMoments(NamedTuple):
-    """Raw per-(sample, channel) moments of one batch-norm input, and its reference statistics.
+    """Per-(sample, channel) moments of one batch-norm input, and its reference statistics.
 
-    total: [N, C] sum of z over the H x W positions; sum_sq: [N, C] sum of z^2 (float32 or
-    float64, on z's device); center: [C] running mean; running_var: [C]; eps: the layer's eps
-    (0 for the input). A named tuple: one is made per layer and batch, inside the forward pass.
+    mean: [N, C] mean of z over the H x W positions; variance: [N, C] its H*W-denominator
+    variance (float32 or float64, on z's device); center: [C] running mean; running_var: [C];
+    eps: the layer's eps (0 for the input). A named tuple: one is made per layer and batch,
+    inside the forward pass.
     """
 
-    total: Tensor
-    sum_sq: Tensor
+    mean: Tensor
+    variance: Tensor
     pixels: int
     center: Tensor
     running_var: Tensor
@@ -52,24 +54,34 @@ class LayerMoments(NamedTuple):
 
     @property
     def channels(self) -> int:
-        return int(self.total.shape[1])
+        return int(self.mean.shape[1])
 
 
 def reduce_activation(
     z: Tensor, buffers: kernels.MomentBuffers | None = None, key: object = None
 ) -> tuple[Tensor, Tensor]:
-    """[N, C, H, W] -> per-channel sum and sum of squares, [N, C] each, without copying z.
+    """[N, C, H, W] -> per-channel mean and H*W-denominator variance, [N, C] each, without
+    copying z or materialising y or z^2.
 
-    On the CPU, where torch would reduce on one thread, one fused read (float64 sums, into
-    buffers[key] when given: see kernels.MomentBuffers); else two read-only torch reductions,
-    several times faster than torch.var_mean (Welford), that never materialise y or z^2
-    (vector_norm, squared on the small result, beats a sum of squares).
+    - CPU, where torch would reduce on one thread: one compiled read, float64 (into
+      buffers[key] when given: see kernels.MomentBuffers);
+    - CUDA: one launch of the batch-norm statistics kernel (Welford) on z viewed as one
+      sample of N*C channels;
+    - otherwise two read-only torch reductions with float64 accumulators (several times
+      faster on the CPU than torch.var_mean).
     """
     if kernels.channel_moments_applicable(z):
         return kernels.channel_moments(z, buffers, key)
-    if z.dtype not in (torch.float32, torch.float64):
-        z = z.float()  # half-precision sums of squares overflow and round too coarsely
-    return z.sum(dim=(2, 3)), torch.linalg.vector_norm(z, ord=2, dim=(2, 3)).square_()
+    batch, channels, height, width = z.shape
+    if z.is_cuda and z.is_contiguous() and z.dtype in (torch.float32, torch.float64):
+        # eps = 0: invstd = 1 / sqrt(var), inf for a constant channel, whose var comes back 0.
+        mean, invstd = torch.batch_norm_stats(z.view(1, batch * channels, height, width), 0.0)
+        return mean.view(batch, channels), invstd.view(batch, channels).pow_(-2)
+    pixels = height * width
+    mean = z.sum(dim=(2, 3), dtype=torch.float64).div_(pixels)
+    sum_sq = torch.linalg.vector_norm(z, ord=2, dim=(2, 3), dtype=torch.float64).square_()
+    # E[z^2] - E[z]^2 in float64; rounding can leave it a hair below 0.
+    return mean, sum_sq.div_(pixels).sub_(mean.square()).clamp_min_(0.0)
 
 
 @functools.lru_cache(maxsize=256)
@@ -90,7 +102,6 @@ class _Layout:
 
     channels: int
     pixels: Tensor  # [C] H*W
-    inverse_pixels: Tensor  # [C] 1 / (H*W)
     dof: Tensor  # [C] H*W - 1, at least 1 (channels with H*W < 2 carry weight 0 in DSS*)
     eps: Tensor  # [C]
     chi2_middle: Tensor  # [C] centre of the chi2(H*W - 1) acceptance interval, over H*W - 1
@@ -101,6 +112,7 @@ class _Layout:
     input_channels: int  # the input pseudo-layer's channels come first
     # [8, 1] float64: 1 / C_S of DMS, DMS-AOS, DSS, DSS-EXT over the input alone, then every layer
     scale: Tensor
+    host_scale: Tensor  # the same on the CPU
     input_spread: bool  # the input has H*W >= 2
     spread_channels: int  # C_S of DSS and DSS-EXT over every layer
 
@@ -127,7 +139,6 @@ def _layout(
     spread_channels = int(spread.sum())
     host = {
         "pixels": pixels_t,
-        "inverse_pixels": 1.0 / pixels_t,
         "dof": dof,
         "eps": torch.tensor(eps, dtype=torch.float64),
         "chi2_middle": (low_t + high_t) / 2 / dof,
@@ -143,10 +154,16 @@ def _layout(
         return 1.0 / count if count else 0.0
 
     input_spread = inverse(input_channels) if input_pixels >= 2 else 0.0
+    scale = torch.tensor(
+        [[inverse(input_channels)]] * 2
+        + [[input_spread]] * 2
+        + [[inverse(len(pixels))]] * 2
+        + [[inverse(spread_channels)]] * 2,
+        dtype=torch.float64,
+    )
     return _Layout(
         channels=len(pixels),
         pixels=on_device(pixels_t),
-        inverse_pixels=on_device(1.0 / pixels_t),
         dof=on_device(dof),
         eps=on_device(host["eps"]),
         chi2_middle=on_device(host["chi2_middle"]),
@@ -154,14 +171,8 @@ def _layout(
         spread_mask=on_device(host["spread_mask"]),
         host={name: values.numpy() for name, values in host.items()},
         input_channels=input_channels,
-        scale=torch.tensor(
-            [[inverse(input_channels)]] * 2
-            + [[input_spread]] * 2
-            + [[inverse(len(pixels))]] * 2
-            + [[inverse(spread_channels)]] * 2,
-            dtype=torch.float64,
-            device=device,
-        ),
+        scale=scale.to(device),
+        host_scale=scale,
         input_spread=input_pixels >= 2,
         spread_channels=spread_channels,
     )
@@ -179,9 +190,9 @@ def _versions(tensors: Sequence[Tensor]) -> tuple | None:
 class BatchNormReducer:
     """Turns the moments of one forward pass into the batch-norm family.
 
-    On the CPU, one fused loop over the moments (monitor.indicators.kernels), in float64.
-    Elsewhere (or with the kernels switched off), all per-(sample, channel) arithmetic runs
-    in place in one float32 workspace kept between batches. Either way the per-channel
+    With the compiled kernels (monitor.indicators.kernels), one float64 loop over the moments
+    on the host, whatever the model's device. Without them, all per-(sample, channel)
+    arithmetic runs in place in one float32 workspace on the device, kept between batches. Either way the per-channel
     reference statistics are concatenated once and reused until a running statistic changes:
     fresh [N, C_total] temporaries and extra small operations cost more than the arithmetic
     itself. Not thread-safe: one per thread.
@@ -244,9 +255,10 @@ class BatchNormReducer:
         whole: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> dict[str, Tensor]:
         """IN-DMS ... IN-DSS-EXT over layers[0] (the input pseudo-layer) and, when there is
-        more than one layer, DMS ... DSS-EXT over all of them (eqs. 27-30); float64 [N] each.
+        more than one layer, DMS ... DSS-EXT over all of them (eqs. 27-30); float64 [N] each,
+        on the CPU when the compiled kernels do the arithmetic, else on the layers' device.
 
-        whole: the layers' totals and sums of squares already side by side, [N, C_total]
+        whole: the layers' means and variances already side by side on the CPU, [N, C_total]
         each (see kernels.MomentBuffers.whole); else they are concatenated here.
 
         C_S counts the channels of the layers that take part in each indicator: every layer
@@ -255,7 +267,7 @@ class BatchNormReducer:
         """
         if not layers:
             raise ValueError("the batch-norm family needs at least the input pseudo-layer")
-        device = layers[0].total.device
+        device = layers[0].mean.device
         layout = _layout(
             tuple((layer.channels, layer.pixels, float(layer.eps)) for layer in layers),
             device,
@@ -263,16 +275,18 @@ class BatchNormReducer:
         )
         with torch.inference_mode():
             reference = self._reference_statistics(layers, layout)
-            if device.type == "cpu" and kernels.enabled():
+            # Sums over channels, then / C_S in float64 (counts / C_S exactly).
+            if kernels.enabled():
                 if whole is None:
+                    # On a GPU: two small copies to the host, then one loop.
                     whole = (
-                        torch.cat([layer.total for layer in layers], dim=1).numpy(),
-                        torch.cat([layer.sum_sq for layer in layers], dim=1).numpy(),
+                        torch.cat([layer.mean for layer in layers], dim=1).cpu().numpy(),
+                        torch.cat([layer.variance for layer in layers], dim=1).cpu().numpy(),
                     )
                 sums = kernels.batchnorm_sums(*whole, {**layout.host, **reference["host"]})
+                means = sums * layout.host_scale
             else:
-                sums = self._sums(layers, layout, reference)
-            means = sums.double() * layout.scale  # float64: counts / C_S exactly
+                means = self._sums(layers, layout, reference).double() * layout.scale
 
         names = ("DMS", "DMS-AOS", "DSS", "DSS-EXT")
         sets = [("IN-", 0, layout.input_spread)]
@@ -290,17 +304,13 @@ class BatchNormReducer:
         center = reference["center"]
         inverse_variance = reference["inverse_variance"]
         spread_scale = reference["spread_scale"]
-        device = layers[0].total.device
-        workspace = self._buffers(layers[0].total.shape[0], layout.channels, device)
+        device = layers[0].mean.device
+        workspace = self._buffers(layers[0].mean.shape[0], layout.channels, device)
         mean_z, variance_z, deviation_sq, spread_sq, distance, flags = workspace
         inputs = slice(0, layout.input_channels)
-        torch.cat([layer.total for layer in layers], dim=1, out=mean_z)
-        torch.cat([layer.sum_sq for layer in layers], dim=1, out=variance_z)
+        torch.cat([layer.mean for layer in layers], dim=1, out=mean_z)
+        torch.cat([layer.variance for layer in layers], dim=1, out=variance_z)  # Var_HW(z)
 
-        mean_z.mul_(layout.inverse_pixels)
-        # H*W-denominator variance E[z^2] - E[z]^2; rounding can make it slightly negative.
-        variance_z.mul_(layout.inverse_pixels).addcmul_(mean_z, mean_z, value=-1.0)
-        variance_z.clamp_min_(0.0)
         torch.sub(mean_z, center, out=deviation_sq).square_()
         # Sum_c M^2 = Sum_c (m_z - mu)^2 / s and Sum_c A = Sum_c M^2 + Sum_c Var_HW(z) / s:
         # matrix-vector products with 1 / s, no [N, C] temporaries.

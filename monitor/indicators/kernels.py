@@ -1,20 +1,24 @@
-"""Fused CPU kernels for the batch-norm family, compiled by Numba on first use.
+"""Compiled kernels of the indicator engine (Numba, compiled on first use, cached on disk).
 
-On the CPU, the batch-norm family's cost is not arithmetic but passes over memory and the
-fixed cost of many small tensor operations:
+On the CPU, the indicators' cost is not arithmetic but passes over memory and the fixed cost
+of many small tensor operations:
 
 - per-channel moments of an activation z [N, C, H, W]: torch needs two passes (a sum, then a
   sum of squares); `channel_moments` reads z once and accumulates both in float64;
-- the family itself, from the [N, C_total] moments of every layer: about twenty small torch
-  operations per batch; `batchnorm_sums` is one loop over the moments.
+- the batch-norm family from the [N, C_total] moments of every layer: about twenty small
+  torch operations per batch; `batchnorm_sums` is one loop over the moments;
+- the softmax and latent families: a dozen small operations more; `optimality_family` is one
+  loop over the samples.
 
-Both are exact transcriptions of the torch code in monitor.indicators.batchnorm, which stays
-the path for other devices (CUDA), other layouts and when the kernels are switched off
-(`MONITOR_FUSED_KERNELS=0`, or Numba missing). The tests hold both paths to the same float64
-reference.
+The arithmetic kernels also serve a model on a GPU: its [N, C_total] moments, logits and head
+input are copied to the host, where one loop costs less than launching dozens of tiny GPU
+kernels. The torch code in monitor.indicators.batchnorm and .optimality computes the same
+equations; it is the path when the kernels are switched off (`MONITOR_FUSED_KERNELS=0`) or
+Numba is missing, and the tests hold both paths to the same float64 reference.
 
 The kernels run on one thread and release the GIL. `channel_moments` is only used where torch
-itself reduces on one thread: with several, torch's parallel two passes are faster.
+itself would reduce on one thread: with several, torch's parallel passes over a large
+activation are faster.
 """
 
 from __future__ import annotations
@@ -66,43 +70,45 @@ def _compiled():
         return None
 
     @numba.njit(cache=True, nogil=True, fastmath=True)
-    def moments(activation, totals, squares):
-        # activation [N, C, H, W] float32/64, C-contiguous; totals, squares [N, C] float64.
-        # One read, float64 accumulators.
+    def moments(activation, means, variances):
+        # activation [N, C, H, W] float32/64, C-contiguous; means, variances [N, C] float64:
+        # mean and H*W-denominator variance over H x W. One read, float64 accumulators.
         batch, channels = activation.shape[0], activation.shape[1]
         planes = activation.reshape(batch, channels, -1)
+        pixels = planes.shape[2]
         for sample in range(batch):
             for channel in range(channels):
                 plane = planes[sample, channel]
                 total = 0.0
                 square = 0.0
-                for position in range(plane.shape[0]):
+                for position in range(pixels):
                     value = np.float64(plane[position])
                     total += value
                     square += value * value
-                totals[sample, channel] = total
-                squares[sample, channel] = square
+                mean = total / pixels
+                # E[z^2] - E[z]^2 in float64; rounding can leave it a hair below 0.
+                variance = square / pixels - mean * mean
+                means[sample, channel] = mean
+                variances[sample, channel] = variance if variance > 0.0 else 0.0
 
     # Reassociation lets LLVM vectorise the sums; no 'ninf'/'nnan' flags: the comparison with
     # an infinite half width (layers with H*W < 2 are never extreme) must keep its IEEE meaning.
     @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
-    def family(totals, squares, inverse_pixels, center, inverse_variance, spread_scale,
+    def family(means, variances, center, inverse_variance, spread_scale,
                chi2_middle, chi2_half_width, spread_mask, input_mask, sums):
-        # totals, squares [N, C]; per-channel constants [C]; sums [8, N]: Sum_c M^2, Sum_c A,
-        # Sum_c (S - 1)^2, #extreme over the input (input_mask = 1 on its channels), then over
-        # every layer. The inner loop has no calls, branches or 2-D indexing so that LLVM
-        # vectorises it (with any of them it runs scalar, several times slower than torch).
-        for sample in range(totals.shape[0]):
-            sample_totals = totals[sample]
-            sample_squares = squares[sample]
+        # means, variances [N, C] (H*W-denominator); per-channel constants [C]; sums [8, N]:
+        # Sum_c M^2, Sum_c A, Sum_c (S - 1)^2, #extreme over the input (input_mask = 1 on its
+        # channels), then over every layer. The inner loop has no calls, branches or 2-D
+        # indexing so that LLVM vectorises it (with any of them it runs scalar, several times
+        # slower than torch).
+        for sample in range(means.shape[0]):
+            sample_means = means[sample]
+            sample_variances = variances[sample]
             moment = spread = gap = extreme = 0.0
             input_moment = input_spread = input_gap = input_extreme = 0.0
-            for channel in range(sample_totals.shape[0]):
-                mean = sample_totals[channel] * inverse_pixels[channel]
-                # H*W-denominator variance E[z^2] - E[z]^2; rounding can make it slightly negative.
-                variance = sample_squares[channel] * inverse_pixels[channel] - mean * mean
-                variance = variance if variance > 0.0 else 0.0
-                deviation = mean - center[channel]
+            for channel in range(sample_means.shape[0]):
+                variance = np.float64(sample_variances[channel])
+                deviation = sample_means[channel] - center[channel]
                 moment_term = deviation * deviation * inverse_variance[channel]
                 spread_term = variance * inverse_variance[channel]
                 spread_sq = variance * spread_scale[channel]
@@ -233,29 +239,29 @@ class MomentBuffers:
         self._pairs: dict[object, tuple[np.ndarray, np.ndarray, Tensor, Tensor]] = {}
         self._arena_keys: tuple = ()
         self._arena: tuple[np.ndarray, np.ndarray] | None = None
-        self._arena_views: tuple[Tensor, ...] = ()  # each key's totals inside the arena
+        self._arena_views: tuple[Tensor, ...] = ()  # each key's means inside the arena
 
     def get(self, key: object, batch: int, channels: int) -> tuple[np.ndarray, np.ndarray, Tensor, Tensor]:
         pair = self._pairs.get(key)
         if pair is None or pair[0].shape != (batch, channels):
-            totals = np.empty((batch, channels), dtype=np.float64)
-            squares = np.empty((batch, channels), dtype=np.float64)
-            pair = (totals, squares, torch.from_numpy(totals), torch.from_numpy(squares))
+            means = np.empty((batch, channels), dtype=np.float64)
+            variances = np.empty((batch, channels), dtype=np.float64)
+            pair = (means, variances, torch.from_numpy(means), torch.from_numpy(variances))
             self._pairs[key] = pair
         return pair
 
-    def whole(self, keys: Sequence[object], totals: Sequence[Tensor]) -> tuple[np.ndarray, np.ndarray] | None:
-        """The [N, C_total] totals and squares of the layers with these keys, in this order,
+    def whole(self, keys: Sequence[object], means: Sequence[Tensor]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The [N, C_total] means and variances of the layers with these keys, in this order,
         when this pass wrote them into the arena; else None (concatenate them), and the
         arena is laid out for these keys so that the next pass does."""
         keys = tuple(keys)
-        ours = len(keys) == len(totals) and all(
-            key in self._pairs and self._pairs[key][2] is total for key, total in zip(keys, totals)
+        ours = len(keys) == len(means) and all(
+            key in self._pairs and self._pairs[key][2] is mean for key, mean in zip(keys, means)
         )
         if not ours:
             return None  # some layer was reduced by torch: no arena can hold it
         if keys == self._arena_keys and all(
-            total is view for total, view in zip(totals, self._arena_views)
+            mean is view for mean, view in zip(means, self._arena_views)
         ):
             return self._arena
         batch = self._pairs[keys[0]][0].shape[0]
@@ -277,35 +283,34 @@ class MomentBuffers:
 def channel_moments(
     z: Tensor, buffers: MomentBuffers | None = None, key: object = None
 ) -> tuple[Tensor, Tensor]:
-    """[N, C, H, W] -> per-channel sum and sum of squares over H x W, float64 [N, C] each,
+    """[N, C, H, W] -> per-channel mean and H*W-denominator variance, float64 [N, C] each,
     in one read of z (see channel_moments_applicable); into buffers[key] when given."""
     moments = _compiled()[0]
     batch, channels = z.shape[0], z.shape[1]
     if buffers is None:
         buffers, key = MomentBuffers(), None
-    totals, squares, totals_t, squares_t = buffers.get(key, batch, channels)
-    moments((z.detach() if z.requires_grad else z).numpy(), totals, squares)
-    return totals_t, squares_t
+    means, variances, means_t, variances_t = buffers.get(key, batch, channels)
+    moments((z.detach() if z.requires_grad else z).numpy(), means, variances)
+    return means_t, variances_t
 
 
 def batchnorm_sums(
-    totals: np.ndarray,
-    squares: np.ndarray,
+    means: np.ndarray,
+    variances: np.ndarray,
     constants: dict[str, np.ndarray],
 ) -> Tensor:
     """The [8, N] float64 sums of the batch-norm family (see BatchNormReducer), in one loop.
 
-    totals, squares: [N, C_total] per-channel sums and sums of squares of every layer,
-    input pseudo-layer first; constants: float64 [C_total] arrays inverse_pixels, center,
+    means, variances: [N, C_total] per-channel mean and H*W-denominator variance of every
+    layer, input pseudo-layer first; constants: float64 [C_total] arrays center,
     inverse_variance, spread_scale, chi2_middle, chi2_half_width, spread_mask and
     input_mask (1 on the input pseudo-layer's channels, else 0).
     """
     family = _compiled()[1]
-    sums = np.empty((8, totals.shape[0]), dtype=np.float64)
+    sums = np.empty((8, means.shape[0]), dtype=np.float64)
     family(
-        totals,
-        squares,
-        constants["inverse_pixels"],
+        means,
+        variances,
         constants["center"],
         constants["inverse_variance"],
         constants["spread_scale"],
@@ -318,11 +323,6 @@ def batchnorm_sums(
     return torch.from_numpy(sums)
 
 
-def on_kernels(tensor: Tensor) -> bool:
-    """Whether the fused kernels serve this (CPU) tensor's computation."""
-    return _use_kernels and tensor.is_cpu and _compiled() is not None
-
-
 def optimality_family(
     logits: Tensor,
     latent: Tensor | None,
@@ -331,8 +331,10 @@ def optimality_family(
 ) -> tuple[Tensor, Tensor]:
     """MP, H, T1000 and, with a head, NORM ... ACT+ in one loop over the samples: float64
     [10, N] (rows in that order; the latent rows are unset without a head) and the
-    predicted classes [N]. The same equations as monitor.indicators.optimality, for CPU
-    tensors; head_tables as LatentReducer.head_tables gives them."""
+    predicted classes [N], on the CPU whatever the device of logits and latent (they are
+    copied: [N, K] and [N, D] are small beside a dozen operations on a GPU). The same
+    equations as monitor.indicators.optimality; head_tables as
+    LatentReducer.head_tables(weight, host=True) gives them."""
     optimality = _compiled()[2]
     batch = logits.shape[0]
     out = np.empty((10, batch), dtype=np.float64)
@@ -341,10 +343,10 @@ def optimality_family(
         latent_array = np.empty((batch, 0), dtype=np.float64)
         rows, norms = np.empty((1, 3, 0)), np.empty((1, 3))
     else:
-        latent_array = latent.numpy()
+        latent_array = latent.detach().cpu().numpy()
         rows, norms = head_tables[0].numpy(), head_tables[1].numpy()
     optimality(
-        np.ascontiguousarray(logits.numpy()),
+        np.ascontiguousarray(logits.detach().cpu().numpy()),
         np.ascontiguousarray(latent_array),
         rows,
         norms,
@@ -357,8 +359,8 @@ def optimality_family(
 
 
 def tempered_confidence_gap(logits: Tensor, temperature: float) -> Tensor:
-    """1 - max softmax(z / T), float64 [N], for CPU logits: bit for bit what optimality_family
+    """1 - max softmax(z / T), float64 [N] on the CPU: bit for bit what optimality_family
     gives for T1000."""
     out = np.empty(logits.shape[0], dtype=np.float64)
-    _compiled()[3](np.ascontiguousarray(logits.numpy()), float(temperature), out)
+    _compiled()[3](np.ascontiguousarray(logits.detach().cpu().numpy()), float(temperature), out)
     return torch.from_numpy(out)

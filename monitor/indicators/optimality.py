@@ -29,8 +29,8 @@ LATENT_FAMILY: tuple[str, ...] = ("NORM", "NORM+", "ANG", "ANG++", "PROJ", "ACT"
 
 def tempered_confidence_gap(logits: Tensor, temperature: float) -> Tensor:
     """1 - max softmax(z / T), float64 [N] (eq. 11; MP when T = 1)."""
-    if kernels.on_kernels(logits):
-        return kernels.tempered_confidence_gap(logits.detach(), temperature)
+    if kernels.enabled():
+        return kernels.tempered_confidence_gap(logits, temperature)
     # exp of the largest log-probability: bit for bit what softmax_family computes for T1000.
     return 1.0 - torch.log_softmax(logits.double() / temperature, dim=1).amax(dim=1).exp()
 
@@ -71,14 +71,27 @@ class LatentReducer:
     def __init__(self) -> None:
         self._key: tuple | None = None
         self._tables: tuple[Tensor, Tensor] | None = None
+        self._host_tables: tuple[Tensor, Tensor] | None = None
 
-    def head_tables(self, weight: Tensor) -> tuple[Tensor, Tensor]:
-        """rows [K, 3, D]: w_j, w_j,P (zeros off P), 1_P; norms [K, 3]: ||w_j||, ||w_j,P||, 1/||w_j||."""
+    def head_tables(self, weight: Tensor, host: bool = False) -> tuple[Tensor, Tensor]:
+        """rows [K, 3, D]: w_j, w_j,P (zeros off P), 1_P; norms [K, 3]: ||w_j||, ||w_j,P||,
+        1/||w_j||; float64 on W's device, or on the CPU with host=True."""
         key = _versions(weight)
         cached = self._key
-        if key is not None and cached is not None and key[0] is cached[0] and key[1] == cached[1]:
-            return self._tables
-        w = weight.detach().double()
+        if key is None or cached is None or key[0] is not cached[0] or key[1] != cached[1]:
+            self._tables = self._host_tables = None
+            self._key = key
+        if host:
+            if self._host_tables is None:
+                self._host_tables = self._build(weight.detach().cpu())
+            return self._host_tables
+        if self._tables is None:
+            self._tables = self._build(weight.detach())
+        return self._tables
+
+    @staticmethod
+    def _build(weight: Tensor) -> tuple[Tensor, Tensor]:
+        w = weight.double()
         # w_j,P padded with zeros, so w_k,P . u_P = w_positive[k] . u
         w_positive = w.clamp_min(0.0)
         rows = torch.stack([w, w_positive, (w > 0).double()], dim=1)
@@ -87,7 +100,6 @@ class LatentReducer:
         )
         # PROJ's divisor; a zero row gives PROJ = 0 (its dot product is 0).
         norms = torch.cat([norms, norms[:, :1].clamp_min(_TINY).reciprocal()], dim=1)
-        self._key, self._tables = key, (rows, norms)
         return rows, norms
 
     def __call__(self, predicted: Tensor, latent: Tensor, weight: Tensor) -> dict[str, Tensor]:

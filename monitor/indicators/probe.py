@@ -126,12 +126,12 @@ class Probe:
         calls[id(module)] = call + 1
         key = (id(module), call)
         capture.keys.append(key)
-        total, sum_sq = reduce_activation(z, self.buffers, key)
+        mean, variance = reduce_activation(z, self.buffers, key)
         statistics = module._buffers  # running_mean, running_var (faster than module.__getattr__)
         capture.layers.append(
             LayerMoments(
-                total,
-                sum_sq,
+                mean,
+                variance,
                 z.shape[2] * z.shape[3],
                 statistics["running_mean"],
                 statistics["running_var"],

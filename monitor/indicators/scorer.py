@@ -404,11 +404,11 @@ class Scorer:
             self._check_logits(logits, pixels.shape[0])
             values, predicted = self._optimality(capture, logits)
             # The input normalisation is the pseudo batch-norm layer of B (section 2.2).
-            total, sum_sq = reduce_activation(pixels, self._probe.buffers, "input")
+            mean, variance = reduce_activation(pixels, self._probe.buffers, "input")
             layers = [
                 LayerMoments(
-                    total=total,
-                    sum_sq=sum_sq,
+                    mean=mean,
+                    variance=variance,
                     pixels=int(pixels.shape[2] * pixels.shape[3]),
                     center=self._mean_t,
                     running_var=self._variance_t,
@@ -422,7 +422,7 @@ class Scorer:
                         "ran during the forward pass"
                     )
                 layers += capture.layers
-            whole = self._probe.buffers.whole(["input", *capture.keys], [layer.total for layer in layers])
+            whole = self._probe.buffers.whole(["input", *capture.keys], [layer.mean for layer in layers])
             values.update(self._batchnorm_reducer(layers, whole))
         return values, logits, predicted
 
@@ -430,9 +430,10 @@ class Scorer:
         """The softmax and latent families (float64 [N] each) and the predicted classes."""
         head = self._probe.head
         latent = None if head is None else self._latent(capture, logits)
-        if kernels.on_kernels(logits):
-            # On the CPU, one compiled loop: a dozen small tensor operations cost more.
-            tables = None if head is None else self._latent_reducer.head_tables(head.weight)
+        if kernels.enabled():
+            # One compiled loop on the host: a dozen small tensor operations cost more, on the
+            # CPU and as GPU launches alike.
+            tables = None if head is None else self._latent_reducer.head_tables(head.weight, host=True)
             table, predicted = kernels.optimality_family(logits, latent, tables, T1000_TEMPERATURE)
             names = SOFTMAX_FAMILY + (LATENT_FAMILY if head is not None else ())
             return dict(zip(names, table.unbind(0))), predicted

@@ -16,13 +16,28 @@ pytestmark = pytest.mark.skipif(not kernels.enabled(), reason="Numba is not impo
 
 @pytest.mark.parametrize("shape", [(3, 5, 7, 9), (2, 4, 1, 1), (1, 2, 224, 224)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_channel_moments_are_the_float64_sums_in_one_read(shape, dtype):
+def test_channel_moments_are_float64_mean_and_variance_in_one_read(shape, dtype):
+    # A mean 50 / spread 3 ratio where float32 sums of squares would lose the variance.
     z = (torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3 + 50).to(dtype)
-    totals, squares = kernels.channel_moments(z)
+    mean, variance = kernels.channel_moments(z)
     reference = z.double()
-    assert totals.dtype == squares.dtype == torch.float64
-    torch.testing.assert_close(totals, reference.sum(dim=(2, 3)), rtol=1e-12, atol=1e-9)
-    torch.testing.assert_close(squares, reference.square().sum(dim=(2, 3)), rtol=1e-12, atol=1e-9)
+    assert mean.dtype == variance.dtype == torch.float64
+    torch.testing.assert_close(mean, reference.mean(dim=(2, 3)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(variance, reference.var(dim=(2, 3), correction=0), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_every_reduction_path_gives_mean_and_variance(device):
+    z = torch.randn(4, 6, 5, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2 + 7
+    z[0, 0] = 3.0  # a constant channel: variance exactly 0, never negative
+    reference_mean, reference_variance = z.mean(dim=(2, 3)), z.var(dim=(2, 3), correction=0)
+    for variant in (z, z.to(memory_format=torch.channels_last)):  # compiled or CUDA; torch
+        for dtype in (torch.float32, torch.float64):
+            mean, variance = reduce_activation(variant.to(device, dtype))
+            torch.testing.assert_close(mean.cpu().double(), reference_mean, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(variance.cpu().double(), reference_variance, rtol=1e-4, atol=1e-5)
+            assert variance[0, 0] == 0 or variance[0, 0] < 1e-10
 
 
 def test_buffers_are_reused_per_key_and_replaced_when_the_shape_changes():
