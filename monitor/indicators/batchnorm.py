@@ -10,7 +10,7 @@ y = (z - running_mean) / sqrt(running_var + eps), and summarised per (sample, ch
 
 The probe never keeps activations: at each layer it reduces z to two [N, C] tensors, the
 per-channel mean and H*W-denominator variance of z (one compiled read on the CPU, see
-monitor.indicators.kernels; one batch-norm statistics kernel on CUDA), and every quantity
+monitor.indicators.kernels; one Welford reduction on CUDA), and every quantity
 above follows from them exactly. Standardisation is affine per channel, so with m_z, v_z the
 mean and (H*W - 1)-denominator variance of z over H x W and s = running_var + eps:
 
@@ -65,19 +65,20 @@ def reduce_activation(
 
     - CPU, where torch would reduce on one thread: one compiled read, float64 (into
       buffers[key] when given: see kernels.MomentBuffers);
-    - CUDA: one launch of the batch-norm statistics kernel (Welford) on z viewed as one
-      sample of N*C channels;
+    - other devices (CUDA): one launch of torch's Welford reduction (var_mean);
     - otherwise two read-only torch reductions with float64 accumulators (several times
       faster on the CPU than torch.var_mean).
     """
     if kernels.channel_moments_applicable(z):
         return kernels.channel_moments(z, buffers, key)
-    batch, channels, height, width = z.shape
-    if z.is_cuda and z.is_contiguous() and z.dtype in (torch.float32, torch.float64):
-        # eps = 0: invstd = 1 / sqrt(var), inf for a constant channel, whose var comes back 0.
-        mean, invstd = torch.batch_norm_stats(z.view(1, batch * channels, height, width), 0.0)
-        return mean.view(batch, channels), invstd.view(batch, channels).pow_(-2)
-    pixels = height * width
+    if z.dtype not in (torch.float32, torch.float64):
+        z = z.float()  # half-precision sums of squares overflow and round too coarsely
+    if not z.is_cpu:
+        # One launch of a Welford reduction (on the CPU, var_mean is many times slower than the
+        # two passes below).
+        variance, mean = torch.var_mean(z, dim=(2, 3), correction=0)
+        return mean, variance
+    pixels = z.shape[2] * z.shape[3]
     mean = z.sum(dim=(2, 3), dtype=torch.float64).div_(pixels)
     sum_sq = torch.linalg.vector_norm(z, ord=2, dim=(2, 3), dtype=torch.float64).square_()
     # E[z^2] - E[z]^2 in float64; rounding can leave it a hair below 0.
@@ -278,10 +279,13 @@ class BatchNormReducer:
             # Sums over channels, then / C_S in float64 (counts / C_S exactly).
             if kernels.enabled():
                 if whole is None:
-                    # On a GPU: two small copies to the host, then one loop.
+                    # On a GPU: one small copy to the host, then one loop.
+                    both = torch.cat(
+                        [layer.mean for layer in layers] + [layer.variance for layer in layers], dim=1
+                    ).cpu().numpy()
                     whole = (
-                        torch.cat([layer.mean for layer in layers], dim=1).cpu().numpy(),
-                        torch.cat([layer.variance for layer in layers], dim=1).cpu().numpy(),
+                        np.ascontiguousarray(both[:, : layout.channels]),
+                        np.ascontiguousarray(both[:, layout.channels :]),
                     )
                 sums = kernels.batchnorm_sums(*whole, {**layout.host, **reference["host"]})
                 means = sums * layout.host_scale

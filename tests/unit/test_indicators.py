@@ -250,3 +250,24 @@ def test_a_batchnorm_without_running_statistics_is_left_out_with_a_warning(caplo
     scores = scorer.score(_images((2, 1, 28, 28)))
     assert BATCHNORM_NAMES <= set(scores)
     assert all(torch.isfinite(value).all() for value in scores.values())
+
+
+@pytest.mark.parametrize("ratio", [100.0, 1000.0])
+def test_spread_indicators_hold_on_channels_whose_mean_dwarfs_their_spread(ratio, torch_device):
+    # A nearly dead channel: a large constant offset before batch-norm, absorbed by its running
+    # mean, so the model's outputs do not change. E[z^2] - E[z]^2 in float32 used to lose such a
+    # channel's spatial variance; the moments are now float64 sums (CPU) or Welford (CUDA).
+    builder, mean, std, shape, head, _ = CASES["small-cnn"]
+    model = builder()
+    x = _images(shape, seed=12)
+    with torch.no_grad():
+        spread = model[0]((x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1))
+        offset = ratio * spread.std(dim=(2, 3)).mean(dim=0)
+        model[0].bias += offset
+        model[1].running_mean += offset
+    reference, _ = reference_indicators(model, x, mean, std)
+    scores = _calibrated_scorer(model.to(torch_device), mean, std, shape, head).score(x)
+    for name in ("DSS", "DMS", "DMS-AOS"):
+        np.testing.assert_allclose(scores[name].numpy(), reference[name], rtol=1e-4, err_msg=name)
+    slack = reference["DSS-EXT borderline"] + 1e-12
+    assert np.all(np.abs(scores["DSS-EXT"].numpy() - reference["DSS-EXT"]) <= slack)
