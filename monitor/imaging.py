@@ -265,7 +265,11 @@ def _picture_to_tensor(image: Image.Image, channels: int, size: tuple[int, int])
     array = np.asarray(converted, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+    # One NumPy pass to contiguous [C, H, W] float32 (correctly rounded, as torch's division):
+    # per image, in the decode threads, four torch operations cost several times more.
+    pixels = np.empty((array.shape[2], array.shape[0], array.shape[1]), dtype=np.float32)
+    np.divide(array.transpose(2, 0, 1), 255.0, out=pixels)
+    return torch.from_numpy(pixels)
 
 
 # --- arrays (.npy) -------------------------------------------------------------------------

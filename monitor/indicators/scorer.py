@@ -274,10 +274,12 @@ class Scorer:
             if not _finite_number(value):
                 raise InputError(f"summary weight {name!r} = {value!r}: must be a finite number")
             checked[name] = float(value)
-        self._weights.update(checked)
+        with self._lock:  # a stream may score on another thread meanwhile
+            self._weights = {**self._weights, **checked}
 
     def reset_summary_weights(self) -> None:
-        self._weights = {name: 1.0 for name in self._members}
+        with self._lock:
+            self._weights = {name: 1.0 for name in self._members}
 
     def calibrate(
         self,

@@ -161,7 +161,9 @@ class PipelineParts:
 
 def build_pipeline(parts: PipelineParts, shutdown: Shutdown,
                    observers: Sequence[Callable[[Batch], None]] = ()) -> Step:
-    """decode -> batch -> score -> judge -> [store -> publish on a worker thread] -> commit; the head step."""
+    """decode (thread pool) -> batch -> [score on a worker thread] -> judge -> [store -> publish on
+    a worker thread] -> commit; the head step. Results move between threads in order, and every
+    commit happens on the caller's (the consumer's) thread."""
     commit = CommitStep(parts.commit, observers)
     publish = PublishStep(commit, parts.producer, dead_letter_topic=parts.dead_letter_topic,
                           alerts_topic=parts.alerts_topic, group_id=parts.group_id, model_name=parts.model_name,
@@ -173,6 +175,8 @@ def build_pipeline(parts: PipelineParts, shutdown: Shutdown,
                       on_failure=parts.on_store_failure)
     background = WorkerStep(commit, lambda batch: publish.process(store.process(batch)))
     judge = JudgeStep(background, parts.current_threshold, parts.indicator)
-    score = ScoreStep(judge, parts.scorer)
-    batch = BatchStep(score, parts.batch_size, parts.max_batch_wait_s)
+    # Scoring on its own thread: the consumer thread keeps polling, parsing and handing messages
+    # to the decoders while the model works (torch and the compiled kernels release the GIL).
+    scoring = WorkerStep(judge, ScoreStep(judge, parts.scorer).process, name="score")
+    batch = BatchStep(scoring, parts.batch_size, parts.max_batch_wait_s)
     return DecodeStep(batch, parts.decode, parts.decode_threads, max_pending=max(2 * parts.batch_size, 16))

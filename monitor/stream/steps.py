@@ -331,7 +331,8 @@ class ScoreStep(ForwardStep):
         return ({name: np.concatenate([values[name] for values, _ in scored]) for name in names},
                 np.concatenate([predicted for _, predicted in scored]))
 
-    def submit(self, batch: Batch) -> None:
+    def process(self, batch: Batch) -> Batch:
+        """Score the batch in place (callable from a worker thread: see build_pipeline)."""
         images = batch.images
         if images:
             started = time.perf_counter()
@@ -342,7 +343,10 @@ class ScoreStep(ForwardStep):
                 batch.scores, batch.predicted = self._one_by_one(images)
             batch.score_seconds = time.perf_counter() - started
         batch.scored_at = utc_now()
-        self.next_step.submit(batch)
+        return batch
+
+    def submit(self, batch: Batch) -> None:
+        self.next_step.submit(self.process(batch))
 
 
 class JudgeStep(ForwardStep):
@@ -525,8 +529,9 @@ class PublishStep(ForwardStep):
 
 
 class WorkerStep(OrderedPoolStep):
-    """Run `work(batch)` on one worker thread while the chain before it goes on (the next batch is
-    decoded and scored meanwhile); results move on in order. At most `max_pending` batches wait.
+    """Run `work(batch)` on one worker thread while the chain before it goes on (messages are
+    consumed, decoded and scored meanwhile); results move on in order, on the caller's thread.
+    At most `max_pending` batches wait.
     """
 
     def __init__(self, next_step: Step, work: Callable[[Batch], Batch], max_pending: int = 2,

@@ -281,7 +281,7 @@ def test_closing_the_head_of_the_chain_stops_every_worker_thread(scorer, store):
         harness.send(png(seed=len(key)), key=key)
     harness.drain()
     workers = set(threading.enumerate()) - before
-    assert {thread.name.split("_")[0] for thread in workers} == {"decode", "store"}
+    assert {thread.name.split("_")[0] for thread in workers} == {"decode", "score", "store"}
 
     harness.head.close()
 
