@@ -63,16 +63,20 @@ def reduce_activation(
     """[N, C, H, W] -> per-channel mean and H*W-denominator variance, [N, C] each, without
     copying z or materialising y or z^2.
 
-    - CPU, where torch would reduce on one thread: one compiled read, float64 (into
-      buffers[key] when given: see kernels.MomentBuffers);
+    - CPU: one compiled read with float64 accumulators, split between torch's number of
+      threads for a large z (into buffers[key] when given: see kernels.MomentBuffers);
     - other devices (CUDA): one launch of torch's Welford reduction (var_mean);
-    - otherwise two read-only torch reductions with float64 accumulators (several times
-      faster on the CPU than torch.var_mean).
+    - CPU without the compiled kernels: two read-only torch reductions with float64
+      accumulators, exact but about 20x slower than the kernel (Numba is a dependency; this
+      path is for when it cannot load).
     """
     if kernels.channel_moments_applicable(z):
         return kernels.channel_moments(z, buffers, key)
     if z.dtype not in (torch.float32, torch.float64):
         z = z.float()  # half-precision sums of squares overflow and round too coarsely
+    if z.is_cpu and kernels.enabled():
+        # Another memory layout (channels_last): one contiguous copy, then the kernel.
+        return kernels.channel_moments(z.contiguous(), buffers, key)
     if not z.is_cpu:
         # One launch of a Welford reduction (on the CPU, var_mean is many times slower than the
         # two passes below).

@@ -16,13 +16,13 @@ kernels. The torch code in monitor.indicators.batchnorm and .optimality computes
 equations; it is the path when the kernels are switched off (`MONITOR_FUSED_KERNELS=0`) or
 Numba is missing, and the tests hold both paths to the same float64 reference.
 
-The kernels run on one thread and release the GIL. `channel_moments` is only used where torch
-itself would reduce on one thread: with several, torch's parallel passes over a large
-activation are faster.
+The kernels release the GIL. `channel_moments` splits a large activation's samples between
+as many threads as torch uses; the other loops run on the calling thread.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import os
@@ -204,22 +204,26 @@ def _compiled():
 
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
-# Below this many elements torch's parallel reductions cost more in overhead than they gain.
+# From this many elements up, channel_moments splits an activation between torch's number of
+# threads; below it, handing work to threads costs more than it saves.
 PARALLEL_REDUCTION_ELEMENTS = 1 << 18
 
 
 def channel_moments_applicable(z: Tensor) -> bool:
-    """The fused moments kernel beats torch for z: on the CPU, contiguous float32/float64,
-    and torch would reduce it on one thread (one thread set, or z too small to split)."""
+    """The compiled moments kernel takes z: on the CPU, contiguous, float32/float64."""
     # Cheapest checks first: this runs at every batch-norm layer of every batch.
     return (
         _use_kernels
         and z.is_cpu
         and z.dtype in _KERNEL_DTYPES
         and z.is_contiguous()
-        and (torch.get_num_threads() == 1 or z.numel() < PARALLEL_REDUCTION_ELEMENTS)
         and _compiled() is not None
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _reduction_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="moments")
 
 
 class MomentBuffers:
@@ -290,7 +294,22 @@ def channel_moments(
     if buffers is None:
         buffers, key = MomentBuffers(), None
     means, variances, means_t, variances_t = buffers.get(key, batch, channels)
-    moments((z.detach() if z.requires_grad else z).numpy(), means, variances)
+    activation = (z.detach() if z.requires_grad else z).numpy()
+    workers = min(torch.get_num_threads(), batch) if z.numel() >= PARALLEL_REDUCTION_ELEMENTS else 1
+    if workers <= 1:
+        moments(activation, means, variances)
+    else:
+        # The kernel releases the GIL: slices of samples on torch's number of threads, as torch's
+        # own reductions would use them (a float64-accumulating torch sum is 20x slower).
+        bounds = np.linspace(0, batch, workers + 1).astype(int)
+        pool = _reduction_pool(workers)
+        jobs = [
+            pool.submit(moments, activation[start:stop], means[start:stop], variances[start:stop])
+            for start, stop in zip(bounds[:-1], bounds[1:])
+            if stop > start
+        ]
+        for job in jobs:
+            job.result()
     return means_t, variances_t
 
 

@@ -32,7 +32,7 @@ def test_every_reduction_path_gives_mean_and_variance(device):
     z = torch.randn(4, 6, 5, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2 + 7
     z[0, 0] = 3.0  # a constant channel: variance exactly 0, never negative
     reference_mean, reference_variance = z.mean(dim=(2, 3)), z.var(dim=(2, 3), correction=0)
-    for variant in (z, z.to(memory_format=torch.channels_last)):  # compiled or CUDA; torch
+    for variant in (z, z.to(memory_format=torch.channels_last)):
         for dtype in (torch.float32, torch.float64):
             mean, variance = reduce_activation(variant.to(device, dtype))
             torch.testing.assert_close(mean.cpu().double(), reference_mean, rtol=1e-5, atol=1e-5)
@@ -65,19 +65,31 @@ def test_the_arena_holds_a_pass_once_its_keys_are_known_and_not_a_stale_one():
     assert one_pass(torch.rand(3, 3, 4, 4), torch.rand(3, 5, 2, 2))[0] is None
 
 
-def test_torch_reduces_large_activations_when_it_has_several_threads():
+def test_a_large_activation_is_split_between_threads_with_the_same_result():
     threads = torch.get_num_threads()
-    large = torch.rand(1, 8, 256, 256)
+    large = torch.randn(6, 8, 128, 128, generator=torch.Generator().manual_seed(5)) + 20
+    assert large.numel() >= kernels.PARALLEL_REDUCTION_ELEMENTS
     try:
-        torch.set_num_threads(2)
-        assert not kernels.channel_moments_applicable(large)
-        assert kernels.channel_moments_applicable(torch.rand(2, 4, 8, 8))
         torch.set_num_threads(1)
-        assert kernels.channel_moments_applicable(large)
+        alone = [t.clone() for t in kernels.channel_moments(large)]
+        torch.set_num_threads(4)  # more threads than this machine's cores is fine: slices of samples
+        split = kernels.channel_moments(large)
     finally:
         torch.set_num_threads(threads)
-    assert not kernels.channel_moments_applicable(large.to(memory_format=torch.channels_last))
-    assert not kernels.channel_moments_applicable(large.half())
+    for one, other in zip(alone, split):
+        torch.testing.assert_close(one, other, rtol=0, atol=0)
+
+
+def test_other_layouts_and_half_precision_go_through_the_kernel():
+    z = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(6), dtype=torch.float64) + 4
+    expected = z.mean(dim=(2, 3)), z.var(dim=(2, 3), correction=0)
+    assert not kernels.channel_moments_applicable(z.to(memory_format=torch.channels_last))
+    for variant in (z.to(memory_format=torch.channels_last), z.half()):
+        mean, variance = reduce_activation(variant)
+        assert mean.dtype == torch.float64  # the kernel's float64 output, not a torch reduction's
+        tolerance = 1e-3 if variant.dtype == torch.half else 1e-10
+        torch.testing.assert_close(mean, expected[0], rtol=tolerance, atol=tolerance)
+        torch.testing.assert_close(variance, expected[1], rtol=10 * tolerance, atol=10 * tolerance)
 
 
 class SharedBatchNorm(nn.Module):
