@@ -170,7 +170,7 @@ def create_topics(broker, names: Sequence[str], partitions: int) -> None:
 
 
 def run(messages: int, latency_s: float, broker_kind: str, batch_size: int, device: str,
-        workdir: Path, model: str = "demo") -> dict[str, Any]:
+        workdir: Path, model: str = "demo", decode_threads: int = 2) -> dict[str, Any]:
     from kafka import KafkaProducer
 
     from monitor.settings import settings_from_mapping
@@ -190,7 +190,8 @@ def run(messages: int, latency_s: float, broker_kind: str, batch_size: int, devi
             "kafka": {"bootstrap_servers": [broker.bootstrap], "topics": [throughput_topic, latency_topic],
                       "group_id": f"bench-{suffix}", "api_version": broker.api_version, "session_timeout_ms": 6000,
                       "dead_letter_topic": f"bench-{suffix}.dead-letter", "alerts_topic": f"bench-{suffix}.alerts"},
-            "stream": {"batch_size": batch_size, "max_batch_wait_ms": 50, "decode_threads": 2, "http": False},
+            "stream": {"batch_size": batch_size, "max_batch_wait_ms": 50, "decode_threads": decode_threads,
+                       "http": False},
             "store": {"url": f"sqlite:///{workdir / f'bench-{suffix}.db'}", "keep_image_share": 0.0},
             "jobs": {"enabled": False},
             "logging": {"level": "WARNING"},
@@ -242,7 +243,7 @@ def run(messages: int, latency_s: float, broker_kind: str, batch_size: int, devi
         overhead = end_to_end["ms_per_image"] / baseline["ms_per_image"] - 1
         return {
             "device": str(daemon.scorer.device), "model": daemon.classifier.name, "broker": broker_kind,
-            "batch_size": batch_size, "decode_threads": 2, "store": "SQLite (file)",
+            "batch_size": batch_size, "decode_threads": decode_threads, "store": "SQLite (file)",
             "scorer_alone": baseline, "scorer_alone_runs_ms_per_image": [baseline_before["ms_per_image"],
                                                                           baseline_after["ms_per_image"]],
             "end_to_end": end_to_end, "latency": latency,
@@ -307,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--broker", choices=("tansu", "kafka-0.9"), default="tansu")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--decode-threads", type=int, default=2, help="[stream] decode_threads (default 2)")
     parser.add_argument("--out-dir", type=Path, help="where the JSON and Markdown go")
     args = parser.parse_args(argv)
     models = (args.models or ("demo" if args.quick else "demo,resnet18")).split(",")
@@ -320,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             if model == "resnet18":
                 messages = max(64, messages // 12)  # about 15x the demo's cost per image on a CPU
             result = run(messages, QUICK_LATENCY_SECONDS if args.quick else LATENCY_SECONDS, args.broker,
-                         args.batch_size, args.device, Path(scratch), model)
+                         args.batch_size, args.device, Path(scratch), model, args.decode_threads)
             result["model_description"] = MODELS[model]
             results.append(result)
         out_dir = args.out_dir or (Path(scratch) / "out" if args.quick else ROOT / "docs" / "benchmarks")
