@@ -347,10 +347,3 @@ class BatchNormReducer:
             input_extreme,
             moments[1], moments[1] + moments[0], spread_gap, extreme,
         ])  # [8, N]: Sum_c over the input layer, then over every layer
-
-
-def batchnorm_family(
-    layers: Sequence[LayerMoments], alpha: float = DSS_EXT_ALPHA
-) -> dict[str, Tensor]:
-    """One-off form of BatchNormReducer (see there)."""
-    return BatchNormReducer(alpha)(layers)

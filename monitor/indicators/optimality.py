@@ -121,11 +121,6 @@ class LatentReducer:
         return dict(zip(LATENT_FAMILY, negated.unbind(1)))
 
 
-def latent_family(logits: Tensor, latent: Tensor, weight: Tensor) -> dict[str, Tensor]:
-    """One-off form of LatentReducer, from the logits [N, K] (see there)."""
-    return LatentReducer()(logits.argmax(dim=1), latent, weight)
-
-
 def odin_perturbation(
     forward: Callable[[Tensor], Tensor],
     pixels: Tensor,
