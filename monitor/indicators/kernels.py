@@ -62,12 +62,18 @@ def use_kernels(on: bool | None) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _compiled():
-    """The compiled kernels, or None when Numba cannot be imported (logged once)."""
+    """The compiled kernels, or None when Numba cannot be used here (logged once)."""
     try:
         import numba
-    except Exception as error:  # an ImportError, or a broken LLVM binding
-        log.warning("Numba is unavailable (%s): the batch-norm family uses torch operations only", error)
+
+        return _define_kernels(numba)
+    except Exception as error:  # no Numba, a broken LLVM binding, no place to cache compiled code
+        log.warning("Numba cannot be used (%s): the indicators use torch operations only", error)
         return None
+
+
+def _define_kernels(numba):
+    """The jitted functions (each compiled on its first call, cached on disk)."""
 
     @numba.njit(cache=True, nogil=True, fastmath=True)
     def moments(activation, means, variances):

@@ -147,3 +147,29 @@ def test_switching_the_kernels_off_by_environment(monkeypatch):
         monkeypatch.delenv(kernels.ENVIRONMENT_SWITCH)
         kernels.use_kernels(None)
     assert kernels.enabled()
+
+
+def test_without_usable_numba_the_scorer_falls_back_to_torch_with_a_warning(monkeypatch, caplog):
+    def broken(numba):
+        raise RuntimeError("cannot cache function: no locator available")
+
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(7))
+    expected = Scorer(_shared_model(), mean=(0.5,) * 3, std=(0.25,) * 3, input_shape=(3, 8, 8))
+    expected.calibrate(n=8, batch_size=8, progress=False)
+    expected_scores = expected.score(x)
+
+    monkeypatch.setattr(kernels, "_define_kernels", broken)
+    kernels._compiled.cache_clear()
+    try:
+        assert not kernels.enabled()
+        scorer = Scorer(_shared_model(), mean=(0.5,) * 3, std=(0.25,) * 3, input_shape=(3, 8, 8),
+                        calibration=expected.calibration)
+        scores = scorer.score(x)
+    finally:
+        monkeypatch.undo()
+        kernels._compiled.cache_clear()
+    assert "Numba cannot be used" in caplog.text
+    for name, value in scores.items():
+        np.testing.assert_allclose(value.numpy(), expected_scores[name].numpy(), rtol=2e-5, atol=1e-6,
+                                   err_msg=name)
+    assert kernels.enabled()
