@@ -24,6 +24,8 @@ SCHEMA_VERSION = 1
 CONTENT_TYPE_HEADER = "content-type"
 DEAD_LETTER_KIND = "dead_letter"
 FLAGGED_SAMPLE_KIND = "flagged_sample"
+UNREADABLE = "unreadable_record"
+"""Reject reason of a record the Kafka client could not parse (see KafkaSource.poll)."""
 # Value, key and headers together stay under the broker's default message.max.bytes (1000012)
 # once base64-encoded (x 4/3) and wrapped in the JSON envelope.
 DEAD_LETTER_MAX_VALUE_BYTES = 700_000
@@ -65,6 +67,9 @@ class InboundMessage:
     headers: tuple[tuple[str, bytes], ...] = ()
     timestamp_ms: int | None = None
     received_at: datetime = field(default_factory=utc_now)
+    # Set when the Kafka client could not parse the record at this position: why. Key and value
+    # are then unknown (None); the record stays in the topic, and the message becomes a reject.
+    unreadable: str | None = None
 
     @property
     def position(self) -> SourcePosition:

@@ -12,7 +12,7 @@ import numpy as np
 
 from monitor.imaging import ImageLimits, ImageRejected, decode_image, sniff_format, stack_images
 from monitor.store.records import ThresholdRecord
-from monitor.stream.messages import InboundMessage
+from monitor.stream.messages import UNREADABLE, InboundMessage
 from monitor.stream.steps import (
     Batch,
     BatchScorer,
@@ -38,6 +38,8 @@ def image_decoder(input_shape: Sequence[int], limits: ImageLimits) -> Callable[[
     """Message -> Decoded: pixels at the model's input shape, or the reject reason of monitor.imaging."""
 
     def decode(message: InboundMessage) -> Decoded:
+        if message.unreadable is not None:
+            return Decoded(message, reject_reason=UNREADABLE, reject_detail=message.unreadable[:500])
         data = message.value or b""
         try:
             pixels = decode_image(data, input_shape, content_type=message.content_type, limits=limits)

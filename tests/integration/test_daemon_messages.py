@@ -112,3 +112,60 @@ def test_each_message_ends_as_one_row_and_rejects_as_dead_letters(broker, tmp_pa
         runner.join(60)
         rows.close()
     assert not runner.is_alive()
+
+
+class _UndecodableHeaderKey(str):
+    """A header key that kafka-python's producer writes as bytes that are not UTF-8: what a
+    client in another language can send, and what kafka-python's consumer cannot parse."""
+
+    def encode(self, *args, **kwargs):
+        return b"\xff\xfe"
+
+
+def test_a_record_the_client_cannot_parse_is_rejected_and_the_daemon_goes_on(tansu, tmp_path, model_cache):
+    topic = f"images-{uuid.uuid4().hex[:8]}"
+    dead_letters = f"{topic}.dead-letter"
+    for name in (topic, dead_letters):
+        create_topic(tansu, name, 1)
+    store_url = f"sqlite:///{tmp_path / 'monitor.db'}"
+    settings = settings_from_mapping({
+        "model": {"spec": "demo", "device": "cpu", "cache_dir": str(model_cache),
+                  "calibration_samples": CALIBRATION_SAMPLES},
+        "kafka": {"bootstrap_servers": [tansu.bootstrap], "topics": [topic], "group_id": f"g-{topic}",
+                  "session_timeout_ms": 6000, "dead_letter_topic": dead_letters},
+        "stream": {"batch_size": 4, "max_batch_wait_ms": 100, "http": False},
+        "store": {"url": store_url},
+        "jobs": {"enabled": False},
+    })
+    from kafka import KafkaProducer
+
+    valid = message_corpus(MAX_BYTES)["valid"][0]
+    producer = KafkaProducer(bootstrap_servers=tansu.bootstrap, acks="all")
+    offsets = {}
+    # One record per request, so the unreadable one is alone in its record batch.
+    offsets["before"] = producer.send(topic, value=valid, key=b"before").get(60).offset
+    offsets["broken"] = producer.send(topic, value=valid, key=b"broken",
+                                      headers=[(_UndecodableHeaderKey("x"), b"1")]).get(60).offset
+    offsets["after"] = producer.send(topic, value=valid, key=b"after").get(60).offset
+    producer.close()
+
+    daemon = Daemon(settings, install_signal_handlers=False)
+    runner = threading.Thread(target=daemon.run, name="daemon")
+    runner.start()
+    rows = StoredRows(store_url)
+    try:
+        wait_until(lambda: rows.total() == 3 or not runner.is_alive(), 90, "3 stored rows")
+        assert runner.is_alive(), "the daemon stopped on a record it cannot parse"
+        broken_key = f"{topic}/0/{offsets['broken']}"  # the key is inside the unreadable record
+        assert {key for (key,) in rows.rows("SELECT sample_key FROM samples")} == {"before", "after"}
+        assert dict(rows.rows("SELECT sample_key, reason FROM rejects")) == {broken_key: "unreadable_record"}
+        [letter] = [json.loads(record.value) for record in consume_all(tansu.bootstrap, None, dead_letters, 1)]
+        assert letter["reason"] == "unreadable_record" and "CorruptRecordError" in letter["detail"]
+        assert (letter["source"]["topic"], letter["source"]["offset"]) == (topic, offsets["broken"])
+        wait_until(lambda: committed_offsets(tansu.bootstrap, None, f"g-{topic}", topic, 1).get(0)
+                   == offsets["after"] + 1, 60, "the offsets committed past the unreadable record")
+    finally:
+        daemon.request_stop(5.0)
+        runner.join(60)
+        rows.close()
+    assert not runner.is_alive()
