@@ -140,6 +140,18 @@ class RejectRecord:
 
 
 @dataclass(frozen=True)
+class StoredJudgement:
+    """How a sample already stored was judged when it was first written (see WriteResult.replayed)."""
+
+    sample_id: int
+    flagged: bool
+    score: float | None
+    indicator: str | None
+    threshold: float | None
+    threshold_id: int | None
+
+
+@dataclass(frozen=True)
 class WriteResult:
     """What one batch write did: rows inserted and rows already present (replays)."""
 
@@ -150,6 +162,9 @@ class WriteResult:
     rejects_duplicate: int = 0
     sample_ids: Mapping[SourcePosition, int] = field(default_factory=dict)
     """Ids of the samples inserted by this write (replayed positions are absent)."""
+    replayed: Mapping[SourcePosition, StoredJudgement] = field(default_factory=dict)
+    """The batch's samples that were already stored, as they were judged then: a replay must
+    alert on what the store says was flagged, not on a threshold that has changed since."""
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ from monitor.store.records import (
     ScoredSample,
     SourcePosition,
     StoredImage,
+    StoredJudgement,
     SummaryWeightsRow,
     ThresholdRecord,
     ThresholdRow,
@@ -359,10 +360,14 @@ class Store:
             for reject in rejects
         ]
         sample_ids: dict[SourcePosition, int] = {}
+        replayed: dict[SourcePosition, StoredJudgement] = {}
         images_inserted = rejects_inserted = 0
         with self._writing() as connection:
             if samples:
                 sample_ids = self._insert_samples(connection, samples)
+                if len(sample_ids) < len(samples):  # a replay: only after a crash or a rebalance
+                    replayed = self._stored_judgements(
+                        connection, [sample.position for sample in samples if sample.position not in sample_ids])
                 now = utcnow()
                 image_rows = [
                     {
@@ -393,7 +398,25 @@ class Store:
             rejects_inserted=rejects_inserted,
             rejects_duplicate=len(reject_rows) - rejects_inserted,
             sample_ids=sample_ids,
+            replayed=replayed,
         )
+
+    def _stored_judgements(
+        self, connection: Connection, positions: Sequence[SourcePosition]
+    ) -> dict[SourcePosition, StoredJudgement]:
+        position = tuple_(Sample.source_topic, Sample.source_partition, Sample.source_offset)
+        rows = connection.execute(
+            select(Sample.id, Sample.source_topic, Sample.source_partition, Sample.source_offset, Sample.flagged,
+                   Sample.score, Sample.score_indicator, Threshold.value, Sample.threshold_id)
+            .outerjoin(Threshold, Threshold.id == Sample.threshold_id)
+            .where(position.in_([tuple(item) for item in positions]))
+        )
+        return {
+            SourcePosition(topic, partition, offset): StoredJudgement(
+                sample_id=sample_id, flagged=bool(flagged), score=score, indicator=indicator,
+                threshold=threshold, threshold_id=threshold_id)
+            for sample_id, topic, partition, offset, flagged, score, indicator, threshold, threshold_id in rows
+        }
 
     def write_samples(self, samples: Sequence[ScoredSample]) -> WriteResult:
         return self.write(samples=samples)

@@ -474,18 +474,35 @@ class PublishStep(ForwardStep):
         dead_letters = [dead_letter_document(item.message, item.reject_reason or "corrupt", item.reject_detail or "",
                                              group_id=self.group_id) for item in batch.rejected]
         alerts = []
-        if self.alerts_topic is not None and batch.threshold is not None:
-            sample_ids = batch.write_result.sample_ids if batch.write_result else {}
-            for sample in batch.samples:
-                if sample.flagged:
-                    alerts.append(flagged_sample_alert(
-                        sample_key=sample.sample_key, position=sample.position, score=sample.score,
-                        indicator=batch.threshold.indicator, threshold=batch.threshold.value,
-                        threshold_id=batch.threshold.threshold_id, model_id=sample.model_id,
-                        model_name=self.model_name, predicted_class=sample.predicted_class,
-                        sample_id=sample_ids.get(sample.position), time=sample.scored_at,
-                        class_name=self.class_name(sample.predicted_class)))
+        if self.alerts_topic is None:
+            return dead_letters, alerts
+        sample_ids = batch.write_result.sample_ids if batch.write_result else {}
+        replayed = batch.write_result.replayed if batch.write_result else {}
+        for sample in batch.samples:
+            stored = replayed.get(sample.position)
+            if stored is not None:
+                # A replay (after a crash or a rebalance) alerts on what the store says: the
+                # threshold may have changed since the row was written, the judgement may not.
+                if not stored.flagged:
+                    continue
+                judged = (stored.score, stored.indicator or self._indicator(batch), stored.threshold,
+                          stored.threshold_id, stored.sample_id)
+            elif sample.flagged and batch.threshold is not None:
+                judged = (sample.score, batch.threshold.indicator, batch.threshold.value,
+                          batch.threshold.threshold_id, sample_ids.get(sample.position))
+            else:
+                continue
+            score, indicator, threshold, threshold_id, sample_id = judged
+            alerts.append(flagged_sample_alert(
+                sample_key=sample.sample_key, position=sample.position, score=score, indicator=indicator,
+                threshold=threshold, threshold_id=threshold_id, model_id=sample.model_id,
+                model_name=self.model_name, predicted_class=sample.predicted_class, sample_id=sample_id,
+                time=sample.scored_at, class_name=self.class_name(sample.predicted_class)))
         return dead_letters, alerts
+
+    @staticmethod
+    def _indicator(batch: Batch) -> str | None:
+        return batch.threshold.indicator if batch.threshold is not None else None
 
     def _send(self, topic: str, document: dict[str, Any]) -> Any:
         return self.producer.send(topic, encode_json(document), key=message_key(document))

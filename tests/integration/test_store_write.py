@@ -70,6 +70,16 @@ def test_replaying_a_batch_stores_it_once(store, model, threshold):
     assert replay.sample_ids == {}
     assert store.count_samples() == 10
     assert len(store.list_rejects()) == 2
+    # A replay reports how each sample was judged when first stored, so its alerts do not depend
+    # on the threshold active now.
+    assert first.replayed == {}
+    assert set(replay.replayed) == {SourcePosition("images", 0, i) for i in range(10)}
+    for i in range(10):
+        judged = replay.replayed[SourcePosition("images", 0, i)]
+        assert judged.sample_id == first.sample_ids[SourcePosition("images", 0, i)]
+        assert judged.flagged == (i % 2 == 0)
+        assert (judged.threshold, judged.threshold_id) == (5.5, threshold.id)
+        assert judged.score == batch[i].score and judged.indicator == batch[i].score_indicator
 
 
 def test_a_partly_replayed_batch_inserts_only_the_new_positions(store, model):
@@ -79,6 +89,8 @@ def test_a_partly_replayed_batch_inserts_only_the_new_positions(store, model):
 
     assert (result.samples_inserted, result.samples_duplicate) == (3, 2)
     assert set(result.sample_ids) == {SourcePosition("images", 0, i) for i in (5, 6, 7)}
+    assert set(result.replayed) == {SourcePosition("images", 0, i) for i in (3, 4)}
+    assert all(not judged.flagged and judged.threshold is None for judged in result.replayed.values())
     assert store.count_samples() == 8
 
 

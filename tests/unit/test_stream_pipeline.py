@@ -315,3 +315,38 @@ def test_a_dead_letter_too_large_for_the_broker_is_sent_without_the_original_byt
     assert letter["sample_key"] == "big" and letter["value_base64"] is None and letter["value_truncated"]
     assert _count(store, "rejects") == 1 and _count(store, "samples") == 1
     assert sum(harness.committed().values()) == 2
+
+
+def test_a_replay_alerts_on_the_stored_judgement_whatever_the_threshold_is_now(scorer, store):
+    harness = Harness(scorer, store, batch_size=6)
+    for seed in range(6):
+        harness.send(png(seed=seed), key=f"s{seed}", partition=0)
+    harness.drain()
+    with store.engine.connect() as connection:
+        values = sorted(row[0] for row in connection.exec_driver_sql("SELECT score FROM samples"))
+    cut = (values[2] + values[3]) / 2
+    first = store.add_threshold(ThresholdRecord(model_id=harness.model.id, indicator="1C-Sum",
+                                                method="manual", value=cut))
+    for seed in range(6):
+        harness.send(png(seed=seed), key=f"t{seed}", partition=1)
+    harness.drain()
+    flagged = sorted(alert["sample_key"] for alert in harness.alerts())
+    assert len(flagged) == 3
+
+    def replay_partition_1_with_threshold(value):
+        store.add_threshold(ThresholdRecord(model_id=harness.model.id, indicator="1C-Sum",
+                                            method="manual", value=value))
+        harness.broker.committed[(GROUP, TOPIC, 1)] = 0  # the process died after storing, before committing
+        harness.consumer.seek_to_committed()
+        harness.drain()
+        return harness.alerts()  # every alert so far, over the alert topic's partitions
+
+    # Raised above every score: re-judging would flag nothing, and the stored alerts would be lost.
+    alerts = replay_partition_1_with_threshold(values[-1] + 1.0)
+    assert sorted(alert["sample_key"] for alert in alerts) == sorted(flagged * 2)
+    assert {alert["threshold_id"] for alert in alerts} == {first.id}
+    assert all(alert["threshold"] == pytest.approx(cut) for alert in alerts)
+    # Lowered below every score: re-judging would flag all six, but only three rows are flagged.
+    alerts = replay_partition_1_with_threshold(values[0] - 1.0)
+    assert sorted(alert["sample_key"] for alert in alerts) == sorted(flagged * 3)
+    assert _count(store, "samples") == 12
