@@ -21,6 +21,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from monitor.asgi import HeadAsGet
+
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -181,6 +183,7 @@ def build_http_app(state: DaemonState, settings: Any = None, store: Any = None):
         if create_app is not None:
             return create_app(settings, store, extra_routers=[router], consumer_lag=state.lag), True
     app = FastAPI(title="ood-monitor daemon", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(HeadAsGet)
     app.include_router(router)
     return app, False
 

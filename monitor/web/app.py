@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
 
+from monitor.asgi import HeadAsGet
 from monitor.errors import ConfigError
 from monitor.web.auth import (
     CSRF_HEADER,
@@ -217,6 +218,7 @@ def create_app(
         openapi_url=None,
     )
     app.state.web = state
+    app.add_middleware(HeadAsGet)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):

@@ -643,3 +643,16 @@ def test_an_oversized_body_is_refused_before_anything_reads_it(web):
     answer = client.post(f"/api/samples/{seeded.flagged_ids[0]}/labels", content=huge,
                          headers={"Content-Type": "application/json"})
     assert answer.status_code == 413 and "65536" in answer.json()["detail"]
+
+
+def test_head_is_answered_like_get_without_a_body(web):
+    client, _, _ = web
+    client.cookies.clear()
+    for path in ("/healthz", "/login", "/static/labelling.js"):
+        got, head = client.get(path), client.head(path)
+        assert (head.status_code, head.content) == (got.status_code, b""), path
+        assert head.headers.get("content-type") == got.headers.get("content-type"), path
+    # A page behind the login answers HEAD as it answers GET: a redirect to the login form.
+    got = client.get("/queue", follow_redirects=False)
+    head = client.head("/queue", follow_redirects=False)
+    assert (head.status_code, head.headers.get("location")) == (got.status_code, got.headers.get("location"))

@@ -132,3 +132,18 @@ def test_job_alerts_go_to_the_alerts_topic_and_the_webhook(receiver):
     [record] = broker.records("alerts")
     assert json.loads(record.value)["kind"] == "drift" and record.key == b"drift"
     assert handler.bodies[0][1]["indicators"] == ["ANG"]
+
+
+def test_probes_answer_head_as_get_without_a_body():
+    # Load balancers and uptime checks often probe with HEAD.
+    from monitor.stream.operability import build_http_app
+
+    state = DaemonState()
+    app, with_web = build_http_app(state)
+    assert not with_web
+    client = TestClient(app)
+    for path in ("/healthz", "/readyz", "/metrics"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code, path
+        assert head.content == b"" and head.headers["content-length"] == got.headers["content-length"], path
+    assert client.head("/nowhere").status_code == 404
