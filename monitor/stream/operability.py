@@ -110,7 +110,9 @@ class DaemonState:
 
     def store_failed(self, error: Exception) -> None:
         self.last_store_ok = False
-        self.last_store_error = str(error).splitlines()[0] if str(error) else type(error).__name__
+        # /readyz is public: the error's class only. Its text can name hosts, users and statements;
+        # the retry loop logs it in full.
+        self.last_store_error = type(error).__name__
         self.metrics.store_failures.inc()
 
     def store_ok(self) -> None:
@@ -136,7 +138,7 @@ class DaemonState:
         if self.assigned_partitions == 0:
             problems.append("no partitions assigned by the consumer group")
         if not self.last_store_ok:
-            problems.append(f"database writes failing: {self.last_store_error}")
+            problems.append(f"database writes failing ({self.last_store_error}; see the daemon's log)")
         return not problems, problems
 
 
