@@ -22,7 +22,7 @@ def _settings_and_store(args: argparse.Namespace):
 
     settings = load_settings(getattr(args, "config", None))
     check_jobs_settings(settings.jobs)
-    return settings, Store.open(settings.store.url)
+    return settings, Store.open(settings.store.url, upgrade_sqlite=settings.store.auto_upgrade_sqlite)
 
 
 def alerts_publisher(settings: Any) -> "KafkaAlertPublisher":

@@ -186,17 +186,29 @@ class Store:
         self.dialect = engine.dialect.name
 
     @classmethod
-    def open(cls, url: str | None = None, *, require_current_schema: bool = True) -> "Store":
-        """Connect (failing clearly when unreachable) and, by default, refuse an out-of-date schema."""
-        engine = connect(url)
-        if require_current_schema:
-            from monitor.store.migrate import ensure_schema_current
+    def open(
+        cls, url: str | None = None, *, require_current_schema: bool = True, upgrade_sqlite: bool = False
+    ) -> "Store":
+        """Connect (failing clearly when unreachable) and, by default, refuse an out-of-date schema.
 
-            try:
+        upgrade_sqlite: first bring an embedded SQLite database up to date (`[store]
+        auto_upgrade_sqlite`); PostgreSQL is only ever upgraded by `ood-monitor db upgrade`.
+        """
+        engine = connect(url)
+        from monitor.store.migrate import current_revision, ensure_schema_current, head_revision, upgrade
+
+        try:
+            if upgrade_sqlite and engine.dialect.name == "sqlite":
+                before = current_revision(engine)
+                if before != head_revision():
+                    upgrade(engine)
+                    log.info("embedded SQLite database %s upgraded from %s to %s", safe_url(engine.url),
+                             before or "empty", head_revision())
+            if require_current_schema:
                 ensure_schema_current(engine)
-            except MonitorError:
-                engine.dispose()
-                raise
+        except MonitorError:
+            engine.dispose()
+            raise
         return cls(engine)
 
     def close(self) -> None:

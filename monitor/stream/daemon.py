@@ -128,22 +128,8 @@ class Daemon:
 
     def open_store(self):
         from monitor.store import Store
-        from monitor.store.engine import connect, safe_url
-        from monitor.store.migrate import current_revision, ensure_schema_current, head_revision, upgrade
 
-        engine = connect(self.settings.store.url)
-        if engine.dialect.name == "sqlite" and self.settings.store.auto_upgrade_sqlite:
-            before = current_revision(engine)
-            if before != head_revision():
-                upgrade(engine)
-                log.info("embedded SQLite database %s upgraded from %s to %s", safe_url(engine.url),
-                         before or "empty", head_revision())
-        try:
-            ensure_schema_current(engine)
-        except MonitorError:
-            engine.dispose()
-            raise
-        return Store(engine)
+        return Store.open(self.settings.store.url, upgrade_sqlite=self.settings.store.auto_upgrade_sqlite)
 
     def load_model(self):
         from monitor.calibration_cache import load_or_calibrate

@@ -26,7 +26,7 @@ def serve_command(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     host = args.host or settings.web.host
     port = settings.web.port if args.port is None else args.port
-    store = Store.open(settings.store.url)
+    store = Store.open(settings.store.url, upgrade_sqlite=settings.store.auto_upgrade_sqlite)
     try:
         app = create_app(settings, store)
         print(f"ood-monitor web: serving on http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr)

@@ -106,6 +106,32 @@ def test_an_out_of_date_schema_is_refused(fresh_url):
         engine.dispose()
 
 
+def test_upgrade_sqlite_brings_an_embedded_database_up_to_date_and_never_postgresql(fresh_url):
+    # What `run`, `scheduler`, `refit`, `report` and `web` do with [store] auto_upgrade_sqlite (on by default).
+    if fresh_url.startswith("sqlite"):
+        store = Store.open(fresh_url, upgrade_sqlite=True)
+        try:
+            assert current_revision(store.engine) == head_revision()
+        finally:
+            store.close()
+    else:
+        with pytest.raises(MonitorError, match="ood-monitor db upgrade"):
+            Store.open(fresh_url, upgrade_sqlite=True)
+
+
+def test_every_command_upgrades_an_embedded_sqlite_database(tmp_path, monkeypatch, capsys):
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    monkeypatch.setenv("MONITOR_STORE__URL", url)
+    monkeypatch.setenv("MONITOR_JOBS__REPORT_DIR", str(tmp_path / "reports"))
+    # Nothing to fit on an empty database: the command says so, but it got that far.
+    assert main(["refit"]) in (0, 1)
+    engine = connect(url)
+    try:
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()
+
+
 def test_db_command_upgrades_reports_and_downgrades(fresh_url, capsys, monkeypatch):
     monkeypatch.delenv("MONITOR_STORE__URL", raising=False)
     assert main(["db", "current", "--url", fresh_url]) == 1
