@@ -16,7 +16,7 @@ from monitor.store import Store, ThresholdRecord, connect, ensure_schema_current
 from monitor.store.migrate import current_revision, downgrade, head_revision, upgrade
 from monitor.store.models import Base
 from tests.integration.store_samples import png_blob, scored
-from tests.services import POSTGRES_HOST, POSTGRES_PORT, postgres_database
+from tests.services import POSTGRES_HOST, POSTGRES_PORT, postgres_database, postgres_url
 
 TABLES = {table.name for table in Base.metadata.sorted_tables}
 
@@ -175,3 +175,20 @@ def test_db_command_takes_the_url_from_the_settings_file(fresh_url, tmp_path, mo
     assert main(["db", "upgrade", "--config", str(config)]) == 0
     assert main(["db", "current", "--config", str(config)]) == 0
     assert "(up to date)" in capsys.readouterr().out
+
+
+def test_postgresql_connections_notice_a_vanished_server_and_the_url_can_say_otherwise():
+    # A partitioned database host sends nothing back: keepalives and a TCP user timeout make a
+    # waiting write fail (and be retried) instead of hanging past the shutdown grace.
+    def parameters(url):
+        engine = connect(url)
+        try:
+            with engine.connect() as connection:
+                return connection.connection.dbapi_connection.info.get_parameters()
+        finally:
+            engine.dispose()
+
+    defaults = parameters(postgres_url("test"))
+    assert (defaults["keepalives"], defaults["keepalives_idle"], defaults["keepalives_count"]) == ("1", "30", "3")
+    assert defaults["tcp_user_timeout"] == "60000"
+    assert parameters(postgres_url("test") + "?keepalives_idle=5")["keepalives_idle"] == "5"
