@@ -23,8 +23,9 @@ TOKENS = {"viewer-bot": ("viewer", "token-viewer-0123456789"), "labeller-bot": (
           "admin-bot": ("admin", "token-admin-0123456789")}
 
 
-def web_settings(**web_overrides):
-    """Settings with the test accounts and tokens, hashed as in a real config file."""
+def web_settings(report_dir: Path | None = None, **web_overrides):
+    """Settings with the test accounts and tokens, hashed as in a real config file; with
+    `report_dir`, the [jobs] report directory the web app serves report files from."""
     from monitor.settings import settings_from_mapping
 
     web = {
@@ -33,7 +34,8 @@ def web_settings(**web_overrides):
         "session_secret": "test-session-secret-of-at-least-32-characters",
         **web_overrides,
     }
-    return settings_from_mapping({"web": web}, environ={})
+    jobs = {"report_dir": str(report_dir)} if report_dir is not None else {}
+    return settings_from_mapping({"web": web, "jobs": jobs}, environ={})
 
 
 def bearer(name: str) -> dict[str, str]:

@@ -193,7 +193,8 @@ def _report_directory(directory: Path) -> Path:
         raise MonitorError(f"[jobs] report_dir: cannot create {directory}: {error.strerror or error}") from None
     if not os.access(directory, os.W_OK):
         raise MonitorError(f"[jobs] report_dir: {directory} is not writable")
-    return directory
+    # Stored absolute: the web app, perhaps started from another working directory, serves it.
+    return directory.resolve()
 
 
 def _write(directory: Path, start: datetime, end: datetime, html: str) -> Path:

@@ -7,6 +7,7 @@ lists the configured accounts. Errors are JSON `{"detail": ...}`; a bad paramete
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
@@ -289,9 +290,10 @@ def report_file_response(request: Request, report_id: int):
         report = queries.get_report(connection, report_id)
     if report is None:
         raise HTTPException(status_code=404, detail=f"report {report_id} not found")
-    path = queries.report_file(report)
+    path = queries.report_file(report, Path(state_of(request).settings.jobs.report_dir))
     if path is None:
-        raise HTTPException(status_code=404, detail=f"report {report_id} has no file on disk (removed or never written)")
+        raise HTTPException(status_code=404, detail=f"report {report_id} has no file in the report directory "
+                                                    "(removed, never written, or elsewhere)")
     media_type = REPORT_TYPES.get(path.suffix.lower(), "application/octet-stream")
     headers = {"Content-Security-Policy": REPORT_CSP, "Cache-Control": "private, no-cache"}
     if media_type == "application/octet-stream":

@@ -8,6 +8,7 @@ vocabulary as the rest of the service.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -43,6 +44,8 @@ from monitor.store.records import (
 )
 from monitor.store.engine import WRITE_OPTION
 from monitor.web.filters import QueueFilters
+
+log = logging.getLogger(__name__)
 
 
 class LabelConflict(Exception):
@@ -458,11 +461,20 @@ def get_report(connection: Connection, report_id: int) -> ReportRow | None:
     return _report_row(rows[0]) if rows else None
 
 
-def report_file(report: ReportRow) -> Path | None:
-    """The file the job wrote for this report (path from the database row only), if it still exists."""
+def report_file(report: ReportRow, report_dir: Path) -> Path | None:
+    """The file the job wrote for this report, if it still exists inside `report_dir`.
+
+    The path comes from the database row only, never the request; and only a file under the
+    configured report directory is served, whatever a row says (a row that points elsewhere
+    is logged and treated as having no file).
+    """
     if not report.file_path:
         return None
-    path = Path(report.file_path)
+    path = Path(report.file_path).resolve()
+    if not path.is_relative_to(report_dir.resolve()):
+        log.warning("report %s: its file %s is outside [jobs] report_dir %s; not served",
+                    report.id, path, report_dir.resolve())
+        return None
     return path if path.is_file() else None
 
 

@@ -48,7 +48,7 @@ def live_app(tmp_path_factory):
     upgrade(engine)
     store = Store(engine)
     seeded = seed_store(store, workdir / "reports")
-    app = create_app(web_settings(), store, consumer_lag=lambda: 17)
+    app = create_app(web_settings(workdir / "reports"), store, consumer_lag=lambda: 17)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)

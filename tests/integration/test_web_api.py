@@ -30,14 +30,15 @@ def web(request, store_engines, tmp_path_factory):
     engine = store_engines(request.param)
     empty_all_tables(engine)
     store = Store(engine)
-    seeded = seed_store(store, tmp_path_factory.mktemp("reports"))
+    reports = tmp_path_factory.mktemp("reports")
+    seeded = seed_store(store, reports)
     health = APIRouter()
 
     @health.get("/healthz")
     def healthz():
         return {"ok": True}
 
-    app = create_app(web_settings(), store, extra_routers=[health], consumer_lag=lambda: 42)
+    app = create_app(web_settings(reports), store, extra_routers=[health], consumer_lag=lambda: 42)
     with TestClient(app) as client:
         yield client, store, seeded
 
@@ -457,6 +458,30 @@ def test_reports_are_served_by_id_from_the_stored_path_only(web):
     assert client.get("/api/reports/..%2F..%2Fetc%2Fpasswd/file", headers=headers).status_code in (404, 422)
     login(client, "vera")
     assert client.get(f"/reports/{seeded.report_id}/file").text == seeded.report_text
+
+
+def test_a_report_row_pointing_outside_the_report_directory_is_not_served(tmp_path):
+    from monitor.store import connect, upgrade
+
+    engine = connect(f"sqlite:///{tmp_path / 'reports.db'}")
+    upgrade(engine)
+    try:
+        store = Store(engine)
+        seeded = seed_store(store, tmp_path / "reports")
+        elsewhere = tmp_path / "private.html"  # a real file, but not a report
+        elsewhere.write_text("<p>not for viewers</p>", encoding="utf-8")
+        now = datetime.now(timezone.utc)
+        stray = store.add_report(now - timedelta(hours=1), now, {"samples": 0}, file_path=str(elsewhere))
+        climbing = store.add_report(now - timedelta(hours=2), now, {"samples": 0},
+                                    file_path=str(tmp_path / "reports" / ".." / "private.html"))
+        with TestClient(create_app(web_settings(tmp_path / "reports"), store)) as client:
+            headers = bearer("viewer-bot")
+            assert client.get(f"/api/reports/{seeded.report_id}/file", headers=headers).status_code == 200
+            for report in (stray, climbing):
+                answer = client.get(f"/api/reports/{report.id}/file", headers=headers)
+                assert answer.status_code == 404 and "not for viewers" not in answer.text
+    finally:
+        engine.dispose()
 
 
 def test_openapi_describes_every_api_route(web):
