@@ -103,6 +103,10 @@ class KafkaSettings:
     session_timeout_ms: int = setting(10000, "Group session timeout: how soon a dead consumer's partitions "
                                              "move to the others.", minimum=1000, maximum=300000)
     max_poll_records: int = setting(500, "Most messages fetched by one poll.", minimum=1, maximum=100000)
+    max_poll_interval_ms: int = setting(300000, "Longest time between two polls before the consumer is "
+                                                "taken out of its group (brokers from 0.10.1). The daemon "
+                                                "polls on while it waits for the database, with its "
+                                                "partitions paused.", minimum=1000, maximum=3600000)
     auto_offset_reset: str = setting("earliest", "Where a group with no committed offset starts.",
                                      choices=("earliest", "latest"))
     dead_letter_topic: str = setting("images.dead-letter", "Topic that receives messages that cannot be "

@@ -7,6 +7,7 @@ web app), start the scheduled jobs. Then consume until SIGTERM or SIGINT. Detail
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import signal
@@ -82,17 +83,28 @@ def consume(source: Any, head: Step, shutdown: Shutdown, state: DaemonState | No
     The batch in flight at shutdown gets the grace period of `shutdown.request`; if it cannot be
     stored by then it is abandoned: not committed, so consumed again after restart.
     """
+    waiting: collections.deque = collections.deque()  # polled, not yet taken by the pipeline
     try:
         while not shutdown.stopping.is_set() and not (until and until()):
+            # A congested pipeline (the database down, a slow model) must not stop the polling:
+            # without polls the group takes the partitions away (on brokers before 0.10.1 after
+            # session_timeout_ms). So the partitions are paused and the polls go on; they keep
+            # the membership and return nothing, except from partitions newly assigned.
+            hold = bool(waiting) or head.congested()
+            pause = getattr(source, "pause", None)
+            if pause is not None:
+                pause(hold)
             messages = source.poll(timeout_ms=poll_timeout_ms, max_records=max_records)
+            waiting.extend(messages)
             if state is not None:
                 state.polled()
                 lag = getattr(source, "lag", None)
                 if lag is not None:
                     state.lag_value = lag()
-            for message in messages:
-                head.submit(message)
             head.poll()
+            while waiting and not head.congested():
+                head.submit(waiting.popleft())
+        # Messages polled but not taken are not committed: consumed again after a restart.
         head.join()
     except BatchAbandoned as abandoned:
         log.warning("%s; the messages not stored will be consumed again", abandoned)

@@ -75,6 +75,10 @@ def make_consumer(kafka: Any, max_wait_ms: int = 500, **overrides: Any):
         heartbeat_interval_ms=max(100, kafka.session_timeout_ms // 3), fetch_max_wait_ms=max(10, max_wait_ms),
         request_timeout_ms=max(kafka.request_timeout_ms, kafka.session_timeout_ms + 5000),
     )
+    version = kafka.api_version_tuple()
+    if version is None or version >= (0, 10, 1):
+        # Brokers before 0.10.1 have no poll interval of their own: the session timeout is it.
+        options["max_poll_interval_ms"] = kafka.max_poll_interval_ms
     options.update(overrides)
     try:
         return KafkaConsumer(**options)
@@ -96,6 +100,7 @@ class KafkaSource:
         self.on_assign = on_assign
         self._lag_checked_at = 0.0
         self._lag: int | None = None
+        self._holding = False
         source = self
 
         class Listener(ConsumerRebalanceListener):
@@ -146,6 +151,20 @@ class KafkaSource:
                   "and stays in the topic", partition.topic, partition.partition, offset, error, UNREADABLE)
         return InboundMessage(topic=partition.topic, partition=partition.partition, offset=offset,
                               key=None, value=None, unreadable=f"{type(error).__name__}: {error}")
+
+    def pause(self, hold: bool) -> None:
+        """Pause every assigned partition (again at each call: a rebalance may add some), or
+        resume them. Paused partitions still count as consumed for the group: polls go on."""
+        if hold:
+            assigned = self.consumer.assignment()
+            if assigned:
+                self.consumer.pause(*assigned)
+            self._holding = True
+        elif self._holding:
+            paused = self.consumer.paused()
+            if paused:
+                self.consumer.resume(*paused)
+            self._holding = False
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:
         from kafka import OffsetAndMetadata, TopicPartition

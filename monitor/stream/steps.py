@@ -51,6 +51,11 @@ class BatchAbandoned(Exception):
 class Step(Protocol):
     def submit(self, item: Any) -> None: ...
 
+    def congested(self) -> bool:
+        """Whether a submit now could block: the consumer stops submitting (and pauses its
+        partitions, polling on to stay in its group) until this clears."""
+        ...
+
     def poll(self) -> None: ...
 
     def join(self, deadline: float | None = None) -> None: ...
@@ -175,7 +180,9 @@ class Batch:
 class OrderedPoolStep:
     """Run `work(item)` on a thread pool while the caller goes on; results move on to `next_step` in
     submission order, on the caller's thread, because Kafka consumers (and so commits) belong to one
-    thread. At most `max_pending` items wait: past that, submit blocks on the oldest (backpressure).
+    thread. At most `max_pending` items wait: the step is then `congested()`, and a submit anyway
+    blocks on the oldest. Finished results move on only while the next step is not congested, so
+    polling never blocks.
     """
 
     def __init__(self, next_step: Step, work: Callable[[Any], Any], *, threads: int, max_pending: int,
@@ -192,13 +199,16 @@ class OrderedPoolStep:
         self.pending.append(self.pool.submit(self.work, item))
         self._forward_done()
 
+    def congested(self) -> bool:
+        return len(self.pending) >= self.max_pending
+
     def _forward_done(self) -> None:
-        while self.pending and self.pending[0].done():
+        while self.pending and self.pending[0].done() and not self.next_step.congested():
             self.next_step.submit(self.pending.popleft().result())
 
     def poll(self) -> None:
+        self.next_step.poll()  # downstream first: what it moves on makes room for ours
         self._forward_done()
-        self.next_step.poll()
 
     def join(self, deadline: float | None = None) -> None:
         while self.pending:
@@ -258,10 +268,13 @@ class BatchStep:
         self.items = []
         self.next_step.submit(batch)
 
+    def congested(self) -> bool:
+        return self.next_step.congested()  # the next item may complete a batch
+
     def poll(self) -> None:
-        if self.items and self.clock() - self.opened_at >= self.max_wait_s:
-            self._flush()
         self.next_step.poll()
+        if self.items and self.clock() - self.opened_at >= self.max_wait_s and not self.next_step.congested():
+            self._flush()
 
     def join(self, deadline: float | None = None) -> None:
         if self.items:
@@ -286,6 +299,9 @@ class ForwardStep:
     """Base of the steps that transform a whole batch and pass it on."""
 
     next_step: Step
+
+    def congested(self) -> bool:
+        return self.next_step.congested()
 
     def poll(self) -> None:
         self.next_step.poll()
@@ -576,6 +592,9 @@ class CommitStep:
                 observe(batch)
             except Exception:  # noqa: BLE001 - an observer (metrics, console) must not stop the stream
                 log.exception("batch observer failed")
+
+    def congested(self) -> bool:
+        return False
 
     def poll(self) -> None:
         pass

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 
+import httpx
 import pytest
 
 from monitor.store import connect, upgrade
@@ -181,6 +182,11 @@ def test_postgresql_down_for_20_s_the_daemon_backs_off_commits_nothing_and_resum
             _assert_exactly_once(rows, topic, before + during)
             _wait_committed(kafka09, topic, _ends(before + during))
             wait_until(lambda: daemon.probe("/readyz") == 200, 30, "the daemon to be ready again")
+            # The group kept the partitions through the 20 s (over three times the 6 s session
+            # timeout): nothing was replayed.
+            assert "partitions revoked" not in daemon.log_tail(200_000)
+            metrics = httpx.get(f"http://127.0.0.1:{daemon.port}/metrics", timeout=5).text
+            assert "ood_monitor_replayed_messages_total 0.0" in metrics
         finally:
             daemon.stop()
             rows.close()

@@ -169,3 +169,68 @@ def test_a_record_the_client_cannot_parse_is_rejected_and_the_daemon_goes_on(tan
         runner.join(60)
         rows.close()
     assert not runner.is_alive()
+
+
+DURING = 300
+
+
+def test_while_the_database_is_locked_the_consumer_stays_in_its_group(tansu, tmp_path, model_cache, caplog):
+    # The store fails for longer than the poll interval. A consumer that stopped polling while it
+    # waits would be taken out of its group (and its batch replayed by the next owner); this one
+    # polls on with its partitions paused and stores everything once the database is back.
+    import logging
+    import sqlite3
+    import time
+
+    topic = f"images-{uuid.uuid4().hex[:8]}"
+    for name in (topic, f"{topic}.dead-letter", f"{topic}.alerts"):
+        create_topic(tansu, name, 1)
+    database = tmp_path / "monitor.db"
+    store_url = f"sqlite:///{database}"
+    settings = settings_from_mapping({
+        "model": {"spec": "demo", "device": "cpu", "cache_dir": str(model_cache),
+                  "calibration_samples": CALIBRATION_SAMPLES},
+        "kafka": {"bootstrap_servers": [tansu.bootstrap], "topics": [topic], "group_id": f"g-{topic}",
+                  "session_timeout_ms": 6000, "max_poll_interval_ms": 3000,
+                  "dead_letter_topic": f"{topic}.dead-letter", "alerts_topic": f"{topic}.alerts"},
+        "stream": {"batch_size": 4, "max_batch_wait_ms": 100, "http": False, "store_retry_initial_s": 0.2,
+                   "store_retry_max_s": 0.5},
+        "store": {"url": store_url},
+        "jobs": {"enabled": False},
+    })
+    from kafka import KafkaProducer
+
+    valid = message_corpus(MAX_BYTES)["valid"][0]
+    daemon = Daemon(settings, install_signal_handlers=False)
+    runner = threading.Thread(target=daemon.run, name="daemon")
+    caplog.set_level(logging.INFO, logger="monitor.stream")
+    runner.start()
+    rows = StoredRows(store_url)
+    producer = KafkaProducer(bootstrap_servers=tansu.bootstrap, acks="all")
+    try:
+        wait_until(lambda: daemon.state.assigned_partitions == 1 or not runner.is_alive(), 90,
+                   "the daemon to join its group")
+        producer.send(topic, value=valid, key=b"first").get(60)
+        wait_until(lambda: rows.total() == 1, 60, "the first message stored")
+
+        lock = sqlite3.connect(database, timeout=1)
+        lock.execute("BEGIN EXCLUSIVE")  # every write now fails after the busy timeout, and is retried
+        try:
+            # More than the pipeline holds (decoding, a batch, two at each worker): the consumer
+            # thread would block in a submit and stop polling.
+            for index in range(DURING):
+                producer.send(topic, value=valid, key=f"during-{index}".encode())
+            producer.flush(60)
+            wait_until(lambda: daemon.state.last_store_ok is False, 60, "the writes to fail")
+            time.sleep(8)  # the outage itself: over twice the 3 s poll interval, with the pipeline full
+        finally:
+            lock.rollback()
+            lock.close()
+        wait_until(lambda: rows.total() == 1 + DURING, 120, "every message stored once the database is back")
+        assert runner.is_alive()
+        assert "partitions revoked" not in caplog.text
+    finally:
+        producer.close()
+        daemon.request_stop(5.0)
+        runner.join(60)
+        rows.close()

@@ -84,7 +84,8 @@ def test_content_type_from_magic_bytes():
 def test_batch_leaves_when_full_or_when_its_oldest_message_waited_long_enough():
     now = [0.0]
     out: list[Batch] = []
-    sink = SimpleNamespace(submit=out.append, poll=lambda: None, join=lambda deadline=None: None)
+    sink = SimpleNamespace(submit=out.append, poll=lambda: None, join=lambda deadline=None: None,
+                           congested=lambda: False)
     step = BatchStep(sink, batch_size=3, max_wait_s=0.5, clock=lambda: now[0])
     for offset in range(4):
         step.submit(Decoded(_message(offset=offset)))
@@ -98,6 +99,22 @@ def test_batch_leaves_when_full_or_when_its_oldest_message_waited_long_enough():
     step.submit(Decoded(_message(offset=9)))
     step.join()
     assert [len(batch.items) for batch in out] == [3, 1, 1]
+
+
+def test_a_waiting_batch_stays_while_the_next_step_is_congested():
+    now, busy = [0.0], [True]
+    out: list[Batch] = []
+    sink = SimpleNamespace(submit=out.append, poll=lambda: None, join=lambda deadline=None: None,
+                           congested=lambda: busy[0])
+    step = BatchStep(sink, batch_size=3, max_wait_s=0.5, clock=lambda: now[0])
+    step.submit(Decoded(_message(offset=0)))
+    assert step.congested()  # the next item could complete a batch the next step cannot take
+    now[0] = 1.0
+    step.poll()
+    assert out == []  # overdue, but leaving now would block the caller
+    busy[0] = False
+    step.poll()
+    assert [len(batch.items) for batch in out] == [1]
 
 
 def test_kept_image_share_is_stable_across_replays_and_close_to_the_setting():

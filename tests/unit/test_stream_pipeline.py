@@ -350,3 +350,54 @@ def test_a_replay_alerts_on_the_stored_judgement_whatever_the_threshold_is_now(s
     alerts = replay_partition_1_with_threshold(values[0] - 1.0)
     assert sorted(alert["sample_key"] for alert in alerts) == sorted(flagged * 3)
     assert _count(store, "samples") == 12
+
+
+def test_a_congested_pipeline_pauses_the_partitions_and_keeps_polling():
+    # While the store is down the pipeline fills up. The consume loop must keep polling (so the
+    # group keeps the partitions) with the partitions paused, and hand the messages it already
+    # holds to the pipeline, in order, once there is room.
+    from monitor.stream.daemon import consume
+    from monitor.stream.messages import InboundMessage
+
+    class Source:
+        def __init__(self):
+            self.polls, self.holds = 0, []
+            self.queue = [[InboundMessage("t", 0, offset, None, b"x") for offset in (0, 1, 2)]]
+
+        def pause(self, hold):
+            self.holds.append(hold)
+
+        def poll(self, timeout_ms, max_records=None):
+            self.polls += 1
+            return [] if self.holds[-1] or not self.queue else self.queue.pop(0)
+
+    class Head:
+        def __init__(self):
+            self.taken, self.room = [], 1
+
+        def congested(self):
+            return self.room == 0
+
+        def submit(self, message):
+            assert self.room > 0, "submitted into a congested pipeline"
+            self.taken.append(message.offset)
+            self.room -= 1
+
+        def poll(self):
+            pass
+
+        def join(self, deadline=None):
+            pass
+
+    source, head, shutdown = Source(), Head(), Shutdown()
+
+    def until():
+        if source.polls == 5:
+            head.room = 10  # the store is back
+        return source.polls >= 8
+
+    consume(source, head, shutdown, until=until)
+    assert head.taken == [0, 1, 2]
+    assert source.holds[:2] == [False, True]  # one message taken, then held with two waiting
+    assert source.holds[2:5] == [True, True, True] and source.holds[-1] is False
+    assert source.polls >= 8  # polling went on throughout
