@@ -4,6 +4,7 @@ reload and find the labels kept, read the thresholds chart; a viewer can only lo
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -174,7 +175,9 @@ def test_a_drift_report_made_by_the_jobs_opens_from_the_reports_page_with_its_pl
         write_scores(jobs_store, model.id, current, end=end, span=timedelta(hours=6), first_offset=10_000,
                      flagged=current > 4.0, threshold_id=jobs_store.active_threshold(model.id, "1C-Sum").id,
                      images=True, seed=2)
-        context = context_for(jobs_store, now=end, reference_hours=18.0, report_dir=str(tmp_path / "reports"),
+        # Written where the app serves reports from: its [jobs] report_dir, beside its database.
+        report_dir = Path(live_store.engine.url.database).parent / "reports"
+        context = context_for(jobs_store, now=end, reference_hours=18.0, report_dir=str(report_dir),
                               report_top_samples=6)
         result = make_report(context, end - timedelta(hours=6), end + timedelta(seconds=1))
     assert result.report is not None and result.path.is_file()
