@@ -106,9 +106,7 @@ class _Layout:
     the device, built once per distinct layout."""
 
     channels: int
-    pixels: Tensor  # [C] H*W
-    dof: Tensor  # [C] H*W - 1, at least 1 (channels with H*W < 2 carry weight 0 in DSS*)
-    eps: Tensor  # [C]
+    device: torch.device
     chi2_middle: Tensor  # [C] centre of the chi2(H*W - 1) acceptance interval, over H*W - 1
     chi2_half_width: Tensor  # [C] its half width, over H*W - 1; inf where H*W < 2 (never extreme)
     spread_mask: Tensor  # [C] 1 for channels of layers with H*W >= 2 (they take part in DSS*)
@@ -168,9 +166,7 @@ def _layout(
     )
     return _Layout(
         channels=len(pixels),
-        pixels=on_device(pixels_t),
-        dof=on_device(dof),
-        eps=on_device(host["eps"]),
+        device=device,
         chi2_middle=on_device(host["chi2_middle"]),
         chi2_half_width=on_device(host["chi2_half_width"]),
         spread_mask=on_device(host["spread_mask"]),
@@ -240,7 +236,7 @@ class BatchNormReducer:
         host = layout.host
         inverse_variance = (running_var.cpu() + torch.from_numpy(host["eps"])).reciprocal()
         spread_scale = inverse_variance * torch.from_numpy(host["pixels"] / host["dof"])
-        device = layout.pixels.device
+        device = layout.device
         reference = {
             "center": center.to(device, torch.float32),
             "inverse_variance": inverse_variance.to(device, torch.float32),
