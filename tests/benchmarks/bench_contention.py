@@ -2,6 +2,7 @@
 
     python -m tests.benchmarks.bench_contention                 # demo model, 1 torch thread, 5 rounds
     python -m tests.benchmarks.bench_contention --quick         # 2 rounds of fewer images (a smoke run)
+    python -m tests.benchmarks.bench_contention --device cuda   # the Scorer on the GPU (contention-cuda.*)
 
 The daemon scores on one thread while others consume, decode and store. Torch releases CPython's
 interpreter lock inside each operation and takes it back after; when another thread runs Python
@@ -21,8 +22,10 @@ decoded Fashion-MNIST images (the bundled samples without Debian's dataset packa
 With one torch thread on a machine of two or more cores, the Scorer and the decoder each have a core:
 what the Scorer loses beside the thread and not beside the process is the lock's doing. The conditions
 are interleaved over several rounds and the median is reported, because shared machines change
-speed from minute to minute. Figures are printed and saved as JSON and Markdown
-(docs/benchmarks/contention.{json,md} for a full run, a temporary folder for --quick).
+speed from minute to minute. On a GPU the Scorer is mostly the CPU launching short operations, so
+the same comparison tells whether the lock limits a GPU daemon. Figures are printed and saved as
+JSON and Markdown (docs/benchmarks/contention.{json,md}, or contention-cuda.* for a GPU, for a full
+run; a temporary folder for --quick).
 """
 
 from __future__ import annotations
@@ -110,12 +113,16 @@ class Background:
 
 def score_on_a_thread(scorer: Any, batches: Sequence[Any]) -> float:
     """Milliseconds per image of score_batch over the batches, on a worker thread (as in the daemon)."""
+    import torch
+
     result: list[float] = []
 
     def measure() -> None:
         started = time.perf_counter()
         for batch in batches:
             scorer.score_batch(batch)
+        if scorer.device.type == "cuda":
+            torch.cuda.synchronize(scorer.device)
         result.append(1000 * (time.perf_counter() - started) / sum(len(batch) for batch in batches))
 
     worker = threading.Thread(target=measure, name="scorer")
@@ -124,18 +131,19 @@ def score_on_a_thread(scorer: Any, batches: Sequence[Any]) -> float:
     return result[0]
 
 
-def run(rounds: int, image_count: int, torch_threads: int, workdir: Path) -> dict[str, Any]:
+def run(rounds: int, image_count: int, torch_threads: int, workdir: Path, device: str = "cpu") -> dict[str, Any]:
     import torch
 
     from monitor.calibration_cache import load_or_calibrate
-    from monitor.classifiers import load_classifier
+    from monitor.classifiers import load_classifier, pick_device
     from monitor.evaluation.machine import describe
     from monitor.imaging import decode_image, stack_images
     from monitor.indicators import Scorer
     from tests.benchmarks.bench_pipeline import benchmark_images
 
     torch.set_num_threads(torch_threads)
-    classifier = load_classifier("demo", device=torch.device("cpu"))
+    chosen = pick_device(device)
+    classifier = load_classifier("demo", device=chosen)
     preprocessing = classifier.preprocessing
     scorer = Scorer(classifier.model, mean=preprocessing.mean, std=preprocessing.std,
                     input_shape=preprocessing.input_shape)
@@ -143,7 +151,8 @@ def run(rounds: int, image_count: int, torch_threads: int, workdir: Path) -> dic
     images = benchmark_images(image_count)
     shape = tuple(preprocessing.input_shape)
     pixels = [decode_image(value, shape) for value in images]
-    batches = [stack_images(pixels[start:start + BATCH_SIZE]) for start in range(0, len(pixels), BATCH_SIZE)]
+    batches = [stack_images(pixels[start:start + BATCH_SIZE]).to(chosen)
+               for start in range(0, len(pixels), BATCH_SIZE)]
     score_on_a_thread(scorer, batches[:2])  # warm-up: compiled kernels loaded, buffers allocated
 
     decoding, parsing = (Background("thread", decode_forever, images, shape),
@@ -185,7 +194,7 @@ def run(rounds: int, image_count: int, torch_threads: int, workdir: Path) -> dic
                      "background_per_s": statistics.median(background_rates[name]) if loop is not None else None})
     return {"model": classifier.name, "batch_size": BATCH_SIZE, "images": len(images), "rounds": rounds,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "machine": describe(torch.device("cpu")),
+            "machine": describe(chosen),
             "conditions": rows}
 
 
@@ -194,7 +203,7 @@ def markdown(result: dict[str, Any]) -> str:
 
     lines = [
         "# The Scorer beside other Python threads", "",
-        f"Measured on {describe_line(result['machine'])}. The demo model, batches of {result['batch_size']}, {result['images']} images per run, median of "
+        f"Measured on {describe_line(result['machine'])}. The demo model on `{result['machine']['device']}`, batches of {result['batch_size']}, {result['images']} images per run, median of "
         f"{result['rounds']} interleaved rounds. Produced by `python -m tests.benchmarks.bench_contention` "
         "(method: the module docstring).", "",
         "| Scorer runs | Scorer ms/image | slowdown | background images/s |", "|---|---:|---:|---:|",
@@ -214,20 +223,22 @@ def main(argv: Sequence[str] | None = None, *, printer: Callable[[str], None] = 
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROUNDS} rounds of {QUICK_IMAGES} images")
     parser.add_argument("--rounds", type=int, help=f"interleaved rounds (default {ROUNDS})")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads of the Scorer (default 1)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto: where the Scorer runs")
     parser.add_argument("--out-dir", type=Path, help="where the JSON and Markdown go")
     args = parser.parse_args(argv)
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else ROUNDS)
     if rounds < 1 or args.torch_threads < 1:
         parser.error("--rounds and --torch-threads: at least 1")
     with tempfile.TemporaryDirectory(prefix="bench-contention-") as scratch:
-        result = run(rounds, QUICK_IMAGES if args.quick else IMAGES, args.torch_threads, Path(scratch))
+        result = run(rounds, QUICK_IMAGES if args.quick else IMAGES, args.torch_threads, Path(scratch), args.device)
         out_dir = args.out_dir or (Path(scratch) / "out" if args.quick else ROOT / "docs" / "benchmarks")
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "contention.json").write_text(json.dumps(result, indent=2) + "\n")
+        name = "contention" if result["machine"]["device"] == "cpu" else "contention-cuda"
+        (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
         text = markdown(result)
-        (out_dir / "contention.md").write_text(text)
+        (out_dir / f"{name}.md").write_text(text)
         printer(text)
-        printer(f"saved {out_dir / 'contention.json'} and {out_dir / 'contention.md'}")
+        printer(f"saved {out_dir / f'{name}.json'} and {out_dir / f'{name}.md'}")
     return result
 
 
