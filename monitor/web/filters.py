@@ -143,7 +143,8 @@ def parse_choice(name: str, text: str | None, choices: tuple[str, ...], default:
 def reject_unknown(params: Mapping[str, str], allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise FilterError(unknown[0], f"unknown parameter; expected one of {', '.join(allowed)}")
+        expected = f"expected one of {', '.join(allowed)}" if allowed else "this route takes no query parameters"
+        raise FilterError(unknown[0], f"unknown parameter; {expected}")
 
 
 def parse_queue_filters(params: Mapping[str, str], default_per_page: int) -> QueueFilters:

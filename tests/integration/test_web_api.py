@@ -92,6 +92,27 @@ def test_every_page_redirects_to_the_login_without_a_session(web):
     assert client.get("/queue", headers=bearer("admin-bot"), follow_redirects=False).status_code == 303
 
 
+def test_every_api_route_refuses_a_query_parameter_it_does_not_declare(web):
+    client, _, seeded = web
+    client.cookies.clear()
+    headers = bearer("admin-bot")
+    for path in [path for path in API_READS if path.startswith("/api/")]:
+        # Credentials first: a caller without them learns nothing about the parameters.
+        assert client.get(fill(path, seeded), params={"limt": "5"}).status_code == 401, path
+        answer = client.get(fill(path, seeded), params={"limt": "5"}, headers=headers)
+        assert answer.status_code == 422, path
+        assert answer.json()["parameter"] == "limt" and "unknown parameter" in answer.json()["detail"], path
+    no_parameters = client.get("/api/models", params={"model": "1"}, headers=headers).json()
+    assert no_parameters["detail"] == "model: unknown parameter; this route takes no query parameters"
+    some = client.get("/api/alerts", params={"limit": "5", "ofset": "1"}, headers=headers).json()
+    assert some["parameter"] == "ofset" and "expected one of limit, offset" in some["detail"]
+    flagged = client.get("/api/flagged", params={"class": "1", "sort": "score_desc"}, headers=headers)
+    assert flagged.status_code == 200  # a declared parameter under its public name (an alias) passes
+    label = client.post(fill("/api/samples/{s}/labels", seeded), params={"force": "1"}, json={"label": "OOD"},
+                        headers=bearer("labeller-bot"))
+    assert label.status_code == 422 and label.json()["parameter"] == "force"
+
+
 def test_operability_routes_given_by_the_daemon_stay_public(web):
     client, _, _ = web
     client.cookies.clear()
