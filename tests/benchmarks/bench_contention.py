@@ -51,12 +51,14 @@ QUICK_ROUNDS = 2
 IMAGES = 1024
 QUICK_IMAGES = 256
 DEFAULT_SWITCH_INTERVAL = 0.005
+READY_TIMEOUT_S = 300.0
 
 
-def parse_forever(images: Sequence[bytes], input_shape: tuple[int, int, int], running: Any, stop: Any,
-                  done: Any) -> None:
+def parse_forever(images: Sequence[bytes], input_shape: tuple[int, int, int], ready: Any, running: Any,
+                  stop: Any, done: Any) -> None:
     """Pure Python that never lets go of the lock by itself, like parsing records or building rows:
     the images' bytes summed one by one, over and over."""
+    ready.set()
     while not stop.is_set():
         if not running.wait(0.05):
             continue
@@ -68,11 +70,13 @@ def parse_forever(images: Sequence[bytes], input_shape: tuple[int, int, int], ru
             done.value += len(images)
 
 
-def decode_forever(images: Sequence[bytes], input_shape: tuple[int, int, int], running: Any, stop: Any,
-                   done: Any) -> None:
+def decode_forever(images: Sequence[bytes], input_shape: tuple[int, int, int], ready: Any, running: Any,
+                   stop: Any, done: Any) -> None:
     """Decode the images over and over while `running` is set, until `stop`; count them in `done`."""
     from monitor.imaging import decode_image
 
+    decode_image(images[0], input_shape)  # imports done, first call made: ready to be measured
+    ready.set()
     while not stop.is_set():
         if not running.wait(0.05):
             continue
@@ -91,15 +95,22 @@ class Background:
         chunk = list(images[:64])  # one pass is short: the loop checks `running` often
         if kind == "process":
             context = multiprocessing.get_context("spawn")
-            self.running, self.stop, self.done = context.Event(), context.Event(), context.Value("q", 0)
-            self.worker: Any = context.Process(target=loop, name="background",
-                                               args=(chunk, input_shape, self.running, self.stop, self.done))
+            self.ready, self.running, self.stop = context.Event(), context.Event(), context.Event()
+            self.done = context.Value("q", 0)
+            self.worker: Any = context.Process(
+                target=loop, name="background",
+                args=(chunk, input_shape, self.ready, self.running, self.stop, self.done))
         else:
-            self.running, self.stop = threading.Event(), threading.Event()
+            self.ready, self.running, self.stop = threading.Event(), threading.Event(), threading.Event()
             self.done = multiprocessing.get_context("spawn").Value("q", 0)
             self.worker = threading.Thread(target=loop, name="background",
-                                           args=(chunk, input_shape, self.running, self.stop, self.done))
+                                           args=(chunk, input_shape, self.ready, self.running, self.stop, self.done))
         self.worker.start()
+        # A new process takes seconds to import torch and the decoder: measuring before it is ready
+        # would measure the Scorer beside nothing.
+        if not self.ready.wait(READY_TIMEOUT_S):
+            self.close()
+            raise RuntimeError(f"the background {kind} was not ready after {READY_TIMEOUT_S:.0f} s")
 
     def count(self) -> int:
         with self.done.get_lock():
@@ -155,19 +166,20 @@ def run(rounds: int, image_count: int, torch_threads: int, workdir: Path, device
                for start in range(0, len(pixels), BATCH_SIZE)]
     score_on_a_thread(scorer, batches[:2])  # warm-up: compiled kernels loaded, buffers allocated
 
-    decoding, parsing = (Background("thread", decode_forever, images, shape),
-                         Background("thread", parse_forever, images, shape))
-    decoding_process = Background("process", decode_forever, images, shape)
-    conditions: list[tuple[str, Background | None, float]] = [("alone", None, DEFAULT_SWITCH_INTERVAL)]
-    for label, background in (("a decoding thread", decoding), ("a pure-Python thread", parsing)):
-        conditions += [(f"beside {label}, switch interval 5 ms (default)", background, 0.005),
-                       (f"beside {label}, switch interval 1 ms", background, 0.001),
-                       (f"beside {label}, switch interval 0.2 ms", background, 0.0002)]
-    conditions.append(("beside a decoding process", decoding_process, DEFAULT_SWITCH_INTERVAL))
-    times: dict[str, list[float]] = {name: [] for name, _, _ in conditions}
-    background_rates: dict[str, list[float]] = {name: [] for name, loop, _ in conditions if loop is not None}
+    backgrounds: list[Background] = []
     previous_interval = sys.getswitchinterval()
     try:
+        for kind, loop in (("thread", decode_forever), ("thread", parse_forever), ("process", decode_forever)):
+            backgrounds.append(Background(kind, loop, images, shape))
+        decoding, parsing, decoding_process = backgrounds
+        conditions: list[tuple[str, Background | None, float]] = [("alone", None, DEFAULT_SWITCH_INTERVAL)]
+        for label, background in (("a decoding thread", decoding), ("a pure-Python thread", parsing)):
+            conditions += [(f"beside {label}, switch interval 5 ms (default)", background, 0.005),
+                           (f"beside {label}, switch interval 1 ms", background, 0.001),
+                           (f"beside {label}, switch interval 0.2 ms", background, 0.0002)]
+        conditions.append(("beside a decoding process", decoding_process, DEFAULT_SWITCH_INTERVAL))
+        times: dict[str, list[float]] = {name: [] for name, _, _ in conditions}
+        background_rates: dict[str, list[float]] = {name: [] for name, loop, _ in conditions if loop is not None}
         with tqdm(total=rounds * len(conditions), desc="rounds x conditions", unit="run") as bar:
             for _ in range(rounds):
                 for name, loop, interval in conditions:
@@ -182,7 +194,7 @@ def run(rounds: int, image_count: int, torch_threads: int, workdir: Path, device
                     bar.update()
     finally:
         sys.setswitchinterval(previous_interval)
-        for background in (decoding, parsing, decoding_process):
+        for background in backgrounds:
             background.close()
         scorer.close()
     alone = statistics.median(times["alone"])
