@@ -113,7 +113,7 @@ def seed_store(store: Store, report_dir: Path, samples: int = 60, flagged_every:
         store.add_alert(kind, payload)
     for job, outcome, error in (("refit", "ok", None), ("drift_report", "failed", "disk full"),
                                 ("retention", "skipped", None)):
-        run = store.start_job_run(job)
+        run = store.start_job_run(job, runner=f"monitor-{job}:1234")
         store.finish_job_run(run.id, outcome, error=error)
     report_dir.mkdir(parents=True, exist_ok=True)
     report_path = report_dir / "drift-report-1.html"

@@ -59,7 +59,7 @@ def run_started_since(store: Any, job: str, moment: datetime) -> bool:
 
 def _run_row(run: JobRun) -> JobRunRow:
     return JobRunRow(id=run.id, job=run.job, started_at=run.started_at, finished_at=run.finished_at,
-                     outcome=run.outcome, error=run.error)
+                     outcome=run.outcome, error=run.error, runner=run.runner)
 
 
 # --- alerts --------------------------------------------------------------------------------------

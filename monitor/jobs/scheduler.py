@@ -130,7 +130,7 @@ def run_job(context: JobContext, name: str, *, scheduled_for: datetime | None = 
             log.debug("job %s: the run due at %s was made by another process", name, utc_iso(scheduled_for))
             return None
         started_at = context.now()
-        run_id = context.store.start_job_run(name, started_at=started_at).id
+        run_id = context.store.start_job_run(name, started_at=started_at, runner=context.runner).id
         log.info("job %s: run #%d started by %s", name, run_id, context.runner)
         try:
             outcome = function(context)

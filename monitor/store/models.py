@@ -280,6 +280,8 @@ class JobRun(Base):
     finished_at: Mapped[datetime | None]
     outcome: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
+    # Which process ran it ("host:pid"): with several daemons on one database, where to look.
+    runner: Mapped[str | None] = mapped_column(String(255))
 
 
 INDICATOR_COLUMNS: dict[str, Any] = {name: Sample.__table__.c[column] for name, column in COLUMNS.items()}

@@ -342,6 +342,7 @@ class JobRunRow:
     finished_at: datetime | None
     outcome: str
     error: str | None
+    runner: str | None = None  # "host:pid" of the process that ran it; None for runs stored before 0003
 
 
 @dataclass(frozen=True)

@@ -1017,13 +1017,14 @@ class Store:
             row = connection.execute(select(Report.__table__).where(Report.id == report_id)).first()
         return ReportRow(**row._mapping) if row else None
 
-    def start_job_run(self, job: str, *, started_at: datetime | None = None) -> JobRunRow:
+    def start_job_run(self, job: str, *, started_at: datetime | None = None, runner: str | None = None) -> JobRunRow:
         if not job:
             raise InputError("job run: job must be named")
         with self._writing() as connection:
             row = connection.execute(
                 insert(JobRun).returning(*JobRun.__table__.c),
-                [{"job": job, "started_at": started_at or utcnow(), "outcome": "running", "error": None}],
+                [{"job": job, "started_at": started_at or utcnow(), "outcome": "running", "error": None,
+                  "runner": runner[:255] if runner else None}],
             ).one()
         return JobRunRow(**row._mapping)
 

@@ -431,7 +431,8 @@ def undo_label(engine: Engine, sample_id: int, requested_by: str, may_undo_other
 def recent_job_runs(connection: Connection, limit: int = 10) -> list[JobRunRow]:
     query = select(JobRun).order_by(JobRun.started_at.desc(), JobRun.id.desc()).limit(limit)
     return [
-        JobRunRow(id=r.id, job=r.job, started_at=r.started_at, finished_at=r.finished_at, outcome=r.outcome, error=r.error)
+        JobRunRow(id=r.id, job=r.job, started_at=r.started_at, finished_at=r.finished_at, outcome=r.outcome, error=r.error,
+                  runner=r.runner)
         for r in _orm_rows(connection, query)
     ]
 

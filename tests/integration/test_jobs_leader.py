@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -127,6 +128,9 @@ def test_two_schedulers_run_each_job_once_and_the_survivor_takes_over(tmp_path):
             owners = wait_until(lambda: all(run.id in _runs_by_pid(logs) for run in runs_after_kill())
                                 and _runs_by_pid(logs), 10, "owners of the later runs")
             assert {owners[run.id] for run in runs_after_kill()} == {survivor.pid}
+            # The runs name their process ("host:pid"), as the logs do.
+            assert {run.runner for run in runs_after_kill()} == {f"{socket.gethostname()}:{survivor.pid}"}
+            assert latest.runner == f"{socket.gethostname()}:{leader_pid}"
 
             runs = store.list_job_runs(job="retention", limit=500)
             slots = [_fire_slot(run.started_at) for run in runs]

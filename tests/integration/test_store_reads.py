@@ -285,14 +285,16 @@ def test_alerts_wait_until_published(store):
 
 
 def test_job_runs_record_start_and_outcome(store):
-    run = store.start_job_run("refit")
-    assert run.outcome == "running" and run.finished_at is None
+    run = store.start_job_run("refit", runner="monitor-7:4242")
+    assert run.outcome == "running" and run.finished_at is None and run.runner == "monitor-7:4242"
+    assert store.start_job_run("retention").runner is None  # who ran it is optional
 
     done = store.finish_job_run(run.id, "failed", error="too few samples: 12 < 500")
 
     assert done.outcome == "failed" and done.error == "too few samples: 12 < 500"
     assert done.finished_at >= done.started_at
-    assert [r.id for r in store.list_job_runs(job="refit")] == [run.id]
+    assert done.runner == "monitor-7:4242"
+    assert [(r.id, r.runner) for r in store.list_job_runs(job="refit")] == [(run.id, "monitor-7:4242")]
     with pytest.raises(InputError, match="outcome"):
         store.finish_job_run(run.id, "great")
 

@@ -435,11 +435,13 @@ def test_the_overview_counts_the_window_and_shows_lag_thresholds_jobs_and_alerts
     assert overview["consumer_lag"] == 42
     assert [t["method"] for t in overview["active_thresholds"]] == ["two-means"]
     assert {run["outcome"] for run in overview["job_runs"]} == {"ok", "failed", "skipped"}
+    assert {run["runner"] for run in overview["job_runs"]} >= {"monitor-refit:1234", "monitor-drift_report:1234"}
     assert {a["kind"] for a in overview["alerts"]} == {"flagged", "new_threshold", "ood_rate"}
     login(client, "vera")
     page = client.get("/")
     assert page.status_code == 200 and '<svg class="chart"' in page.text and "two-means" in page.text
     assert ">42 <" in page.text  # the lag card
+    assert "monitor-drift_report:1234" in page.text  # which process ran each job
     assert page.headers["content-security-policy"].startswith("default-src 'none'")
     assert re.fullmatch(r"app;dur=\d+\.\d", page.headers["server-timing"])
 
@@ -477,8 +479,12 @@ def test_reports_are_served_by_id_from_the_stored_path_only(web):
     assert gone.status_code == 404 and "no file" in gone.json()["detail"]
     assert client.get("/api/reports/424242/file", headers=headers).status_code == 404
     assert client.get("/api/reports/..%2F..%2Fetc%2Fpasswd/file", headers=headers).status_code in (404, 422)
+    jobs = client.get("/api/jobs", headers=headers).json()
+    assert {(run["job"], run["runner"]) for run in jobs} >= {("retention", "monitor-retention:1234")}
     login(client, "vera")
     assert client.get(f"/reports/{seeded.report_id}/file").text == seeded.report_text
+    page = client.get("/reports").text
+    assert "Ran on" in page and "monitor-retention:1234" in page
 
 
 def test_a_report_row_pointing_outside_the_report_directory_is_not_served(tmp_path):
