@@ -101,6 +101,8 @@ class KafkaSource:
         self._lag_checked_at = 0.0
         self._lag: int | None = None
         self._holding = False
+        # Per partition: (offset of the record the client first failed on, last offset stepped over, error).
+        self._unreadable: dict[Any, tuple[int, int, str]] = {}
         source = self
 
         class Listener(ConsumerRebalanceListener):
@@ -138,8 +140,10 @@ class KafkaSource:
         Which partition failed is not part of the error: kafka-python keeps the records it was
         parsing in its fetcher (a private attribute; kafka-python is pinned and an integration
         test guards this). The record sits at that partition's position. A record after it in
-        the same record batch cannot be reached either, so it comes back at the next poll and
-        is stepped over the same way.
+        the same record batch cannot be reached either: the client parses the batch from its
+        start again and fails on the same record, so the same error comes back at the next
+        position. Those records are stepped over the same way, and their rejects say that the
+        client could not get to them, not that they are unreadable themselves.
         """
         failed = getattr(getattr(self.consumer, "_fetcher", None), "_next_partition_records", None)
         partition = getattr(failed, "topic_partition", None)
@@ -147,10 +151,22 @@ class KafkaSource:
             raise error  # nothing to step over: stop rather than skip blindly
         offset = self.consumer.position(partition)
         self.consumer.seek(partition, offset + 1)
-        log.error("%s/%s/%s: the Kafka client cannot read this record (%s); it is rejected as %s "
-                  "and stays in the topic", partition.topic, partition.partition, offset, error, UNREADABLE)
+        reason = f"{type(error).__name__}: {error}"
+        first, last, previous = self._unreadable.get(partition, (None, None, None))
+        if last == offset - 1 and previous == reason:  # the same failure, one record further on
+            self._unreadable[partition] = (first, offset, reason)
+            log.error("%s/%s/%s: the Kafka client cannot reach this record behind the unreadable one at offset "
+                      "%s; it is rejected as %s and stays in the topic", partition.topic, partition.partition,
+                      offset, first, UNREADABLE)
+            detail = (f"the Kafka client cannot reach this record behind the unreadable one at offset {first} "
+                      f"of the same record batch ({reason})")
+        else:
+            self._unreadable[partition] = (offset, offset, reason)
+            log.error("%s/%s/%s: the Kafka client cannot read this record (%s); it is rejected as %s "
+                      "and stays in the topic", partition.topic, partition.partition, offset, error, UNREADABLE)
+            detail = reason
         return InboundMessage(topic=partition.topic, partition=partition.partition, offset=offset,
-                              key=None, value=None, unreadable=f"{type(error).__name__}: {error}")
+                              key=None, value=None, unreadable=detail)
 
     def pause(self, hold: bool) -> None:
         """Pause every assigned partition (again at each call: a rebalance may add some), or

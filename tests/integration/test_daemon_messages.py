@@ -4,6 +4,7 @@ plus a dead-letter message; flagged samples raise alerts; offsets are committed;
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import uuid
@@ -122,7 +123,23 @@ class _UndecodableHeaderKey(str):
         return b"\xff\xfe"
 
 
-def test_a_record_the_client_cannot_parse_is_rejected_and_the_daemon_goes_on(tansu, tmp_path, model_cache):
+@contextlib.contextmanager
+def _running_daemon(settings, store_url):
+    """A daemon consuming on a thread, and the rows it stores; stopped and closed afterwards."""
+    daemon = Daemon(settings, install_signal_handlers=False)
+    runner = threading.Thread(target=daemon.run, name="daemon")
+    runner.start()
+    rows = StoredRows(store_url)
+    try:
+        yield runner, rows
+    finally:
+        daemon.request_stop(5.0)
+        runner.join(60)
+        rows.close()
+
+
+def _one_partition_daemon(tansu, tmp_path, model_cache):
+    """A topic of one partition with its dead-letter topic, and settings of a daemon on it (SQLite)."""
     topic = f"images-{uuid.uuid4().hex[:8]}"
     dead_letters = f"{topic}.dead-letter"
     for name in (topic, dead_letters):
@@ -137,6 +154,41 @@ def test_a_record_the_client_cannot_parse_is_rejected_and_the_daemon_goes_on(tan
         "store": {"url": store_url},
         "jobs": {"enabled": False},
     })
+    return topic, dead_letters, store_url, settings
+
+
+def test_records_the_client_cannot_reach_behind_an_unreadable_one_say_so(tansu, tmp_path, model_cache):
+    topic, dead_letters, store_url, settings = _one_partition_daemon(tansu, tmp_path, model_cache)
+    from kafka import KafkaProducer
+
+    valid = message_corpus(MAX_BYTES)["valid"][0]
+    # One record batch: the unreadable record, then two readable ones the client cannot get to.
+    producer = KafkaProducer(bootstrap_servers=tansu.bootstrap, acks="all", linger_ms=1000)
+    futures = [producer.send(topic, value=valid, key=b"broken", headers=[(_UndecodableHeaderKey("x"), b"1")]),
+               producer.send(topic, value=valid, key=b"mate-1"), producer.send(topic, value=valid, key=b"mate-2")]
+    producer.flush()
+    broken, mate_1, mate_2 = (future.get(60).offset for future in futures)
+    after = producer.send(topic, value=valid, key=b"after").get(60).offset
+    producer.close()
+
+    with _running_daemon(settings, store_url) as (runner, rows):
+        wait_until(lambda: rows.total() == 4 or not runner.is_alive(), 90, "4 stored rows")
+        assert runner.is_alive()
+        assert {key for (key,) in rows.rows("SELECT sample_key FROM samples")} == {"after"}
+        details = {key: detail for key, detail in rows.rows("SELECT sample_key, detail FROM rejects")}
+        assert set(details) == {f"{topic}/0/{offset}" for offset in (broken, mate_1, mate_2)}
+        assert "cannot reach" not in details[f"{topic}/0/{broken}"]
+        for offset in (mate_1, mate_2):  # not called unreadable themselves: the client stops before them
+            assert f"cannot reach this record behind the unreadable one at offset {broken}" in details[
+                f"{topic}/0/{offset}"], details
+        letters = [json.loads(record.value) for record in consume_all(tansu.bootstrap, None, dead_letters, 3)]
+        assert sorted(letter["source"]["offset"] for letter in letters) == [broken, mate_1, mate_2]
+        wait_until(lambda: committed_offsets(tansu.bootstrap, None, f"g-{topic}", topic, 1).get(0) == after + 1,
+                   60, "the offsets committed past the whole record batch")
+
+
+def test_a_record_the_client_cannot_parse_is_rejected_and_the_daemon_goes_on(tansu, tmp_path, model_cache):
+    topic, dead_letters, store_url, settings = _one_partition_daemon(tansu, tmp_path, model_cache)
     from kafka import KafkaProducer
 
     valid = message_corpus(MAX_BYTES)["valid"][0]
@@ -149,11 +201,7 @@ def test_a_record_the_client_cannot_parse_is_rejected_and_the_daemon_goes_on(tan
     offsets["after"] = producer.send(topic, value=valid, key=b"after").get(60).offset
     producer.close()
 
-    daemon = Daemon(settings, install_signal_handlers=False)
-    runner = threading.Thread(target=daemon.run, name="daemon")
-    runner.start()
-    rows = StoredRows(store_url)
-    try:
+    with _running_daemon(settings, store_url) as (runner, rows):
         wait_until(lambda: rows.total() == 3 or not runner.is_alive(), 90, "3 stored rows")
         assert runner.is_alive(), "the daemon stopped on a record it cannot parse"
         broken_key = f"{topic}/0/{offsets['broken']}"  # the key is inside the unreadable record
@@ -164,10 +212,6 @@ def test_a_record_the_client_cannot_parse_is_rejected_and_the_daemon_goes_on(tan
         assert (letter["source"]["topic"], letter["source"]["offset"]) == (topic, offsets["broken"])
         wait_until(lambda: committed_offsets(tansu.bootstrap, None, f"g-{topic}", topic, 1).get(0)
                    == offsets["after"] + 1, 60, "the offsets committed past the unreadable record")
-    finally:
-        daemon.request_stop(5.0)
-        runner.join(60)
-        rows.close()
     assert not runner.is_alive()
 
 
