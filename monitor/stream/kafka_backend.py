@@ -142,8 +142,8 @@ class KafkaSource:
         test guards this). The record sits at that partition's position. A record after it in
         the same record batch cannot be reached either: the client parses the batch from its
         start again and fails on the same record, so the same error comes back at the next
-        position. Those records are stepped over the same way, and their rejects say that the
-        client could not get to them, not that they are unreadable themselves.
+        position. Those records are stepped over the same way, and their rejects say so rather
+        than call them unreadable themselves.
         """
         failed = getattr(getattr(self.consumer, "_fetcher", None), "_next_partition_records", None)
         partition = getattr(failed, "topic_partition", None)
@@ -155,11 +155,13 @@ class KafkaSource:
         first, last, previous = self._unreadable.get(partition, (None, None, None))
         if last == offset - 1 and previous == reason:  # the same failure, one record further on
             self._unreadable[partition] = (first, offset, reason)
-            log.error("%s/%s/%s: the Kafka client cannot reach this record behind the unreadable one at offset "
-                      "%s; it is rejected as %s and stays in the topic", partition.topic, partition.partition,
-                      offset, first, UNREADABLE)
-            detail = (f"the Kafka client cannot reach this record behind the unreadable one at offset {first} "
-                      f"of the same record batch ({reason})")
+            # Most likely a readable record of the same batch; a record unreadable itself in a batch of
+            # its own would fail the same way, and the client does not say which batch it parsed.
+            log.error("%s/%s/%s: the Kafka client fails here as at offset %s, most likely because this record "
+                      "is behind that one in its record batch; it is rejected as %s and stays in the topic",
+                      partition.topic, partition.partition, offset, first, UNREADABLE)
+            detail = (f"the Kafka client fails here with the same error as at offset {first}, most likely because "
+                      f"this record is behind that one in its record batch and cannot be reached ({reason})")
         else:
             self._unreadable[partition] = (offset, offset, reason)
             log.error("%s/%s/%s: the Kafka client cannot read this record (%s); it is rejected as %s "
