@@ -44,24 +44,13 @@ def _query_parameter_names(dependant) -> list[str]:
     return names
 
 
-def _declared_query_parameters(route: APIRoute) -> tuple[str, ...]:
-    names = _DECLARED_QUERY_PARAMETERS.get(route.unique_id)
-    if names is None:
-        names = tuple(dict.fromkeys(_query_parameter_names(route.dependant)))
-        _DECLARED_QUERY_PARAMETERS[route.unique_id] = names
-    return names
-
-
-_DECLARED_QUERY_PARAMETERS: dict[str, tuple[str, ...]] = {}
-
-
 def _caller(request: Request, role: str) -> Principal:
     """The authenticated caller with `role`; then any query parameter the route does not declare is
     refused (422 naming it): a misspelt filter must not silently return more than was asked for."""
     principal = api_principal(request, role)
     route = request.scope.get("route")
     if isinstance(route, APIRoute):
-        reject_unknown(request.query_params, _declared_query_parameters(route))
+        reject_unknown(request.query_params, tuple(_query_parameter_names(route.dependant)))
     return principal
 
 
