@@ -8,6 +8,7 @@ partitions are given up, so their new owner starts where this process stopped.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Callable
 
@@ -120,15 +121,16 @@ class KafkaSource:
         consumer.subscribe(topics=list(topics), listener=Listener())
 
     def poll(self, timeout_ms: int, max_records: int | None = None) -> list[InboundMessage]:
-        from kafka.errors import CorruptRecordError
-
         try:
             batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        except CorruptRecordError as error:
-            # kafka-python cannot parse the record at a partition's position (a failed checksum, a
-            # header key that is not UTF-8, a broken structure) and would raise again at every
-            # poll: the daemon would stop, and stop again after each restart. Step over it; it
-            # becomes a reject (and a dead letter) like any bad input, and stays in the topic.
+        except Exception as error:
+            if not _raised_parsing_records(error):
+                raise
+            # kafka-python cannot read the record at a partition's position (a failed checksum, a
+            # header key that is not UTF-8, a broken structure, a batch compressed with a codec it
+            # cannot decompress) and would raise again at every poll: the daemon would stop, and
+            # stop again after each restart. Step over it; it becomes a reject (and a dead letter)
+            # like any bad input, and stays in the topic.
             return [self._skip_unreadable(error)]
         messages = [InboundMessage.from_kafka(record) for records in batches.values() for record in records]
         messages.sort(key=lambda message: (message.topic, message.partition, message.offset))
@@ -143,7 +145,8 @@ class KafkaSource:
         the same record batch cannot be reached either: the client parses the batch from its
         start again and fails on the same record, so the same error comes back at the next
         position. Those records are stepped over the same way, and their rejects say so rather
-        than call them unreadable themselves.
+        than call them unreadable themselves. A batch that cannot be decompressed fails the
+        same way at each of its records, and each reject says that.
         """
         failed = getattr(getattr(self.consumer, "_fetcher", None), "_next_partition_records", None)
         partition = getattr(failed, "topic_partition", None)
@@ -151,9 +154,15 @@ class KafkaSource:
             raise error  # nothing to step over: stop rather than skip blindly
         offset = self.consumer.position(partition)
         self.consumer.seek(partition, offset + 1)
-        reason = f"{type(error).__name__}: {error}"
+        reason = str(error) if str(error).startswith(type(error).__name__) else f"{type(error).__name__}: {error}"
         first, last, previous = self._unreadable.get(partition, (None, None, None))
-        if last == offset - 1 and previous == reason:  # the same failure, one record further on
+        if _raised_decompressing(error):
+            self._unreadable[partition] = (offset, offset, reason)
+            log.error("%s/%s/%s: the Kafka client cannot decompress the record batch holding this record (%s); "
+                      "it is rejected as %s and stays in the topic", partition.topic, partition.partition, offset,
+                      error, UNREADABLE)
+            detail = f"the Kafka client cannot decompress the record batch that holds this record ({reason})"
+        elif last == offset - 1 and previous == reason:  # the same failure, one record further on
             self._unreadable[partition] = (first, offset, reason)
             # Most likely a readable record of the same batch; a record unreadable itself in a batch of
             # its own would fail the same way, and the client does not say which batch it parsed.
@@ -211,6 +220,32 @@ class KafkaSource:
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)
+
+
+def _kafka_frames(error: BaseException):
+    """(function name, file) of each frame the error passed through, outermost first."""
+    trace = error.__traceback__
+    while trace is not None:
+        code = trace.tb_frame.f_code
+        yield code.co_name, code.co_filename.replace(os.sep, "/")
+        trace = trace.tb_next
+
+
+def _raised_parsing_records(error: BaseException) -> bool:
+    """Whether kafka-python raised `error` while reading fetched records (any type: a failed
+    checksum, a missing codec, a decompressor's own error), not on the network or the group.
+    The fetcher parses records in PartitionRecords._unpack_records; kafka-python is pinned."""
+    return any(name == "_unpack_records" and path.endswith("kafka/consumer/fetcher.py")
+               for name, path in _kafka_frames(error))
+
+
+def _raised_decompressing(error: BaseException) -> bool:
+    """Whether the record batch itself could not be decompressed (every record in it fails alike)."""
+    from kafka.errors import UnsupportedCodecError
+
+    return isinstance(error, UnsupportedCodecError) or any(
+        path.endswith("kafka/codec.py") or ("/kafka/record/" in path and name in ("_maybe_uncompress", "_decompress"))
+        for name, path in _kafka_frames(error))
 
 
 def _names(partitions) -> str:
