@@ -18,10 +18,16 @@ from monitor import __version__
 from monitor.errors import MonitorError
 
 
-def _lazy(target: str) -> Callable[[argparse.Namespace], int | None]:
-    """'package.module:function' -> a callable that imports it on first use."""
+def _lazy(target: str, checks: dict[str, bool] | None = None) -> Callable[[argparse.Namespace], int | None]:
+    """'package.module:function' -> a callable that imports it on first use. With `checks`, the
+    start-up checks (monitor.preflight) run first, before the heavy imports, and their settings
+    are handed over as `args.settings`."""
 
     def run(args: argparse.Namespace) -> int | None:
+        if checks is not None:
+            from monitor.preflight import preflight
+
+            args.settings = preflight(getattr(args, "config", None), **checks)
         module_name, function_name = target.split(":")
         return getattr(importlib.import_module(module_name), function_name)(args)
 
@@ -283,7 +289,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "Stops cleanly on SIGTERM or Ctrl-C (docs/daemon.md).",
     )
     _add_config_argument(parser)
-    parser.set_defaults(run=_lazy("monitor.stream.daemon:run_daemon"))
+    parser.set_defaults(run=_lazy("monitor.stream.daemon:run_daemon",
+                                  checks={"model": True, "database": True, "kafka": True}))
 
 
 @subcommand

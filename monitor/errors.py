@@ -6,7 +6,12 @@ class MonitorError(Exception):
 
 
 class ConfigError(MonitorError):
-    """A configuration value is missing or invalid; the message names the key."""
+    """A configuration value is missing or invalid; the message names the key. `problems` lists
+    each problem when several were found at once."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = list(problems) if problems is not None else [message]
 
 
 class InputError(MonitorError):

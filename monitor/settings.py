@@ -26,7 +26,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from monitor.errors import ConfigError
 from monitor.names import INDICATORS
@@ -41,13 +41,33 @@ SECRET_KEYS = frozenset({"sasl_plain_password", "ssl_password", "webhook_secret"
 
 
 def setting(default: Any, doc: str, *, choices: Iterable[Any] | None = None, minimum: float | None = None,
-            maximum: float | None = None, non_empty: bool = False) -> Any:
-    """A dataclass field with its documentation and the checks its value must pass."""
+            maximum: float | None = None, non_empty: bool = False,
+            check: Callable[[str, str, Any], list[str]] | None = None) -> Any:
+    """A dataclass field with its documentation and the checks its value must pass; `check(section,
+    key, value)` returns further problems with the value alone (each naming the key), none when good."""
     metadata = {"doc": doc, "choices": tuple(choices) if choices is not None else None,
-                "minimum": minimum, "maximum": maximum, "non_empty": non_empty}
+                "minimum": minimum, "maximum": maximum, "non_empty": non_empty, "check": check}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+# --- checks of one value that need no network --------------------------------------------------
+
+
+def _credentials(section: str, key: str, value: Any) -> list[str]:
+    from monitor.web.auth import read_credentials  # the one rule for 'NAME:ROLE:HASH' entries (stdlib only)
+
+    return read_credentials(value, key)[1]
+
+
+SESSION_SECRET_MIN_LENGTH = 32
+
+
+def _session_secret(section: str, key: str, value: Any) -> list[str]:
+    if value is not None and len(value) < SESSION_SECRET_MIN_LENGTH:
+        return [f"[{section}] {key}: must be at least {SESSION_SECRET_MIN_LENGTH} characters"]
+    return []
 
 
 # --- sections ----------------------------------------------------------------------------------
@@ -114,6 +134,9 @@ class KafkaSettings:
     alerts_topic: str = setting("ood-monitor.alerts", "Topic that receives alert events as JSON.")
     request_timeout_ms: int = setting(30000, "How long a broker request may take before it is retried.",
                                       minimum=1000)
+    connect_timeout_ms: int = setting(5000, "How long start-up waits to reach a broker and read the cluster's "
+                                            "metadata before it stops with an error naming the brokers.",
+                                      minimum=100, maximum=600000)
 
     def api_version_tuple(self) -> tuple[int, ...] | None:
         """kafka-python's form: (0, 9) for '0.9'; None for 'auto'."""
@@ -157,6 +180,9 @@ class StoreSettings:
                                             "(flagged ones always are).", minimum=0.0, maximum=1.0)
     auto_upgrade_sqlite: bool = setting(True, "Bring an embedded SQLite database up to date at start "
                                               "(PostgreSQL always needs `ood-monitor db upgrade`).")
+    connect_timeout_s: int = setting(5, "How long a connection to PostgreSQL may take (at start-up and "
+                                        "after), in whole seconds (libpq counts at least 2).",
+                                     minimum=1, maximum=600)
 
 
 @dataclass
@@ -175,12 +201,14 @@ class WebSettings:
     host: str = setting("127.0.0.1", "Address the HTTP server listens on (0.0.0.0 for all).")
     port: int = setting(8080, "Port of the HTTP server.", minimum=0, maximum=65535)
     accounts: list[str] = setting([], "Operator logins for the web pages, each 'NAME:ROLE:HASH' with ROLE one of "
-                                      "viewer, labeller, admin and HASH from `ood-monitor web hash-password`.")
+                                      "viewer, labeller, admin and HASH from `ood-monitor web hash-password`.",
+                                  check=_credentials)
     tokens: list[str] = setting([], "API bearer tokens, each 'NAME:ROLE:HASH' (the hash of the token, made by "
-                                    "`ood-monitor web hash-password`); NAME is recorded on the labels it gives.")
+                                    "`ood-monitor web hash-password`); NAME is recorded on the labels it gives.",
+                                check=_credentials)
     session_secret: str | None = setting(None, "Key that signs session cookies (at least 32 characters); set it "
                                                "so sessions survive restarts and work across replicas. None: a "
-                                               "random key per process.")
+                                               "random key per process.", check=_session_secret)
     session_lifetime_s: float = setting(28800.0, "How long a login lasts before the operator must log in again.",
                                         minimum=60.0)
     cookie_secure: bool = setting(False, "Send the session cookie over HTTPS only (set true behind TLS).")
@@ -454,12 +482,19 @@ def _apply(section_obj: Any, section: str, key: str, raw: Any, origin: str, prob
     if problem:
         problems.append(problem + origin)
         return
+    check = fields[key].metadata.get("check")
+    found = check(section, key, value) if check is not None else []
+    if found:
+        problems.extend(problem + origin for problem in found)
+        return
     setattr(section_obj, key, value)
 
 
-def settings_from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = None,
-                          source: str | None = None) -> Settings:
-    """Defaults, then `data` (the parsed TOML), then MONITOR_* variables of `environ`."""
+def settings_with_problems(data: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+                           source: str | None = None) -> tuple[Settings, list[str]]:
+    """Defaults, then `data` (the parsed TOML), then MONITOR_* variables of `environ`, and every
+    problem found on the way. A key with a problem keeps its default, so the other checks go on
+    (the start-up checks add theirs: docs/configuration.md, "Start-up checks")."""
     settings = Settings(source=source)
     problems: list[str] = []
     names = section_names()
@@ -482,11 +517,44 @@ def settings_from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | 
             problems.append(f"unknown section [{section}]{_did_you_mean(section, names)}{origin}")
             continue
         _apply(getattr(settings, section), section, key, raw, origin, problems, from_env=True)
-    if not problems:
+    if not problems:  # rules across keys read the values of several keys: only once each is valid
         problems = _cross_checks(settings)
+    return settings, problems
+
+
+def invalid_configuration(problems: list[str]) -> ConfigError:
+    """One error listing every problem, one per line."""
+    return ConfigError("invalid configuration:\n  " + "\n  ".join(problems), problems=problems)
+
+
+def settings_from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+                          source: str | None = None) -> Settings:
+    """Defaults, then `data` (the parsed TOML), then MONITOR_* variables of `environ`."""
+    settings, problems = settings_with_problems(data, environ, source)
     if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        raise invalid_configuration(problems)
     return settings
+
+
+def read_config_file(path: str | os.PathLike | None = None,
+                     environ: Mapping[str, str] | None = None) -> tuple[dict[str, Any], str | None]:
+    """The parsed TOML file (explicit `path`, $MONITOR_CONFIG or config/monitor.toml) and its name.
+
+    An explicit path that does not exist is an error; the default file is optional.
+    """
+    environ = os.environ if environ is None else environ
+    explicit = path if path is not None else environ.get(CONFIG_PATH_ENV) or None
+    config_path = Path(explicit) if explicit is not None else DEFAULT_CONFIG_PATH
+    if config_path.is_file():
+        try:
+            return tomllib.loads(config_path.read_text(encoding="utf-8")), str(config_path)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{config_path}: not valid TOML: {error}") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{config_path}: cannot be read: {error}") from None
+    if explicit is not None:
+        raise ConfigError(f"--config: no such file {config_path}")
+    return {}, None
 
 
 def load_settings(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -495,18 +563,7 @@ def load_settings(path: str | os.PathLike | None = None, environ: Mapping[str, s
     An explicit path that does not exist is an error; the default file is optional.
     """
     environ = os.environ if environ is None else environ
-    explicit = path if path is not None else environ.get(CONFIG_PATH_ENV) or None
-    config_path = Path(explicit) if explicit is not None else DEFAULT_CONFIG_PATH
-    data: dict[str, Any] = {}
-    source = None
-    if config_path.is_file():
-        try:
-            data = tomllib.loads(config_path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{config_path}: not valid TOML: {error}") from None
-        source = str(config_path)
-    elif explicit is not None:
-        raise ConfigError(f"--config: no such file {config_path}")
+    data, source = read_config_file(path, environ)
     return settings_from_mapping(data, environ, source)
 
 

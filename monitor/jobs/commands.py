@@ -17,12 +17,13 @@ log = logging.getLogger(__name__)
 
 
 def _settings_and_store(args: argparse.Namespace):
-    from monitor.settings import load_settings
+    from monitor.preflight import preflight
     from monitor.store import Store
 
-    settings = load_settings(getattr(args, "config", None))
+    settings = preflight(getattr(args, "config", None), database=True)
     check_jobs_settings(settings.jobs)
-    return settings, Store.open(settings.store.url, upgrade_sqlite=settings.store.auto_upgrade_sqlite)
+    return settings, Store.open(settings.store.url, upgrade_sqlite=settings.store.auto_upgrade_sqlite,
+                                connect_timeout_s=settings.store.connect_timeout_s)
 
 
 def alerts_publisher(settings: Any) -> "KafkaAlertPublisher":

@@ -75,8 +75,13 @@ def _sqlite_begin(connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def connect(url: str | None = None, *, check: bool = True, echo: bool = False) -> Engine:
-    """A pooled engine for the store URL; with `check`, fails early and clearly when unreachable."""
+DEFAULT_CONNECT_TIMEOUT_S = 10
+
+
+def connect(url: str | None = None, *, check: bool = True, echo: bool = False,
+            connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S) -> Engine:
+    """A pooled engine for the store URL; with `check`, fails early and clearly when unreachable.
+    A PostgreSQL connection that takes longer than `connect_timeout_s` fails (libpq counts >= 2 s)."""
     parsed = parse_url(resolve_url(url))
     if parsed.drivername.startswith("sqlite"):
         database = parsed.database or ""
@@ -87,7 +92,7 @@ def connect(url: str | None = None, *, check: bool = True, echo: bool = False) -
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
     else:
-        options = {"connect_timeout": 10, "application_name": "ood-monitor", **_dead_peer_options()}
+        options = {"connect_timeout": connect_timeout_s, "application_name": "ood-monitor", **_dead_peer_options()}
         engine = create_engine(
             parsed,
             pool_pre_ping=True,

@@ -36,7 +36,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from monitor.errors import InputError, MonitorError
 from monitor.names import INDICATORS
-from monitor.store.engine import WRITE_OPTION, connect, safe_url
+from monitor.store.engine import DEFAULT_CONNECT_TIMEOUT_S, WRITE_OPTION, connect, safe_url
 from monitor.store.models import (
     INDICATOR_COLUMNS,
     JOB_OUTCOMES,
@@ -187,14 +187,16 @@ class Store:
 
     @classmethod
     def open(
-        cls, url: str | None = None, *, require_current_schema: bool = True, upgrade_sqlite: bool = False
+        cls, url: str | None = None, *, require_current_schema: bool = True, upgrade_sqlite: bool = False,
+        connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S,
     ) -> "Store":
         """Connect (failing clearly when unreachable) and, by default, refuse an out-of-date schema.
 
         upgrade_sqlite: first bring an embedded SQLite database up to date (`[store]
         auto_upgrade_sqlite`); PostgreSQL is only ever upgraded by `ood-monitor db upgrade`.
+        connect_timeout_s: `[store] connect_timeout_s`, for this and every later connection.
         """
-        engine = connect(url)
+        engine = connect(url, connect_timeout_s=connect_timeout_s)
         from monitor.store.migrate import current_revision, ensure_schema_current, head_revision, upgrade
 
         try:

@@ -141,7 +141,8 @@ class Daemon:
     def open_store(self):
         from monitor.store import Store
 
-        return Store.open(self.settings.store.url, upgrade_sqlite=self.settings.store.auto_upgrade_sqlite)
+        return Store.open(self.settings.store.url, upgrade_sqlite=self.settings.store.auto_upgrade_sqlite,
+                          connect_timeout_s=self.settings.store.connect_timeout_s)
 
     def load_model(self):
         from monitor.calibration_cache import load_or_calibrate
@@ -311,8 +312,10 @@ class Daemon:
 
 def run_daemon(args) -> int:
     """Entry point of `ood-monitor run`."""
-    from monitor.settings import load_settings
+    settings = getattr(args, "settings", None)
+    if settings is None:  # the CLI runs the start-up checks before importing this module
+        from monitor.preflight import preflight
 
-    settings = load_settings(getattr(args, "config", None))
+        settings = preflight(getattr(args, "config", None), model=True, database=True, kafka=True)
     configure_logging(settings.logging, getattr(args, "verbose", False))
     return Daemon(settings).run()

@@ -24,6 +24,8 @@ def client_options(kafka: Any) -> dict[str, Any]:
         "bootstrap_servers": list(kafka.bootstrap_servers),
         "client_id": kafka.client_id,
         "security_protocol": kafka.security_protocol,
+        # How long a client waits for the cluster's metadata at start: past it, an error, not a hang.
+        "bootstrap_timeout_ms": kafka.connect_timeout_ms,
     }
     version = kafka.api_version_tuple()
     if version is not None:
@@ -39,8 +41,33 @@ def client_options(kafka: Any) -> dict[str, Any]:
 
 
 def _unreachable(kafka: Any, error: Exception) -> MonitorError:
-    return MonitorError(f"cannot reach the Kafka brokers {', '.join(kafka.bootstrap_servers)} "
-                        f"([kafka] bootstrap_servers, api_version={kafka.api_version}): {error!r}")
+    return MonitorError(f"cannot reach the Kafka brokers {', '.join(kafka.bootstrap_servers)} within "
+                        f"{kafka.connect_timeout_ms / 1000:g} s ([kafka] bootstrap_servers, connect_timeout_ms, "
+                        f"api_version={kafka.api_version}, security_protocol={kafka.security_protocol}): {error}")
+
+
+def reach_brokers(kafka: Any) -> None:
+    """Connect to the brokers and read the cluster's metadata within [kafka] connect_timeout_ms, or
+    raise a MonitorError naming them (with a pinned api_version the clients would not try before
+    their first request, and then retry without end)."""
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    client_log = logging.getLogger("kafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)  # each failed attempt would log; the error below says it once
+    try:
+        client = KafkaConsumer(**client_options(kafka))
+        try:
+            client.bootstrap(timeout_ms=kafka.connect_timeout_ms)
+        finally:
+            client.close()
+    except KafkaError as error:
+        raise _unreachable(kafka, error) from None
+    except (TypeError, ValueError, AssertionError) as error:
+        raise ConfigError(f"[kafka]: the Kafka client refused the settings: {error}") from None
+    finally:
+        client_log.setLevel(level)
 
 
 def make_producer(kafka: Any, **overrides: Any):

@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 
 from monitor.asgi import HeadAsGet
 from monitor.errors import ConfigError
+from monitor.settings import SESSION_SECRET_MIN_LENGTH
 from monitor.web.auth import (
     CSRF_HEADER,
     ROLES,
@@ -30,8 +31,8 @@ from monitor.web.auth import (
     Credential,
     FailureLimiter,
     Principal,
-    check_hash_format,
     csrf_matches,
+    read_credentials,
 )
 from monitor.web.filters import FilterError
 from monitor.web.images import BROWSER_TYPES, NPY_TYPES
@@ -49,26 +50,11 @@ REPORT_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inli
 
 
 def parse_credentials(entries: Iterable[str], key: str) -> list[Credential]:
-    """'NAME:ROLE:HASH' entries of [web] accounts / tokens -> credentials; ConfigError naming the entry."""
-    credentials: list[Credential] = []
-    seen: set[str] = set()
-    for index, entry in enumerate(entries):
-        where = f"[web] {key}[{index}]"
-        name, sep1, rest = entry.partition(":")
-        role, sep2, secret_hash = rest.partition(":")
-        if not (sep1 and sep2 and name.strip()):
-            raise ConfigError(f"{where}: expected 'NAME:ROLE:HASH', got {entry[:40]!r}")
-        if role not in ROLES:
-            raise ConfigError(f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
-        try:
-            check_hash_format(secret_hash)
-        except ValueError as error:
-            raise ConfigError(f"{where} ({name}): {error}") from None
-        name = name.strip()
-        if name in seen:
-            raise ConfigError(f"{where}: {name!r} appears twice")
-        seen.add(name)
-        credentials.append(Credential(name=name, role=role, secret_hash=secret_hash))
+    """'NAME:ROLE:HASH' entries of [web] accounts / tokens -> credentials; ConfigError naming each bad entry
+    (the settings refuse them first: this guards settings built in code)."""
+    credentials, problems = read_credentials(entries, key)
+    if problems:
+        raise ConfigError("; ".join(problems), problems=problems)
     return credentials
 
 
@@ -98,8 +84,8 @@ class WebState:
                 "process stops (set MONITOR_WEB__SESSION_SECRET for restarts and replicas)"
             )
             secret = secrets.token_urlsafe(32)
-        elif len(secret) < 32:
-            raise ConfigError("[web] session_secret: must be at least 32 characters")
+        elif len(secret) < SESSION_SECRET_MIN_LENGTH:
+            raise ConfigError(f"[web] session_secret: must be at least {SESSION_SECRET_MIN_LENGTH} characters")
         accounts = parse_credentials(web.accounts, "accounts")
         tokens = parse_credentials(web.tokens, "tokens")
         if not accounts and not tokens:

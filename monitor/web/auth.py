@@ -56,6 +56,42 @@ def check_hash_format(stored: str) -> None:
         raise ValueError("scrypt parameters must be N a power of two >= 2, r >= 1, p >= 1")
 
 
+def read_credentials(entries: Iterable[str], key: str) -> tuple[list["Credential"], list[str]]:
+    """'NAME:ROLE:HASH' entries of [web] accounts / tokens -> the credentials, and every problem
+    (each naming the entry, never echoing it: a mistaken entry may hold a plaintext secret)."""
+    credentials: list[Credential] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        where = f"[web] {key}[{index}]"
+        name, sep1, rest = entry.partition(":")
+        role, sep2, secret_hash = rest.partition(":")
+        name = name.strip()
+        if not (sep1 and sep2 and name):
+            problems.append(f"{where}: expected 'NAME:ROLE:HASH' (three parts separated by ':'), got "
+                            f"{entry.count(':') + 1} part(s)")
+            continue
+        if role not in ROLES:
+            problems.append(f"{where} ({name}): role {role!r} is not one of {', '.join(ROLES)}")
+            continue
+        if not secret_hash.startswith("scrypt$"):
+            problems.append(f"{where} ({name}): expected 'scrypt$N$r$p$salt$digest', the hash printed by "
+                            f"`ood-monitor web hash-password --name {name} --role {role}`{' --token' if key == 'tokens' else ''}; "
+                            "a plaintext password or token is never accepted")
+            continue
+        try:
+            check_hash_format(secret_hash)
+        except ValueError as error:
+            problems.append(f"{where} ({name}): {error}")
+            continue
+        if name in seen:
+            problems.append(f"{where}: {name!r} appears twice")
+            continue
+        seen.add(name)
+        credentials.append(Credential(name=name, role=role, secret_hash=secret_hash))
+    return credentials, problems
+
+
 def verify_secret(secret: str, stored: str) -> bool:
     """True when `secret` hashes to `stored`; compares in constant time."""
     try:

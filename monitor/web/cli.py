@@ -19,14 +19,15 @@ def run_web_command(args: argparse.Namespace) -> int:
 def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from monitor.settings import load_settings
+    from monitor.preflight import preflight
     from monitor.store import Store
     from monitor.web import create_app
 
-    settings = load_settings(args.config)
+    settings = preflight(args.config, database=True)
     host = args.host or settings.web.host
     port = settings.web.port if args.port is None else args.port
-    store = Store.open(settings.store.url, upgrade_sqlite=settings.store.auto_upgrade_sqlite)
+    store = Store.open(settings.store.url, upgrade_sqlite=settings.store.auto_upgrade_sqlite,
+                       connect_timeout_s=settings.store.connect_timeout_s)
     try:
         app = create_app(settings, store)
         print(f"ood-monitor web: serving on http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr)
