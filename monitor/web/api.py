@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from monitor.web import queries, views
 from monitor.web.app import REPORT_CSP, api_principal, image_response, state_of
@@ -205,8 +206,22 @@ def _label_answer(sample_id: int, history) -> JSONResponse:
     return _json({"sample_id": sample_id, "current_label": history[-1].label if history else None, "history": history})
 
 
-@router.post("/samples/{sample_id}/labels", status_code=201, summary="Label a sample ID or OOD (labeller)")
-def add_label(request: Request, sample_id: RowId, body: LabelIn = Body(...), principal: Principal = Depends(labeller)):
+async def label_body(request: Request, principal: Principal = Depends(labeller)) -> LabelIn:
+    """The label request's body, read only once the caller is known to be a labeller (FastAPI reads
+    a declared body before any dependency runs, so an anonymous caller's body would be parsed
+    first). The body is at most MAX_REQUEST_BYTES (monitor.asgi.BodyLimit)."""
+    raw = await request.body()
+    try:
+        return LabelIn.model_validate_json(raw or b"null")
+    except ValidationError as error:
+        raise RequestValidationError([{**problem, "loc": ("body", *problem["loc"])} for problem in error.errors()]) from None
+
+
+@router.post("/samples/{sample_id}/labels", status_code=201, summary="Label a sample ID or OOD (labeller)",
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": LabelIn.model_json_schema()}}}})
+def add_label(request: Request, sample_id: RowId, principal: Principal = Depends(labeller),
+              body: LabelIn = Depends(label_body)):
     state = state_of(request)
     with state.engine.connect() as connection:
         if not queries.sample_exists(connection, sample_id):

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
 
-from monitor.asgi import HeadAsGet
+from monitor.asgi import BodyLimit, HeadAsGet
 from monitor.errors import ConfigError
 from monitor.settings import SESSION_SECRET_MIN_LENGTH
 from monitor.web.auth import (
@@ -34,7 +35,7 @@ from monitor.web.auth import (
     csrf_matches,
     read_credentials,
 )
-from monitor.web.filters import FilterError
+from monitor.web.filters import FilterError, validation_failure
 from monitor.web.images import BROWSER_TYPES, NPY_TYPES
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,8 @@ def image_response(image) -> Response:
 
 
 MAX_REQUEST_BYTES = 65_536
-"""Largest request body accepted (a label with its note, a login form, with ample margin)."""
+"""Largest request body accepted (a label with its note, a login form, with ample margin); a larger
+one is refused with 413 as its bytes arrive, whether or not it declares its length."""
 
 
 def create_app(
@@ -204,15 +206,14 @@ def create_app(
         openapi_url=None,
     )
     app.state.web = state
+    # Innermost of the middleware: its early 413 still gets the security headers below. It runs
+    # before routing, so no route (and no parser) sees more than MAX_REQUEST_BYTES of a body.
+    app.add_middleware(BodyLimit, max_bytes=MAX_REQUEST_BYTES)
     app.add_middleware(HeadAsGet)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
         started = time.perf_counter()
-        declared = request.headers.get("content-length", "")
-        # Labels, notes and forms are small; a huge body would be read and parsed before any login check.
-        if request.method not in ("GET", "HEAD") and declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
-            return JSONResponse(status_code=413, content={"detail": f"request body over {MAX_REQUEST_BYTES} bytes"})
         response = await call_next(request)
         # The server's own time, shown by the browser's developer tools beside the network time.
         response.headers.setdefault("Server-Timing", f"app;dur={(time.perf_counter() - started) * 1000:.1f}")
@@ -229,6 +230,16 @@ def create_app(
         if request.url.path.startswith("/api/"):
             return JSONResponse(status_code=422, content={"detail": str(error), "parameter": error.parameter})
         return pages.error_page(request, 400, "Bad request", str(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_value(request: Request, error: RequestValidationError):
+        # FastAPI's own checks (a path id, a typed query parameter, the label body) answer the same
+        # documented body as the parsers: {"detail", "parameter"}. A page checks its path before its
+        # handler asks for the login: a visitor without one is sent to the login all the same.
+        if not request.url.path.startswith("/api/") and state.auth.principal_for_session(
+                request.cookies.get(SESSION_COOKIE)) is None:
+            return pages.login_redirect(request)
+        return await bad_filter(request, validation_failure(error.errors()))
 
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     for router in extra_routers:

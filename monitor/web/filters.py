@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Annotated, Mapping
+from typing import Annotated, Mapping, Sequence
 
 from fastapi import Path
 
@@ -79,6 +79,41 @@ DATABASE_INTEGER_MAX = 2**63 - 1
 
 RowId = Annotated[int, Path(ge=1, le=DATABASE_INTEGER_MAX, description="Database id, from 1.")]
 """A sample or report id in a URL path: out-of-range values get a 422, never reach the database."""
+
+
+def validation_failure(errors: Sequence[Mapping]) -> FilterError:
+    """FastAPI's validation errors of a request (a path, query or body value of the wrong type)
+    -> the FilterError of the first, worded like the parsers below: the API's documented 422 body
+    (`detail` and `parameter`) for every bad value, whichever layer found it."""
+    if not errors:
+        return FilterError("request", "invalid request")
+    first = errors[0]
+    location = tuple(first.get("loc") or ("request",))
+    # ("path", "sample_id"), ("query", "model"), ("body", "note"); ("body",) or ("body", 12) for the body itself.
+    name = str(location[1]) if len(location) > 1 and isinstance(location[1], str) else str(location[0])
+    kind, value, context = first.get("type", ""), first.get("input"), first.get("ctx") or {}
+    shown = repr(value) if isinstance(value, str) else value
+    if kind == "int_parsing":
+        message = f"{shown} is not a whole number"
+    elif kind in ("float_parsing", "float_type"):
+        message = f"{shown} is not a number"
+    elif kind == "greater_than_equal":
+        message = f"must be at least {context.get('ge')}, got {value}"
+    elif kind == "less_than_equal":
+        message = f"must be at most {context.get('le')}, got {value}"
+    elif kind == "missing":
+        message = "required"
+    elif kind in ("model_type", "dict_type", "model_attributes_type"):
+        message = "expected a JSON object"
+    elif kind == "json_invalid":
+        message = f"not valid JSON ({context.get('error', 'decode error')})"
+    elif kind == "literal_error":
+        message = f"{shown} is not one of {context.get('expected')}"
+    elif kind == "string_too_long":
+        message = f"at most {context.get('max_length')} characters"
+    else:
+        message = str(first.get("msg") or "invalid value")
+    return FilterError(name, message)
 
 
 def parse_datetime(name: str, text: str | None) -> datetime | None:

@@ -82,11 +82,15 @@ def error_page(request: Request, status_code: int, title: str, message: str) -> 
     return render(request, "error.html", principal, status_code=status_code, title=title, message=message, active="")
 
 
+def login_redirect(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+
+
 def install_error_pages(app: FastAPI) -> None:
     @app.exception_handler(LoginRequired)
     async def to_login(request: Request, _error: LoginRequired):
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+        return login_redirect(request)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
