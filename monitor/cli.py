@@ -274,6 +274,9 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="default 64")
     parser.add_argument("--max-bytes", type=_positive_int, metavar="N", help="largest input in bytes (10 MiB)")
     parser.add_argument("--max-pixels", type=_positive_int, metavar="N", help="largest image (40 megapixels)")
+    parser.add_argument("--apply-exif-orientation", action="store_true",
+                        help="turn pictures upright by their EXIF orientation first, as [imaging] "
+                        "apply_exif_orientation does in the daemon (default: off, as torchvision decodes)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on standard error")
     parser.set_defaults(run=_lazy("monitor.offline:run_score"))
 

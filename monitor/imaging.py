@@ -13,6 +13,9 @@ that the stream sends to the dead-letter topic and stores in the reject row.
   0.299 R + 0.587 G + 0.114 B, PIL's "L"); alpha is dropped.
 * Size: resized to the model's H x W with antialiased bilinear interpolation (PIL's BILINEAR
   for images, torch's matching `antialias=True` bilinear for arrays); the aspect ratio is not kept.
+* EXIF orientation: ignored by default, as torchvision's `decode_image`/`read_image` and PIL's
+  `Image.open` do (the pixels as stored); `apply_exif_orientation=True` turns the picture upright
+  first, as `PIL.ImageOps.exif_transpose` does (`[imaging] apply_exif_orientation`).
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 import struct
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 from monitor.errors import InputError
 
@@ -70,6 +75,10 @@ _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP", "bmp": "BMP"}
 _LUMINANCE = (0.299, 0.587, 0.114)
 # Arrays' float values may overshoot [0, 1] by rounding; more than this is a caller's mistake.
 _FLOAT_RANGE_TOLERANCE = 1e-4
+# The configured max_pixels decides, checked on the header before decoding; Pillow's warning for
+# pictures between its two limits would only repeat it. Its error (twice its limit) is still caught.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+_PIL_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
 class ImageRejected(InputError):
@@ -144,9 +153,11 @@ def decode_image(
     *,
     content_type: str | bytes | None = None,
     limits: ImageLimits = DEFAULT_LIMITS,
+    apply_exif_orientation: bool = False,
 ) -> torch.Tensor:
     """Bytes of one image -> float32 tensor [C, H, W] in [0, 1] at `input_shape` (C, H, W),
-    or `ImageRejected`. `input_shape` may also be a `Preprocessing`."""
+    or `ImageRejected`. `input_shape` may also be a `Preprocessing`. `apply_exif_orientation`:
+    turn a picture upright by its EXIF orientation first (off: as torchvision decodes)."""
     shape = _input_shape(input_shape)
     if data is None or len(data) == 0:
         raise ImageRejected("empty", "the input has no bytes")
@@ -163,7 +174,7 @@ def decode_image(
     if sniffed == "npy":
         tensor = _array_to_tensor(_read_npy(data, limits), shape[0])
     else:
-        tensor = _decode_picture(data, sniffed, shape, limits)
+        tensor = _decode_picture(data, sniffed, shape, limits, apply_exif_orientation)
     return _resize(tensor, shape)
 
 
@@ -176,9 +187,11 @@ def read_limited(path, limits: ImageLimits = DEFAULT_LIMITS) -> bytes:
     return data
 
 
-def decode_file(path, input_shape, *, limits: ImageLimits = DEFAULT_LIMITS) -> torch.Tensor:
+def decode_file(path, input_shape, *, limits: ImageLimits = DEFAULT_LIMITS,
+                apply_exif_orientation: bool = False) -> torch.Tensor:
     """`decode_image` of a file's bytes (its name's extension is not trusted)."""
-    return decode_image(read_limited(path, limits), input_shape, limits=limits)
+    return decode_image(read_limited(path, limits), input_shape, limits=limits,
+                        apply_exif_orientation=apply_exif_orientation)
 
 
 def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -205,7 +218,21 @@ def _pil_failure(error: Exception) -> ImageRejected:
     return ImageRejected("corrupt", f"the decoder refused the data ({type(error).__name__}: {text})")
 
 
-def _decode_picture(data: bytes, sniffed: str, shape: tuple[int, int, int], limits: ImageLimits) -> torch.Tensor:
+def _too_many_pixels(error: Image.DecompressionBombError, limits: ImageLimits) -> ImageRejected:
+    """Pillow refused the header itself (over twice Image.MAX_IMAGE_PIXELS): say it against the
+    configured limit, which is what the operator set, with Pillow's own only when it is the lower."""
+    found = _PIL_BOMB_PIXELS.search(str(error))
+    pixels = int(found.group(1)) if found else None
+    if pixels is None or pixels > limits.max_pixels:
+        counted = f"{pixels} pixels" if pixels is not None else "the image's size"
+        return ImageRejected("too_many_pixels", f"{counted}, more than the limit of {limits.max_pixels}")
+    pil_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return ImageRejected("too_many_pixels", f"{pixels} pixels: within the limit of {limits.max_pixels}, but above "
+                                            f"the {pil_limit} pixels the picture decoder accepts at most")
+
+
+def _decode_picture(data: bytes, sniffed: str, shape: tuple[int, int, int], limits: ImageLimits,
+                    apply_exif_orientation: bool = False) -> torch.Tensor:
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Something in this process switched PIL to padding truncated images with grey.
         log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True: truncated images may pass as whole ones")
@@ -227,13 +254,15 @@ def _decode_picture(data: bytes, sniffed: str, shape: tuple[int, int, int], limi
             if pixels == 0:
                 raise ImageRejected("corrupt", f"the image has no pixels ({image.size[0]}x{image.size[1]})")
             image.load()  # decode now, so truncation and corruption surface here
+            if apply_exif_orientation:
+                ImageOps.exif_transpose(image, in_place=True)
             return _picture_to_tensor(image, channels, (height, width))
     except ImageRejected:
         raise
     except Image.UnidentifiedImageError:
         raise ImageRejected("corrupt", f"not a readable {sniffed.upper()} image behind its magic bytes") from None
     except Image.DecompressionBombError as error:
-        raise ImageRejected("too_many_pixels", str(error)) from None
+        raise _too_many_pixels(error, limits) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct.error) as error:
         raise _pil_failure(error) from None
     except MemoryError:

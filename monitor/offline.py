@@ -148,6 +148,7 @@ def score_files(
     batch_size: int = DEFAULT_BATCH_SIZE,
     limits: ImageLimits = DEFAULT_LIMITS,
     progress: bool = True,
+    apply_exif_orientation: bool = False,
 ) -> Iterator[ScoredRow]:
     """Decode and score `files` in batches; one row per file, in the order given."""
     if batch_size < 1:
@@ -160,7 +161,8 @@ def score_files(
             decoded_rows: list[ScoredRow] = []
             for path in chunk:
                 try:
-                    tensor = decode_image(read_limited(path, limits), preprocessing.input_shape, limits=limits)
+                    tensor = decode_image(read_limited(path, limits), preprocessing.input_shape, limits=limits,
+                                          apply_exif_orientation=apply_exif_orientation)
                 except ImageRejected as rejected:
                     rows.append(ScoredRow(str(path), "rejected", rejected.reason, rejected.detail))
                     continue
@@ -258,7 +260,8 @@ def run_score(args: argparse.Namespace) -> int:
     stream = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     try:
         writer = RowWriter(stream, fmt)
-        for row in score_files(files, classifier, scorer, batch_size=args.batch_size, limits=limits, progress=progress):
+        for row in score_files(files, classifier, scorer, batch_size=args.batch_size, limits=limits, progress=progress,
+                               apply_exif_orientation=getattr(args, "apply_exif_orientation", False)):
             writer.write(row)
             if row.status == "scored":
                 scored += 1

@@ -169,7 +169,13 @@ class StreamSettings:
 @dataclass
 class ImagingSettings:
     max_bytes: int = setting(20 * 1024 * 1024, "Largest message value accepted, in bytes.", minimum=1)
-    max_pixels: int = setting(40_000_000, "Largest decoded image (width x height) accepted.", minimum=1)
+    max_pixels: int = setting(40_000_000, "Largest decoded image (width x height) accepted. Pictures above "
+                                          "178,956,970 pixels are refused whatever this says (Pillow's own "
+                                          "limit); arrays follow this alone.", minimum=1)
+    apply_exif_orientation: bool = setting(False, "Turn JPEG, PNG and WebP pictures upright by their EXIF "
+                                                  "orientation before scoring. Off, as torchvision's decode_image "
+                                                  "and PIL's Image.open: set it as your model's own preprocessing "
+                                                  "does.")
 
 
 @dataclass

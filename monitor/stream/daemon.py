@@ -207,7 +207,8 @@ class Daemon:
         parts = PipelineParts(
             decode=image_decoder(preprocessing.input_shape,
                                  ImageLimits(max_bytes=settings.imaging.max_bytes,
-                                             max_pixels=settings.imaging.max_pixels)),
+                                             max_pixels=settings.imaging.max_pixels),
+                                 apply_exif_orientation=settings.imaging.apply_exif_orientation),
             scorer=ScorerAdapter(self.scorer), current_threshold=self.thresholds, write=write,
             producer=self.producer, commit=lambda offsets: self.source.commit(offsets),
             model_id=self.model_row.id, model_name=self.classifier.name, indicator=settings.stream.indicator,

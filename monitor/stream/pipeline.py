@@ -34,15 +34,19 @@ from monitor.stream.steps import (
 log = logging.getLogger(__name__)
 
 
-def image_decoder(input_shape: Sequence[int], limits: ImageLimits) -> Callable[[InboundMessage], Decoded]:
+def image_decoder(input_shape: Sequence[int], limits: ImageLimits, *,
+                  apply_exif_orientation: bool = False) -> Callable[[InboundMessage], Decoded]:
     """Message -> Decoded: pixels at the model's input shape, or the reject reason of monitor.imaging."""
 
     def decode(message: InboundMessage) -> Decoded:
         if message.unreadable is not None:
             return Decoded(message, reject_reason=UNREADABLE, reject_detail=message.unreadable[:500])
-        data = message.value or b""
+        if message.value is None:  # a tombstone, or a producer that sent no value
+            return Decoded(message, reject_reason="empty", reject_detail="the message has no value (null)")
+        data = message.value
         try:
-            pixels = decode_image(data, input_shape, content_type=message.content_type, limits=limits)
+            pixels = decode_image(data, input_shape, content_type=message.content_type, limits=limits,
+                                  apply_exif_orientation=apply_exif_orientation)
         except ImageRejected as rejected:
             return Decoded(message, reject_reason=rejected.reason, reject_detail=rejected.detail)
         except Exception as error:  # noqa: BLE001 - hostile bytes must become a reject, never a crash

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -21,6 +19,7 @@ from monitor.imaging import (
     sniff_format,
     stack_images,
 )
+from tests import hostile_images as hostile
 
 GREY_28 = (1, 28, 28)
 RGB_32 = (3, 32, 32)
@@ -134,21 +133,11 @@ def test_unknown_format_is_rejected():
     assert reason_of(b"hello, world") == "unknown_format"
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header announces width x height pixels, followed by a tiny IDAT."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
 def test_pixel_bomb_is_rejected_from_its_header():
     # 48 megapixels announced in 100 bytes: above the 40-megapixel default, below PIL's own ceiling.
-    assert reason_of(png_header_only(8000, 6000), GREY_28) == "too_many_pixels"
+    assert reason_of(hostile.png_bomb(8000, 6000), GREY_28) == "too_many_pixels"  # (each format: below)
     # 400 megapixels: past PIL's global decompression-bomb ceiling too; same reason.
-    assert reason_of(png_header_only(20000, 20000), GREY_28) == "too_many_pixels"
+    assert reason_of(hostile.png_bomb(20000, 20000), GREY_28) == "too_many_pixels"
     small = encode(gradient_rgb(64, 64), "PNG")
     assert reason_of(small, limits=ImageLimits(max_pixels=64 * 64 - 1)) == "too_many_pixels"
 
@@ -367,3 +356,64 @@ def test_limits_are_validated():
         ImageLimits(max_bytes=0)
     with pytest.raises(InputError, match="max_pixels"):
         ImageLimits(max_pixels=-5)
+
+
+# --- hostile pictures from tests/hostile_images.py -----------------------------------------------
+
+
+@pytest.mark.parametrize("bomb", [hostile.png_bomb, hostile.jpeg_bomb, hostile.webp_bomb, hostile.bmp_bomb,
+                                  hostile.npy_bomb], ids=["png", "jpeg", "webp", "bmp", "npy"])
+@pytest.mark.parametrize("side", [2000, 16384], ids=["below-pillow-ceiling", "above-pillow-ceiling"])
+def test_a_pixel_bomb_in_each_format_quotes_the_configured_limit(bomb, side):
+    # 4 and 268 megapixels announced in a few hundred bytes; the second is past Pillow's own ceiling
+    # (178956970 pixels), which must not be what the operator reads.
+    with pytest.raises(ImageRejected) as caught:
+        decode_image(bomb(side, side), GREY_28, limits=ImageLimits(max_pixels=1_000_000))
+    assert caught.value.reason == "too_many_pixels"
+    assert f"{side * side} pixels" in caught.value.detail
+    assert "more than the limit of 1000000" in caught.value.detail
+    assert "178956970" not in caught.value.detail
+
+
+def test_a_limit_above_pillows_ceiling_is_not_what_refuses_the_picture():
+    with pytest.raises(ImageRejected) as caught:
+        decode_image(hostile.png_bomb(20000, 20000), GREY_28, limits=ImageLimits(max_pixels=500_000_000))
+    assert caught.value.reason == "too_many_pixels"
+    assert "within the limit of 500000000" in caught.value.detail and "178956970" in caught.value.detail
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision 0.29's own notice
+def test_exif_orientation_is_ignored_by_default_as_torchvision_decodes_and_applied_when_asked():
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_image as torchvision_decode
+
+    data = hostile.exif_rotated_jpeg()  # stored 16 wide x 24 high, EXIF says: turn 90 degrees clockwise
+    stored = decode_image(data, (3, 24, 16))
+    reference = torchvision_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB)
+    assert tuple(reference.shape) == (3, 24, 16)
+    torch.testing.assert_close(stored, reference.float() / 255, atol=2 / 255, rtol=0)
+
+    upright = decode_image(data, (3, 16, 24), apply_exif_orientation=True)
+    turned = torchvision_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB,
+                                apply_exif_orientation=True)
+    assert tuple(turned.shape) == (3, 16, 24)
+    torch.testing.assert_close(upright, turned.float() / 255, atol=2 / 255, rtol=0)
+    # A picture without EXIF is the same either way.
+    plain = hostile.encoded(hostile.gradient(), "PNG")
+    torch.testing.assert_close(decode_image(plain, (3, 24, 16), apply_exif_orientation=True),
+                               decode_image(plain, (3, 24, 16)))
+
+
+@pytest.mark.parametrize("data, reason", [
+    (hostile.cmyk_jpeg(), None),
+    (hostile.palette_png_with_transparency(), None),
+    (hostile.sixteen_bit_png(), None),
+    (hostile.animated_gif(), "unknown_format"),
+    (hostile.tiff(), "unknown_format"),
+    (hostile.pickled_npy(), "bad_array"),
+], ids=["cmyk-jpeg", "palette-png-transparency", "16-bit-png", "animated-gif", "tiff", "pickled-npy"])
+def test_unusual_pictures_are_scored_or_rejected_with_their_reason(data, reason):
+    if reason is None:
+        assert decode_image(data, RGB_32).shape == (3, 32, 32)
+    else:
+        assert reason_of(data) == reason

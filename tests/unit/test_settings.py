@@ -163,3 +163,13 @@ def test_model_preprocessing_lists_from_file_and_environment():
 ])
 def test_model_preprocessing_rules_name_the_key(model, expected):
     assert expected in _error({"model": model})
+
+
+def test_the_config_file_names_the_real_reject_reason_codes():
+    import re
+
+    from monitor.imaging import REJECT_REASONS
+
+    named = re.findall(r'rejected as "([^"]+)"', (ROOT / "config/monitor.toml").read_text())
+    assert {"too_large", "too_many_pixels"} <= set(named)  # the [imaging] limits say what they reject as
+    assert set(named) <= set(REJECT_REASONS), f"not reason codes: {set(named) - set(REJECT_REASONS)}"
