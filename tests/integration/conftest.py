@@ -7,6 +7,14 @@ from typing import Iterator
 import pytest
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test here needs real services: `-m "not integration"` must leave none of them behind."""
+    unmarked = [item.nodeid for item in items
+                if item.nodeid.startswith("tests/integration/") and item.get_closest_marker("integration") is None]
+    if unmarked:
+        raise pytest.UsageError("integration tests without the integration marker: " + ", ".join(unmarked[:5]))
+
+
 # --- store -----------------------------------------------------------------------------------------
 # One database per backend per test run, migrated once; each test gets it emptied.
 

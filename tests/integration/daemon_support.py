@@ -264,14 +264,18 @@ class StoredRows:
 
 
 class PacedProducer:
-    """Sends messages from a background thread at `rate` per second, so a fault injected while it runs
-    is guaranteed to fall in the middle of the stream, however fast the daemon is."""
+    """Sends messages from a background thread at `rate` per second. With `hold_after=N` it sends N,
+    then waits for `release()` before the rest: a fault injected before the release falls in the
+    middle of the stream by construction, however fast or slow the daemon is."""
 
-    def __init__(self, bootstrap: str, api_version, topic: str, messages: list[tuple[str, bytes]], rate: float):
+    def __init__(self, bootstrap: str, api_version, topic: str, messages: list[tuple[str, bytes]], rate: float,
+                 hold_after: int | None = None):
         import threading
 
         self.args = (bootstrap, api_version, topic)
         self.messages, self.rate = messages, rate
+        self.hold_after = hold_after
+        self.released = threading.Event()
         self.positions: list[tuple[int, int]] = []
         self.error: BaseException | None = None
         self.sent = 0
@@ -288,6 +292,10 @@ class PacedProducer:
             started = time.monotonic()
             futures = []
             for index, (key, value) in enumerate(self.messages):
+                if index == self.hold_after:
+                    if not self.released.wait(300):
+                        raise TimeoutError(f"the paced producer was held after {index} messages and never released")
+                    started = time.monotonic() - index / self.rate
                 pause = started + index / self.rate - time.monotonic()
                 if pause > 0:
                     time.sleep(pause)  # pacing the stream at `rate`, not waiting for a condition
@@ -304,7 +312,12 @@ class PacedProducer:
         self.thread.start()
         return self
 
+    def release(self) -> None:
+        """Let a producer held after `hold_after` messages send the rest."""
+        self.released.set()
+
     def join(self, timeout: float = 120) -> list[tuple[int, int]]:
+        self.release()
         self.thread.join(timeout)
         if self.thread.is_alive():
             raise TimeoutError("the paced producer did not finish")

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.benchmarks.bench_store import main
+
+pytestmark = pytest.mark.integration  # both backends: the real PostgreSQL too
 
 
 def test_store_benchmark_measures_both_backends_and_saves_its_figures(tmp_path, capsys):

@@ -18,6 +18,8 @@ from monitor.store.models import Base
 from tests.integration.store_samples import png_blob, scored
 from tests.services import POSTGRES_HOST, POSTGRES_PORT, postgres_database, postgres_url
 
+pytestmark = pytest.mark.integration  # the store fixtures run on the real PostgreSQL too
+
 TABLES = {table.name for table in Base.metadata.sorted_tables}
 
 

@@ -14,6 +14,8 @@ from monitor.store import ThresholdRecord
 from monitor.store.models import Threshold
 from tests.integration.store_samples import T0, png_blob, scored
 
+pytestmark = pytest.mark.integration  # the store fixtures run on the real PostgreSQL too
+
 
 @pytest.fixture
 def model(store):

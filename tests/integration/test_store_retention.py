@@ -10,6 +10,8 @@ from monitor.errors import InputError
 from monitor.store import RejectRecord, RetentionPolicy, ThresholdRecord
 from tests.integration.store_samples import T0, png_blob, scored
 
+pytestmark = pytest.mark.integration  # the store fixtures run on the real PostgreSQL too
+
 
 @pytest.fixture
 def filled(store):

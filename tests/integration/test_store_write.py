@@ -12,6 +12,8 @@ from monitor.names import INDICATORS
 from monitor.store import RejectRecord, SourcePosition, StoreError, ThresholdRecord
 from tests.integration.store_samples import T0, png_blob, scored
 
+pytestmark = pytest.mark.integration  # the store fixtures run on the real PostgreSQL too
+
 
 @pytest.fixture
 def model(store):
