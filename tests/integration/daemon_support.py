@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 from sqlalchemy import create_engine, text
@@ -54,6 +56,91 @@ def message_corpus(max_bytes: int) -> dict[str, tuple[bytes, str | None]]:
         "truncated": (valid[: len(valid) // 2], "truncated"),
         "oversized": (oversized, "too_large"),
     }
+
+
+@dataclass(frozen=True)
+class MessageCase:
+    """One kind of message a producer may send, and how it must end: `reason` None means one score
+    row, else one reject row and one dead letter with that reason. `key` None sends no key; a case
+    with `headers` needs a broker of 0.11 or later."""
+
+    name: str
+    value: bytes | None
+    reason: str | None
+    key: bytes | None = b""  # b"": the case's name as its key
+    headers: tuple[tuple[Any, bytes], ...] = ()
+    detail: str | None = None  # a text the reject's detail must contain
+    stored_key: str | None = None  # the sample key stored, when not the case's name ("" for none: topic/partition/offset)
+
+    @property
+    def needs_headers(self) -> bool:
+        return bool(self.headers)
+
+    def key_bytes(self) -> bytes | None:
+        return self.name.encode() if self.key == b"" else self.key
+
+
+class UndecodableHeaderKey(str):
+    """A header key that kafka-python's producer writes as bytes that are not UTF-8: what a client in
+    another language can send, and what kafka-python's consumer cannot parse."""
+
+    def encode(self, *args, **kwargs):
+        return b"\xff\xfe"
+
+
+def hostile_message_cases(max_bytes: int, max_pixels: int) -> list[MessageCase]:
+    """Every kind of message of the standing suite (docs/daemon.md, "Messages"), built by real encoders."""
+    from tests import hostile_images as hostile
+
+    corpus = message_corpus(max_bytes)
+    rng = np.random.default_rng(1)
+    valid = corpus["valid"][0]
+    limit = f"more than the limit of {max_pixels}"
+    markup = b"<script>alert('key')</script><img src=x onerror=alert(1)>"
+    side = 2000  # 4 megapixels: over max_pixels, under Pillow's own ceiling
+    cases = [
+        MessageCase("valid-png", valid, None),
+        MessageCase("valid-npy", corpus["valid-npy"][0], None),
+        MessageCase("wrong-size-rgb", corpus["wrong-size"][0], None),
+        MessageCase("empty", b"", "empty"),
+        MessageCase("null-value", None, "empty", detail="no value"),
+        MessageCase("truncated", corpus["truncated"][0], "truncated"),
+        MessageCase("corrupt", corpus["corrupt"][0], "corrupt"),
+        MessageCase("text", b"this is a caption, not an image\n", "unknown_format"),
+        MessageCase("oversized", corpus["oversized"][0], "too_large", detail=f"limit of {max_bytes}"),
+        MessageCase("bomb-png", hostile.png_bomb(side, side), "too_many_pixels", detail=limit),
+        MessageCase("bomb-png-past-pillow", hostile.png_bomb(20000, 20000), "too_many_pixels", detail=limit),
+        MessageCase("bomb-jpeg", hostile.jpeg_bomb(side, side), "too_many_pixels", detail=limit),
+        MessageCase("bomb-webp", hostile.webp_bomb(16384, 16384), "too_many_pixels", detail=limit),
+        MessageCase("bomb-bmp", hostile.bmp_bomb(side, side), "too_many_pixels", detail=limit),
+        MessageCase("bomb-npy", hostile.npy_bomb(side, side), "too_many_pixels", detail=limit),
+        MessageCase("wrong-channels-npy", hostile.npy(rng.integers(0, 256, (28, 28, 2), dtype=np.uint8)),
+                    "bad_channels"),
+        MessageCase("nan-npy", hostile.npy(np.full((28, 28), np.nan, np.float32)), "non_finite"),
+        MessageCase("inf-npy", hostile.npy(np.full((28, 28), np.inf, np.float32)), "non_finite"),
+        MessageCase("pickled-npy", hostile.pickled_npy(), "bad_array"),
+        MessageCase("16-bit-png", hostile.sixteen_bit_png(), None),
+        MessageCase("cmyk-jpeg", hostile.cmyk_jpeg(), None),
+        MessageCase("palette-png-transparency", hostile.palette_png_with_transparency(), None),
+        MessageCase("exif-rotated-jpeg", hostile.exif_rotated_jpeg(), None),
+        MessageCase("animated-gif", hostile.animated_gif(), "unknown_format"),
+        MessageCase("tiff", hostile.tiff(), "unknown_format"),
+        MessageCase("no-key", valid, None, key=None, stored_key=""),
+        # Undecodable bytes and control characters stay visible as \xNN (docs/daemon.md, "Inbound").
+        MessageCase("non-utf8-key", valid, None, key=b"\xff\xfe-camera-\x00-7", stored_key="\\xff\\xfe-camera-\\x00-7"),
+        MessageCase("markup-key", valid, None, key=markup, stored_key=markup.decode()),
+        # Over 255 characters: its start, then an ellipsis and 16 hex digits of the key's sha256.
+        MessageCase("long-key", valid, None, key=b"k" * 300,
+                    stored_key="k" * 238 + "\u2026" + hashlib.sha256(b"k" * 300).hexdigest()[:16]),
+        # Headers exist from Kafka 0.11 on.
+        MessageCase("content-type-mismatch", valid, "content_type_mismatch", headers=(("content-type", b"image/jpeg"),)),
+        MessageCase("content-type-not-an-image", valid, "content_type_mismatch",
+                    headers=(("content-type", b"text/html"),)),
+        MessageCase("content-type-agrees", valid, None, headers=(("content-type", b"image/png"),)),
+        MessageCase("non-utf8-header-key", valid, "unreadable_record", headers=((UndecodableHeaderKey("x"), b"1"),)),
+    ]
+    assert len({case.name for case in cases}) == len(cases)
+    return cases
 
 
 def daemon_config(path: Path, *, bootstrap: str, api_version: str, topic: str, group: str, store_url: str,

@@ -18,6 +18,7 @@ from tests.integration.conftest import create_topic
 from tests.integration.daemon_support import (
     CALIBRATION_SAMPLES,
     StoredRows,
+    UndecodableHeaderKey,
     committed_offsets,
     consume_all,
     message_corpus,
@@ -115,14 +116,6 @@ def test_each_message_ends_as_one_row_and_rejects_as_dead_letters(broker, tmp_pa
     assert not runner.is_alive()
 
 
-class _UndecodableHeaderKey(str):
-    """A header key that kafka-python's producer writes as bytes that are not UTF-8: what a
-    client in another language can send, and what kafka-python's consumer cannot parse."""
-
-    def encode(self, *args, **kwargs):
-        return b"\xff\xfe"
-
-
 @contextlib.contextmanager
 def _running_daemon(settings, store_url):
     """A daemon consuming on a thread, and the rows it stores; stopped and closed afterwards."""
@@ -164,7 +157,7 @@ def test_records_the_client_cannot_reach_behind_an_unreadable_one_say_so(tansu, 
     valid = message_corpus(MAX_BYTES)["valid"][0]
     # One record batch: the unreadable record, then two readable ones the client cannot get to.
     producer = KafkaProducer(bootstrap_servers=tansu.bootstrap, acks="all", linger_ms=1000)
-    futures = [producer.send(topic, value=valid, key=b"broken", headers=[(_UndecodableHeaderKey("x"), b"1")]),
+    futures = [producer.send(topic, value=valid, key=b"broken", headers=[(UndecodableHeaderKey("x"), b"1")]),
                producer.send(topic, value=valid, key=b"mate-1"), producer.send(topic, value=valid, key=b"mate-2")]
     producer.flush()
     broken, mate_1, mate_2 = (future.get(60).offset for future in futures)
@@ -197,7 +190,7 @@ def test_a_record_the_client_cannot_parse_is_rejected_and_the_daemon_goes_on(tan
     # One record per request, so the unreadable one is alone in its record batch.
     offsets["before"] = producer.send(topic, value=valid, key=b"before").get(60).offset
     offsets["broken"] = producer.send(topic, value=valid, key=b"broken",
-                                      headers=[(_UndecodableHeaderKey("x"), b"1")]).get(60).offset
+                                      headers=[(UndecodableHeaderKey("x"), b"1")]).get(60).offset
     offsets["after"] = producer.send(topic, value=valid, key=b"after").get(60).offset
     producer.close()
 
