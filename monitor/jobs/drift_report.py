@@ -149,7 +149,9 @@ def make_report(context: JobContext, start: datetime, end: datetime) -> ReportRe
             "file_path": str(path),
         })
     message = (f"report #{row.id} {path}: {content.total} samples, "
-               + (f"drift in {', '.join(summary['drifted'])}" if drifted else "no drift"))
+               + (f"drift in {', '.join(summary['drifted'])}" if drifted
+                  else f"nothing compared: {content.not_compared_reason}" if not content.compared
+                  else "no drift"))
     return ReportResult(row, path, summary["drifted"], message)
 
 

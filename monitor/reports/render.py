@@ -76,6 +76,23 @@ class ReportContent:
         return [entry for entry in self.drift if entry.drifted]
 
     @property
+    def compared(self) -> list[IndicatorDrift]:
+        """The indicators that had enough values in both windows to be tested."""
+        return [entry for entry in self.drift if entry.statistic is not None]
+
+    @property
+    def not_compared_reason(self) -> str:
+        """Why no indicator could be tested, in words (empty when at least one was)."""
+        if self.compared:
+            return ""
+        if not any(len(values) for values in self.reference_values.values()):
+            return "the reference window holds no scored samples"
+        if not any(len(values) for values in self.period_values.values()):
+            return "the period holds no scored samples"
+        reasons = sorted({entry.reason for entry in self.drift if entry.reason})
+        return "; ".join(reasons) or "no indicator has values in both windows"
+
+    @property
     def total(self) -> int:
         return sum(entry.count for entry in self.volume)
 

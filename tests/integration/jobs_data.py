@@ -65,7 +65,7 @@ def png_bytes(value: float, seed: int, size: int = 28) -> bytes:
 def write_scores(store, model_id: int, values: Sequence[float], *, end: datetime = NOW,
                  span: timedelta = timedelta(hours=1), first_offset: int = 0, flagged: Sequence[bool] | None = None,
                  threshold_id: int | None = None, shifts: dict[str, float] | None = None,
-                 images: bool = False, seed: int = 0) -> list[int]:
+                 images: bool = False, seed: int = 0, key_prefix: str = "s") -> list[int]:
     """Samples spread evenly over [end - span, end); `values` go to every indicator (plus a per-
     indicator offset, and `shifts[name]` added to that indicator). Returns the new sample ids."""
     rng = np.random.default_rng(seed)
@@ -78,7 +78,7 @@ def write_scores(store, model_id: int, values: Sequence[float], *, end: datetime
                   for position, name in enumerate(INDICATORS)}
         is_flagged = bool(flagged[index]) if flagged is not None else False
         records.append(ScoredSample(
-            topic="images", partition=0, offset=first_offset + index, sample_key=f"s{first_offset + index}",
+            topic="images", partition=0, offset=first_offset + index, sample_key=f"{key_prefix}{first_offset + index}",
             model_id=model_id, received_at=end - span + step * index, scored_at=end - span + step * index,
             predicted_class=index % 10, scores=scores, flagged=is_flagged,
             score=scores["1C-Sum"], score_indicator="1C-Sum",

@@ -46,3 +46,46 @@ def test_busy_windows_are_subsampled_evenly_and_the_report_says_so(store, tmp_pa
     assert "holds 240 samples; the distributions and tests use an even subsample of" in html
     tests = {entry["indicator"]: entry for entry in result.report.summary["tests"]}
     assert tests["1C-Sum"]["statistic"] is not None
+
+
+def test_a_report_without_a_reference_says_nothing_was_compared_not_no_drift(store, tmp_path):
+    model = store.register_model("classifier", "weights-1", {})
+    values, _ = mixture(110, 10)  # all within the last hour: the hour before holds nothing
+    write_scores(store, model.id, values, end=NOW, span=timedelta(minutes=50))
+    context = context_for(store, reference_hours=1.0, report_dir=str(tmp_path), report_top_samples=0)
+
+    result = drift_report.make_report(context, NOW - timedelta(hours=1), NOW)
+
+    html = result.path.read_text()
+    assert "No significant drift" not in html
+    assert "Nothing could be compared: the reference window holds no scored samples" in html
+    assert "nothing compared: the reference window holds no scored samples" in result.message
+    assert result.drifted == []
+
+
+def test_a_report_that_compared_says_how_many_indicators(store, tmp_path):
+    model = store.register_model("classifier", "weights-1", {})
+    values, _ = mixture(440, 40)
+    write_scores(store, model.id, values, end=NOW, span=timedelta(hours=2))
+    context = context_for(store, reference_hours=1.0, report_dir=str(tmp_path), report_top_samples=0)
+
+    result = drift_report.make_report(context, NOW - timedelta(hours=1), NOW)
+
+    compared = sum(1 for entry in result.report.summary["tests"] if entry["statistic"] is not None)
+    assert compared > 0
+    assert f"No significant drift against the reference window\n  ({compared} indicators compared)" in \
+        result.path.read_text()
+
+
+def test_a_long_sample_key_is_cut_visibly_in_the_thumbnail_grid_with_the_full_key_on_hover(store, tmp_path):
+    model = store.register_model("classifier", "weights-1", {})
+    values, _ = mixture(110, 10)
+    prefix = "camera-7/2026/12/03/" + "very-long-directory-name/" * 9  # 250+ characters with the offset
+    write_scores(store, model.id, values, end=NOW, span=timedelta(minutes=50), images=True, key_prefix=prefix)
+    context = context_for(store, reference_hours=1.0, report_dir=str(tmp_path), report_top_samples=3)
+
+    result = drift_report.make_report(context, NOW - timedelta(hours=1), NOW)
+
+    html = result.path.read_text()
+    assert ".thumbs .key { display: block; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }" in html
+    assert html.count(f'<span class="key" title="{prefix}') == 3
