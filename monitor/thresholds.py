@@ -9,6 +9,8 @@ Every indicator is low for in-distribution (ID) samples and high for out-of-dist
   for false-alarm rates far below what the empirical quantile resolves.
 - :func:`fit_threshold`: any of those, optionally steered by operator labels
   (1 OOD, 0 ID, -1 unknown), returning a :class:`ThresholdFit` that says what it used.
+- :func:`fit_class_thresholds`: one threshold per predicted class with enough samples, the
+  global one for the rest; :class:`ClassThresholds` judges (value, predicted class) pairs.
 - :func:`fit_summary_weights`: label-driven weights for the 1C-Sum summary.
 
 Pure numpy/scipy/scikit-learn: no I/O, no configuration. Decisions (tie rules, the
@@ -28,7 +30,10 @@ from monitor.errors import InputError, MonitorError
 from monitor.names import INDICATORS, SUMMARY_MEMBERS_EXCLUDED
 
 __all__ = [
+    "ClassThresholdFit",
+    "ClassThresholds",
     "DEFAULT_INITIAL_QUANTILE",
+    "DEFAULT_MIN_CLASS_SAMPLES",
     "DEFAULT_MIN_SAMPLES",
     "LABEL_ID",
     "LABEL_OOD",
@@ -40,8 +45,10 @@ __all__ = [
     "SummaryWeights",
     "TailFit",
     "ThresholdFit",
+    "class_array",
     "extreme_value",
     "finite_values",
+    "fit_class_thresholds",
     "fit_summary_weights",
     "fit_tail",
     "fit_threshold",
@@ -931,4 +938,236 @@ def fit_summary_weights(
         n_labelled_id=n_id,
         auroc_uniform=roc_auc(scorer_space.sum(axis=1), target.astype(np.int8)),
         auroc_fitted=roc_auc(scorer_space @ weights + offset, target.astype(np.int8)),
+    )
+
+
+# --- thresholds per predicted class --------------------------------------------------------
+
+DEFAULT_MIN_CLASS_SAMPLES = 100
+"""fit_class_thresholds gives a class its own threshold from this many samples predicted as it."""
+
+
+def class_array(predicted: Any, n: int, name: str = "predicted") -> np.ndarray:
+    """``predicted`` as an int64 array of length ``n`` of class indices (>= 0)."""
+    try:
+        array = np.asarray(predicted)
+    except Exception as error:  # noqa: BLE001 - any conversion failure is the caller's input
+        raise InputError(f"{name}: cannot be read as class indices ({error})") from None
+    if array.ndim != 1:
+        raise InputError(f"{name}: expected a 1-D sequence of class indices, got shape {array.shape}")
+    if array.shape[0] != n:
+        raise InputError(f"{name}: has {array.shape[0]} entries but there are {n} values")
+    if array.size and (array.dtype == object or not np.issubdtype(array.dtype, np.integer)):
+        raise InputError(f"{name}: expected integer class indices, got {array.dtype}")
+    array = array.astype(np.int64, copy=False)
+    if array.size and array.min() < 0:
+        first = int(np.flatnonzero(array < 0)[0])
+        raise InputError(f"{name}: class indices must be 0 or more; index {first} holds {int(array[first])}")
+    return array
+
+
+def _threshold_value(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise InputError(f"{name}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ClassThresholds:
+    """Which threshold judges a sample: its predicted class's own, else the global one.
+
+    ``ClassThresholds(t)`` is the single threshold of old; ``per_class`` maps a predicted
+    class index to its own threshold. A sample is flagged when its value lies strictly above
+    the threshold that judges it; a NaN value is never flagged (as in the stream).
+    """
+
+    global_threshold: float
+    per_class: Mapping[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "global_threshold", _threshold_value(self.global_threshold, "global_threshold"))
+        if not isinstance(self.per_class, Mapping):
+            raise InputError(f"per_class: expected a mapping of class index -> threshold, got {self.per_class!r}")
+        own = {}
+        for key, value in self.per_class.items():
+            if isinstance(key, bool) or not isinstance(key, numbers.Integral) or key < 0:
+                raise InputError(f"per_class: class indices must be integers of 0 or more, got {key!r}")
+            own[int(key)] = _threshold_value(value, f"per_class[{key}]")
+        object.__setattr__(self, "per_class", dict(sorted(own.items())))
+
+    def judged_by(self, predicted_class: int | None) -> int | None:
+        """The class whose own threshold judges a sample of ``predicted_class``; None: the global one."""
+        return predicted_class if predicted_class is not None and predicted_class in self.per_class else None
+
+    def threshold_of(self, predicted_class: int | None) -> float:
+        """The threshold that judges a sample predicted as ``predicted_class``."""
+        own = self.judged_by(predicted_class)
+        return self.global_threshold if own is None else self.per_class[own]
+
+    def thresholds(self, predicted: Any = None, n: int | None = None) -> np.ndarray:
+        """One threshold per sample (``predicted``: their classes; None only without own thresholds)."""
+        if predicted is None:
+            if self.per_class:
+                raise InputError("predicted: per-class thresholds need each sample's predicted class")
+            return np.full(0 if n is None else n, self.global_threshold)
+        classes = class_array(predicted, np.shape(predicted)[0] if n is None else n)
+        result = np.full(classes.size, self.global_threshold)
+        for own, value in self.per_class.items():
+            result[classes == own] = value
+        return result
+
+    def judge(self, values: Any, predicted: Any = None) -> np.ndarray:
+        """Flagged (bool [N]): each value strictly above the threshold of its predicted class.
+
+        NaN values are never flagged; infinite ones are compared as they are.
+        """
+        array = _numeric_array(values, "values") if np.size(values) else np.zeros(0)
+        cuts = self.thresholds(predicted, array.size)
+        with np.errstate(invalid="ignore"):
+            return array > cuts
+
+    def describe(self, predicted_class: int | None = None, class_name: str | None = None) -> str:
+        """Which threshold judges a sample of ``predicted_class``, in words for the sample page."""
+        own = self.judged_by(predicted_class)
+        if own is None:
+            return f"the global threshold {self.global_threshold:.6g}"
+        label = class_name or f"class {own}"
+        return f"the threshold of predicted {label}, {self.per_class[own]:.6g}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"global": self.global_threshold, "per_class": {str(k): v for k, v in self.per_class.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ClassThresholds":
+        """Inverse of to_dict (JSON object keys are strings)."""
+        if not isinstance(data, Mapping) or "global" not in data:
+            raise InputError(f"thresholds: expected {{'global': t, 'per_class': {{...}}}}, got {data!r}")
+        per_class = data.get("per_class") or {}
+        if not isinstance(per_class, Mapping):
+            raise InputError(f"thresholds.per_class: expected a mapping, got {per_class!r}")
+        converted = {}
+        for key, value in per_class.items():
+            try:
+                converted[int(key)] = value
+            except (TypeError, ValueError):
+                raise InputError(f"thresholds.per_class: class index {key!r} is not an integer") from None
+        return cls(data["global"], converted)
+
+
+@dataclass(frozen=True)
+class ClassThresholdFit:
+    """A global fit plus one fit per predicted class that had enough samples.
+
+    ``overall`` is fitted on every value (with every label); ``classes`` holds the own fits;
+    ``fallbacks`` says, for each other class seen in the window, why the global threshold
+    judges it. ``n_flagged`` counts the values the combined thresholds flag.
+    """
+
+    overall: ThresholdFit
+    classes: Mapping[int, ThresholdFit]
+    fallbacks: Mapping[int, str]
+    class_counts: Mapping[int, int]
+    min_class_samples: int
+    n_flagged: int
+
+    @property
+    def thresholds(self) -> ClassThresholds:
+        return ClassThresholds(self.overall.threshold, {k: fit.threshold for k, fit in self.classes.items()})
+
+    @property
+    def n(self) -> int:
+        return self.overall.n
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            **self.overall.counts(),
+            "n_flagged": self.n_flagged,
+            "global_n_flagged": self.overall.n_flagged,
+            "classes_with_own_threshold": len(self.classes),
+            "classes_on_global_threshold": len(self.fallbacks),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "thresholds": self.thresholds.to_dict(),
+            "min_class_samples": self.min_class_samples,
+            "n_flagged": self.n_flagged,
+            "overall": self.overall.to_dict(),
+            "classes": {str(k): fit.to_dict() for k, fit in self.classes.items()},
+            "fallbacks": {str(k): reason for k, reason in self.fallbacks.items()},
+            "class_counts": {str(k): v for k, v in self.class_counts.items()},
+        }
+
+    def explain(self) -> str:
+        share = self.n_flagged / self.n
+        own = ", ".join(f"class {k} {fit.threshold:.6g} ({fit.n_flagged}/{fit.n})" for k, fit in self.classes.items())
+        text = (
+            f"{self.overall.method} thresholds per predicted class flag {self.n_flagged} of {self.n} values "
+            f"({share:.2%}); own thresholds for {len(self.classes)} of {len(self.class_counts)} classes"
+            + (f": {own}" if own else "")
+            + f"; the others use the global threshold {self.overall.threshold:.6g}"
+        )
+        if self.fallbacks:
+            text += " (" + "; ".join(f"class {k}: {why}" for k, why in self.fallbacks.items()) + ")"
+        return text
+
+
+def fit_class_thresholds(
+    values: Any,
+    predicted: Any,
+    method: str = "two-means",
+    labels: Any = None,
+    *,
+    p: float | None = None,
+    q: float | None = None,
+    initial_quantile: float | None = None,
+    min_samples: int = DEFAULT_MIN_SAMPLES,
+    min_class_samples: int = DEFAULT_MIN_CLASS_SAMPLES,
+) -> ClassThresholdFit:
+    """One threshold per predicted class with at least ``min_class_samples`` values, the global
+    one (fitted on all values, as :func:`fit_threshold`) for the rest.
+
+    Each class's own threshold is fitted by :func:`fit_threshold` on the values predicted as
+    that class and their labels only, so labels of a class steer its own threshold (and, with
+    every other label, the global one). A class whose own fit is refused (NotEnoughData, e.g.
+    all its values equal) falls back to the global threshold, and ``fallbacks`` says why.
+    NotEnoughData when the global fit itself is refused: keep the previous thresholds.
+    """
+    if (
+        isinstance(min_class_samples, bool)
+        or not isinstance(min_class_samples, numbers.Integral)
+        or min_class_samples < 1
+    ):
+        raise InputError(f"min_class_samples: expected a positive integer, got {min_class_samples!r}")
+    raw = finite_values(values)
+    classes = class_array(predicted, raw.size)
+    label_values = None if labels is None else label_array(labels, raw.size)
+    parameters = {"p": p, "q": q, "initial_quantile": initial_quantile}
+    overall = fit_threshold(raw, method, label_values, min_samples=min_samples, **parameters)
+    flagged = raw > overall.threshold
+    own: dict[int, ThresholdFit] = {}
+    fallbacks: dict[int, str] = {}
+    present, sizes = np.unique(classes, return_counts=True)
+    for cls, size in zip(present.tolist(), sizes.tolist()):
+        if size < min_class_samples:
+            fallbacks[cls] = f"{size} samples, an own threshold needs at least {int(min_class_samples)}"
+            continue
+        members = classes == cls
+        try:
+            fit = fit_threshold(
+                raw[members], method, None if label_values is None else label_values[members],
+                min_samples=int(min_class_samples), **parameters,
+            )
+        except NotEnoughData as refusal:
+            fallbacks[cls] = str(refusal)
+            continue
+        own[cls] = fit
+        flagged[members] = raw[members] > fit.threshold
+    return ClassThresholdFit(
+        overall=overall,
+        classes=own,
+        fallbacks=fallbacks,
+        class_counts=dict(zip(present.tolist(), sizes.tolist())),
+        min_class_samples=int(min_class_samples),
+        n_flagged=int(flagged.sum()),
     )
