@@ -20,14 +20,16 @@ import numpy as np
 import torch
 
 from monitor.errors import InputError, ModelError
-from monitor.evaluation import datasets, machine, protocol, report
+from monitor.evaluation import class_thresholds, datasets, machine, protocol, report
 from monitor.names import SUMMARY
+from monitor.thresholds import DEFAULT_MIN_CLASS_SAMPLES
 
 log = logging.getLogger(__name__)
 
 FULL_ID, FULL_OOD = 2000, 2000
 QUICK_ID, QUICK_OOD = 300, 150
 QUICK_CALIBRATION = 256  # --quick is a smoke run: a rougher 1C-Sum calibration is enough
+QUICK_MIN_CLASS_SAMPLES = 20  # --quick: about 30 ID images per class, so own thresholds still appear
 STREAM_OOD_SHARE = 0.10
 SUMMARY_RANK_GOAL = 3.0
 
@@ -46,6 +48,7 @@ class OodOptions:
     model: str = "demo"
     near_model: str = "demo-holdout"
     calibration_samples: int = 2048  # 1C-Sum's uniform-noise draws (the service default)
+    min_class_samples: int = DEFAULT_MIN_CLASS_SAMPLES  # an own threshold per predicted class from this many
 
 
 def _scorer(loaded, options: OodOptions, scorer_factory: Callable | None):
@@ -146,6 +149,10 @@ def run_ood_benchmark(options: OodOptions, scorer_factory: Callable | None = Non
         "average_rank": protocol.average_ranks(results),
         "summary_rank_among_indicators": protocol.summary_rank_among_indicators(results),
         "stream": _stream_section(id_scores, ood_scores, options.seed),
+        "class_thresholds": class_thresholds.section(
+            loaded, in_dist, far, id_scores, ood_scores, ood_share=STREAM_OOD_SHARE, seed=options.seed,
+            min_class_samples=options.min_class_samples,
+        ),
     }
 
     if options.near_ood:
@@ -219,6 +226,7 @@ def options_from_args(args: argparse.Namespace) -> OodOptions:
         device=args.device,
         progress=not args.no_progress,
         calibration_samples=QUICK_CALIBRATION if args.quick else OodOptions.calibration_samples,
+        min_class_samples=QUICK_MIN_CLASS_SAMPLES if args.quick else OodOptions.min_class_samples,
     )
 
 
@@ -253,7 +261,8 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--output-dir {str(output_dir)!r} cannot be created: {error}") from None
     result = run_ood_benchmark(options)
     result["command"] = command_line(args, OOD_FLAGS)
-    paths = report.write_ood(result, output_dir)
+    paths = report.write_ood(result, output_dir) + class_thresholds.write(result, output_dir)
     print(report.ood_console_summary(result))
+    print(class_thresholds.console_summary(result["class_thresholds"]))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

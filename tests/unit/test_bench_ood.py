@@ -172,6 +172,10 @@ def test_bench_ood_command_writes_json_markdown_and_plots(tmp_path, capsys):
     for png in ("ood_auroc_heatmap.png", "ood_average_rank.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "average rank" in capsys.readouterr().out
+    compared = json.loads((tmp_path / "class_thresholds.json").read_text())
+    assert {"global", "per_class"} <= set(compared["indicators"][SUMMARY]["proportion"])
+    assert "| 1C-Sum | proportion | global |" in (tmp_path / "class_thresholds.md").read_text()
+    assert (tmp_path / "class_thresholds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_ood_refuses_bad_arguments_with_a_clear_message(tmp_path, capsys):
