@@ -32,7 +32,7 @@ def preflight(config: str | os.PathLike | None = None, *, model: bool = False, d
     if database:
         checks.append(lambda: reach_database(settings))
     if kafka:
-        from monitor.stream.kafka_backend import reach_brokers
+        from monitor.outbound.kafka import reach_brokers
 
         checks.append(lambda: reach_brokers(settings.kafka))
     unreachable = _run_together(checks)

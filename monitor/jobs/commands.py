@@ -12,6 +12,7 @@ from typing import Any
 from monitor.errors import InputError, MonitorError
 from monitor.jobs.alerts import AlertSink, utc_iso
 from monitor.jobs.scheduler import JobContext, check_jobs_settings, run_job, start_scheduler
+from monitor.outbound.alerts import alerts_publisher
 
 log = logging.getLogger(__name__)
 
@@ -24,52 +25,6 @@ def _settings_and_store(args: argparse.Namespace):
     check_jobs_settings(settings.jobs)
     return settings, Store.open(settings.store.url, upgrade_sqlite=settings.store.auto_upgrade_sqlite,
                                 connect_timeout_s=settings.store.connect_timeout_s)
-
-
-def alerts_publisher(settings: Any) -> "KafkaAlertPublisher":
-    """The alerts topic (and webhook) publisher for the standalone commands."""
-    return KafkaAlertPublisher(settings)
-
-
-class KafkaAlertPublisher:
-    """Publishes job alerts on [kafka] alerts_topic (and the [alerts] webhook).
-
-    The Kafka producer is created on the first alert: most runs raise none, and a command
-    should not wait for a broker it does not need. If the broker cannot be reached the error
-    propagates to AlertSink, which logs it and leaves the stored alert unpublished.
-    """
-
-    def __init__(self, settings: Any) -> None:
-        from monitor.stream.alerts import Webhook
-
-        self.settings = settings
-        alerts = settings.alerts
-        self.webhook = (Webhook(alerts.webhook_url, retries=alerts.webhook_retries,
-                                timeout_s=alerts.webhook_timeout_s, backoff_s=alerts.webhook_backoff_s)
-                        if alerts.webhook_url else None)
-        self.producer: Any = None
-        self.inner: Any = None
-
-    def _topic_publisher(self):
-        if self.inner is None:
-            from monitor.stream.alerts import AlertProducer
-            from monitor.stream.kafka_backend import make_producer
-
-            kafka = self.settings.kafka
-            self.producer = make_producer(kafka, client_id=f"{kafka.client_id}-jobs")
-            self.inner = AlertProducer(self.producer, self.settings.kafka.alerts_topic)
-        return self.inner
-
-    def publish_alert(self, kind: str, payload: dict[str, Any]) -> None:
-        if self.webhook is not None:  # first, so that a dead broker does not keep it from the webhook
-            self.webhook.post({**payload, "kind": kind})
-        self._topic_publisher().publish_alert(kind, payload)
-
-    def close(self) -> None:
-        if self.webhook is not None:
-            self.webhook.close()
-        if self.producer is not None:
-            self.producer.close(timeout=10)
 
 
 def parse_moment(text: str, option: str) -> datetime:

@@ -174,8 +174,9 @@ class Daemon:
 
     def setup(self) -> "Daemon":
         from monitor.imaging import ImageLimits
-        from monitor.stream.alerts import AlertProducer, Webhook
-        from monitor.stream.kafka_backend import KafkaSource, make_consumer, make_producer
+        from monitor.outbound.alerts import AlertProducer, Webhook
+        from monitor.outbound.kafka import make_producer
+        from monitor.stream.kafka_backend import KafkaSource, make_consumer
 
         settings = self.settings
         self.store = self.open_store()

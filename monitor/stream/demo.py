@@ -186,7 +186,7 @@ def run_demo(args: argparse.Namespace) -> int:
     for name, level in (("", logging.WARNING), ("alembic", logging.WARNING), ("kafka", logging.ERROR)):
         logging.getLogger(name).setLevel(level)
     from monitor.stream.daemon import Daemon
-    from monitor.stream.kafka_backend import make_producer
+    from monitor.outbound.kafka import make_producer
     from monitor.stream.tansu import TansuBroker, free_port, port_open
 
     data_dir = Path(args.data_dir)

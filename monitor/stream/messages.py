@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
+from monitor.outbound.alerts import encode_json, message_key  # noqa: F401 - part of the codec's interface
 from monitor.store.records import MAX_NAME_LENGTH, SourcePosition
 
 SCHEMA_VERSION = 1
@@ -120,10 +121,6 @@ class InboundMessage:
                    value=record.value, headers=headers, timestamp_ms=timestamp)
 
 
-def encode_json(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, separators=(",", ":"), sort_keys=True, allow_nan=False).encode("utf-8")
-
-
 def dead_letter_document(message: InboundMessage, reason: str, detail: str, *, group_id: str,
                          rejected_at: datetime | None = None,
                          max_value_bytes: int = DEAD_LETTER_MAX_VALUE_BYTES) -> dict[str, Any]:
@@ -198,11 +195,6 @@ def flagged_sample_alert(*, sample_key: str, position: SourcePosition, score: fl
         "predicted_class_name": class_name,
         "time": iso_utc(time),
     }
-
-
-def message_key(document: dict[str, Any]) -> bytes:
-    """Key of an outbound message: the sample key keeps one sample's messages on one partition."""
-    return str(document.get("sample_key") or document.get("kind")).encode("utf-8")
 
 
 def next_offsets(positions: Iterable[SourcePosition]) -> dict[tuple[str, int], int]:

@@ -72,7 +72,7 @@ def produce_files(producer, topic: str, files: Sequence[Path], *, key_from: str 
 def run_produce(args: argparse.Namespace) -> int:
     """Entry point of `ood-monitor produce`."""
     from monitor.settings import load_settings
-    from monitor.stream.kafka_backend import make_producer
+    from monitor.outbound.kafka import make_producer
 
     settings = load_settings(getattr(args, "config", None))
     kafka = settings.kafka

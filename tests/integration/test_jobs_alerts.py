@@ -135,7 +135,7 @@ def test_a_failing_job_is_recorded_alerted_and_retried_while_the_scheduler_runs(
 def test_every_alert_kind_arrives_on_the_broker_as_documented_json(tmp_path):
     from kafka import KafkaConsumer
 
-    from monitor.jobs.commands import alerts_publisher
+    from monitor.outbound.alerts import alerts_publisher
     from monitor.jobs.drift_report import make_report
     from monitor.jobs.rate_alert import check_rates as rates
     from monitor.jobs.refit import refit

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from monitor.settings import settings_from_mapping
-from monitor.stream.kafka_backend import client_options
+from monitor.outbound.kafka import client_options
 from monitor.stream.messages import (
     InboundMessage,
     dead_letter_document,

@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from monitor.stream.alerts import AlertProducer, Webhook
+from monitor.outbound.alerts import AlertProducer, Webhook
 from monitor.stream.local import LocalBroker, LocalProducer
 from monitor.stream.messages import InboundMessage
 from monitor.stream.operability import DaemonState, operability_router

@@ -1,7 +1,9 @@
-"""Alert delivery: JSON on the alerts topic, and an optional webhook.
+"""Alert delivery, shared by the stream and the scheduled jobs: JSON on the alerts topic, and an
+optional webhook.
 
 `AlertProducer.publish_alert(kind, payload)` is what the scheduled jobs call (monitor.jobs.alerts)
-and what the stream uses for flagged samples' webhooks. The webhook runs on its own thread with
+and what the stream uses for flagged samples' webhooks; `KafkaAlertPublisher` is the same for a
+process that has no producer of its own yet (the scheduler, `refit`, `report`). The webhook runs on its own thread with
 retries and a doubling backoff, so a slow or dead endpoint never holds up scoring; after the last
 retry the alert is logged as undelivered (the alerts topic, and the alerts table for job alerts,
 still have it).
@@ -9,14 +11,23 @@ still have it).
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
 from typing import Any, Callable
 
-from monitor.stream.messages import encode_json, message_key
 
 log = logging.getLogger(__name__)
+
+def encode_json(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":"), sort_keys=True, allow_nan=False).encode("utf-8")
+
+
+def message_key(document: dict[str, Any]) -> bytes:
+    """Key of an outbound message: the sample key keeps one sample's messages on one partition."""
+    return str(document.get("sample_key") or document.get("kind")).encode("utf-8")
+
 
 WEBHOOK_QUEUE_SIZE = 10_000
 
@@ -113,3 +124,46 @@ class AlertProducer:
     def close(self) -> None:
         if self.webhook is not None:
             self.webhook.close()
+
+
+def alerts_publisher(settings: Any) -> "KafkaAlertPublisher":
+    """The alerts topic (and webhook) publisher for the standalone commands."""
+    return KafkaAlertPublisher(settings)
+
+
+class KafkaAlertPublisher:
+    """Publishes job alerts on [kafka] alerts_topic (and the [alerts] webhook).
+
+    The Kafka producer is created on the first alert: most runs raise none, and a command
+    should not wait for a broker it does not need. If the broker cannot be reached the error
+    propagates to AlertSink, which logs it and leaves the stored alert unpublished.
+    """
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        alerts = settings.alerts
+        self.webhook = (Webhook(alerts.webhook_url, retries=alerts.webhook_retries,
+                                timeout_s=alerts.webhook_timeout_s, backoff_s=alerts.webhook_backoff_s)
+                        if alerts.webhook_url else None)
+        self.producer: Any = None
+        self.inner: Any = None
+
+    def _topic_publisher(self):
+        if self.inner is None:
+            from monitor.outbound.kafka import make_producer
+
+            kafka = self.settings.kafka
+            self.producer = make_producer(kafka, client_id=f"{kafka.client_id}-jobs")
+            self.inner = AlertProducer(self.producer, self.settings.kafka.alerts_topic)
+        return self.inner
+
+    def publish_alert(self, kind: str, payload: dict[str, Any]) -> None:
+        if self.webhook is not None:  # first, so that a dead broker does not keep it from the webhook
+            self.webhook.post({**payload, "kind": kind})
+        self._topic_publisher().publish_alert(kind, payload)
+
+    def close(self) -> None:
+        if self.webhook is not None:
+            self.webhook.close()
+        if self.producer is not None:
+            self.producer.close(timeout=10)
