@@ -154,12 +154,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 def _add_scheduler(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "scheduler",
-        help="run the scheduled jobs alone (refit, rate alert, drift report, retention)",
-        description="The jobs of [jobs] without the consumer, until SIGTERM/SIGINT. Several replicas may "
-        "run it against one PostgreSQL: each job runs on one of them at a time (docs/jobs.md).",
+        help="the scheduler role: the scheduled jobs (refit, rate alert, drift report, retention)",
+        description="The jobs of [jobs] in a process of their own, until SIGTERM/SIGINT, with /healthz, /readyz "
+        "and /metrics on [web] host:port. Several replicas may run it against one PostgreSQL: each job runs on "
+        "one of them at a time (docs/jobs.md).",
     )
     _add_config_argument(parser)
-    parser.set_defaults(run=_lazy("monitor.jobs.commands:run_scheduler_command"))
+    parser.set_defaults(run=_lazy("monitor.service.roles:scheduler_command", checks={"database": True}))
 
 
 @subcommand
@@ -219,6 +220,16 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, not {text!r}")
     return value
 
 
@@ -286,13 +297,20 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "run",
         help="consume the image topics, score every image, store and flag (the service)",
-        description="The streaming daemon: consumes [kafka] topics in a consumer group, scores every image "
-        "with the configured model, stores score and reject rows, sends dead letters and alerts, then commits "
-        "offsets; serves /healthz, /readyz, /metrics and the web app; runs the scheduled jobs. "
-        "Stops cleanly on SIGTERM or Ctrl-C (docs/daemon.md).",
+        description="The streaming service: scoring worker processes consume [kafka] topics in a consumer group, "
+        "score every image with the configured model, store score and reject rows, send dead letters and alerts, "
+        "then commit offsets. All-in-one (the default, for the demo and small installs) it also serves the web "
+        "app and runs the scheduled jobs, each in a process of its own; --role scoring runs the workers alone. "
+        "Serves /healthz, /readyz and /metrics for all of them. Stops cleanly on SIGTERM or Ctrl-C "
+        "(docs/daemon.md).",
     )
     _add_config_argument(parser)
-    parser.set_defaults(run=_lazy("monitor.stream.daemon:run_daemon",
+    parser.add_argument("--role", choices=("all", "scoring"), default="all",
+                        help="all: scoring workers, web app and scheduler (default); scoring: the workers only "
+                        "(run `ood-monitor web` and `ood-monitor scheduler` beside them)")
+    parser.add_argument("--workers", type=_non_negative_int, metavar="N",
+                        help="scoring worker processes (default: [stream] workers; 0 picks from device and cores)")
+    parser.set_defaults(run=_lazy("monitor.service.roles:run_command",
                                   checks={"model": True, "database": True, "kafka": True}))
 
 
@@ -339,16 +357,17 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=None, help="web port (default 8080, else a free one)")
     parser.add_argument("--data-dir", default="var/demo", metavar="DIR",
                         help="where the demo's store and broker log go; emptied at start (default var/demo)")
-    parser.set_defaults(run=_lazy("monitor.stream.demo:run_demo"))
+    parser.set_defaults(run=_lazy("monitor.service.demo:run_demo"))
 
 
 @subcommand
 def _add_web(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "web",
-        help="serve the operator web pages and JSON API alone (they also run inside `ood-monitor run`)",
+        help="the web role: the operator pages and JSON API (all-in-one `ood-monitor run` serves them too)",
         description="The flagged queue, labelling, thresholds, reports and alerts over the configured store "
-        "(docs/web.md). `ood-monitor web hash-password` prints a [web] accounts/tokens entry.",
+        "(docs/web.md), with /healthz, /readyz and /metrics. `ood-monitor web hash-password` prints a [web] "
+        "accounts/tokens entry.",
     )
     _add_config_argument(parser)
     parser.add_argument("--host", help="listen address (default: [web] host)")
@@ -365,7 +384,7 @@ def _add_web(sub: argparse._SubParsersAction) -> None:
     hasher.add_argument("--stdin", action="store_true", help="read the secret from standard input (one line)")
     hasher.add_argument("--token", action="store_true", help="the secret is an API token: print a [web] tokens entry")
     hasher.add_argument("--new-token", action="store_true", help="make a random API token, print it and its entry")
-    parser.set_defaults(run=_lazy("monitor.web.cli:run_web_command"))
+    parser.set_defaults(run=_lazy("monitor.service.roles:web_command"))
 
 
 if __name__ == "__main__":  # pragma: no cover

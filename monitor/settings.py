@@ -163,7 +163,11 @@ class StreamSettings:
     shutdown_grace_s: float = setting(20.0, "On SIGTERM, how long the batch in flight may take to be "
                                             "stored before it is abandoned (it is then replayed).",
                                       minimum=0.0)
-    http: bool = setting(True, "Serve /healthz, /readyz, /metrics (and the web app) on [web] host:port.")
+    http: bool = setting(True, "Serve /healthz, /readyz, /metrics (and, all-in-one, the web app) on [web] "
+                               "host:port; the scheduler role serves its probes there too.")
+    workers: int = setting(0, "Scoring worker processes of `ood-monitor run` on this machine, each a whole "
+                              "pipeline and a member of the consumer group; 0 picks from the device and the "
+                              "cores (docs/daemon.md, \"Scaling\").", minimum=0, maximum=256)
 
 
 @dataclass

@@ -1,17 +1,15 @@
-"""The `ood-monitor scheduler`, `refit` and `report` subcommands."""
+"""The `ood-monitor refit` and `report` subcommands (the scheduler role is in monitor.service)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from monitor.errors import InputError, MonitorError
 from monitor.jobs.alerts import AlertSink, utc_iso
-from monitor.jobs.scheduler import JobContext, check_jobs_settings, run_job, start_scheduler
+from monitor.jobs.scheduler import JobContext, check_jobs_settings, run_job
 from monitor.outbound.alerts import alerts_publisher
 
 log = logging.getLogger(__name__)
@@ -39,23 +37,6 @@ def parse_moment(text: str, option: str) -> datetime:
         raise InputError(f"{option}: {text!r} is neither an ISO date/time (2026-11-27T08:00) "
                          "nor a duration ago such as 24h, 90m or 7d") from None
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-
-
-def run_scheduler_command(args: argparse.Namespace) -> int:
-    """`ood-monitor scheduler`: the jobs alone, until SIGTERM or SIGINT."""
-    settings, store = _settings_and_store(args)
-    publisher = alerts_publisher(settings)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    handle = start_scheduler(settings, store, publisher, progress=False)
-    try:
-        stop.wait()
-    finally:
-        handle.shutdown(wait=True)
-        _close(publisher)
-        store.close()
-    return 0
 
 
 def run_refit_command(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ fire time. Missed fire times are coalesced into one run.
 
 A job run is a `job_runs` row: running -> ok | skipped (with the reason) | failed (with the
 error, alerted as `job_failed`). A failure never propagates: the next fire time retries, and
-the consumer that hosts the scheduler keeps consuming.
+the scheduler keeps running.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class JobContext:
     runner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     progress: bool = False
     now: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+    on_run: Callable[[str, str], None] | None = None  # (job, outcome) after each scheduled run of this process
 
     @property
     def engine(self):
@@ -174,9 +175,14 @@ def _alert_failure(context: JobContext, name: str, run_id: int, started_at: date
 def _run_scheduled(context: JobContext, name: str, every_s: float) -> None:
     """APScheduler's entry point: never raises (a raising job would only be logged by APScheduler)."""
     try:
-        run_job(context, name, scheduled_for=latest_fire_time(context.now(), every_s))
+        result = run_job(context, name, scheduled_for=latest_fire_time(context.now(), every_s))
     except Exception:  # noqa: BLE001 - e.g. the database is unreachable: log and retry at the next fire
         log.exception("job %s: could not run (will retry at the next fire time)", name)
+        outcome = "failed"
+    else:
+        outcome = result.outcome if result is not None else None  # None: another process ran it
+    if outcome is not None and context.on_run is not None:
+        context.on_run(name, outcome)
 
 
 class SchedulerHandle:
@@ -203,13 +209,15 @@ class SchedulerHandle:
 
 
 def start_scheduler(settings: Any, store: Any, publisher: AlertPublisher | None,
-                    *, progress: bool = False) -> SchedulerHandle:
+                    *, progress: bool = False, on_run: Callable[[str, str], None] | None = None) -> SchedulerHandle:
     """Start the jobs of `settings.jobs` in background threads; returns a handle with `shutdown()`.
 
-    Used inside `ood-monitor run` and by `ood-monitor scheduler`.
+    Used by the scheduler role (`ood-monitor scheduler`, and its process inside `ood-monitor run`);
+    `on_run(job, outcome)` is told of every run this process made (its metrics).
     """
     check_jobs_settings(settings.jobs)
-    context = JobContext(settings=settings, store=store, alerts=AlertSink(store, publisher), progress=progress)
+    context = JobContext(settings=settings, store=store, alerts=AlertSink(store, publisher), progress=progress,
+                         on_run=on_run)
     intervals = job_intervals(settings.jobs)
     scheduler = BackgroundScheduler(
         timezone=timezone.utc,

@@ -1,8 +1,9 @@
-"""`ood-monitor run`: the long-running consumer that scores every image of the configured topics.
+"""The scoring pipeline of one process: the consumer that scores every image of the configured topics.
 
 Start-up: open the store (refusing an out-of-date schema), load the model and its 1C-Sum calibration,
-register the model, connect to Kafka in the consumer group, serve /healthz /readyz /metrics (and the
-web app), start the scheduled jobs. Then consume until SIGTERM or SIGINT. Details: docs/daemon.md.
+register the model, connect to Kafka in the consumer group. Then consume until asked to stop. The
+processes that run it, and what they serve over HTTP, are composed in monitor.service. Details:
+docs/daemon.md.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 
 from monitor.errors import MonitorError  # noqa: E402
 from monitor.settings import Settings  # noqa: E402
-from monitor.stream.operability import DaemonState, HttpServer, build_http_app  # noqa: E402
+from monitor.stream.operability import DaemonState  # noqa: E402
 from monitor.stream.pipeline import (  # noqa: E402
     PipelineParts,
     ScorerAdapter,
@@ -77,11 +78,12 @@ def configure_logging(logging_settings: Any, verbose: bool = False) -> None:
 
 def consume(source: Any, head: Step, shutdown: Shutdown, state: DaemonState | None = None, *,
             max_records: int | None = None, poll_timeout_ms: int = POLL_TIMEOUT_MS,
-            until: Callable[[], bool] | None = None) -> None:
+            until: Callable[[], bool] | None = None, report: Callable[[], None] | None = None) -> None:
     """Feed the pipeline until shutdown (or `until()`), then finish or abandon the batch in flight.
 
     The batch in flight at shutdown gets the grace period of `shutdown.request`; if it cannot be
-    stored by then it is abandoned: not committed, so consumed again after restart.
+    stored by then it is abandoned: not committed, so consumed again after restart. `report()` is
+    called once per turn of the loop, on this thread (a worker tells its supervisor how it is).
     """
     waiting: collections.deque = collections.deque()  # polled, not yet taken by the pipeline
     try:
@@ -104,6 +106,8 @@ def consume(source: Any, head: Step, shutdown: Shutdown, state: DaemonState | No
             head.poll()
             while waiting and not head.congested():
                 head.submit(waiting.popleft())
+            if report is not None:
+                report()
         # Messages polled but not taken are not committed: consumed again after a restart.
         head.join()
     except BatchAbandoned as abandoned:
@@ -112,10 +116,12 @@ def consume(source: Any, head: Step, shutdown: Shutdown, state: DaemonState | No
 
 
 class Daemon:
-    """The whole service in one process; `run()` blocks until stopped."""
+    """One scoring pipeline (consume, decode, score, judge, store, publish, commit) in this process;
+    `run()` blocks until stopped."""
 
     def __init__(self, settings: Settings, *, observers: Sequence[Callable[[Batch], None]] = (),
-                 install_signal_handlers: bool = True, progress: bool = False):
+                 install_signal_handlers: bool = True, progress: bool = False,
+                 report: Callable[[], None] | None = None, open_store: Callable[[], Any] | None = None):
         self.settings = settings
         self.observers = list(observers)
         self.install_signal_handlers = install_signal_handlers
@@ -129,9 +135,8 @@ class Daemon:
         self.producer = None
         self.source = None
         self.alerts = None
-        self.http: HttpServer | None = None
-        self.web_app_included = False
-        self.scheduler = None
+        self.report = report
+        self._open_store = open_store
         self.head: Step | None = None
         self.thresholds: ThresholdSource | None = None
         self.ready = threading.Event()
@@ -139,6 +144,8 @@ class Daemon:
     # --- start-up ------------------------------------------------------------------------------
 
     def open_store(self):
+        if self._open_store is not None:
+            return self._open_store()
         from monitor.store import Store
 
         return Store.open(self.settings.store.url, upgrade_sqlite=self.settings.store.auto_upgrade_sqlite,
@@ -235,22 +242,7 @@ class Daemon:
         self.source = KafkaSource(make_consumer(settings.kafka, max_wait_ms=min(500, settings.stream.max_batch_wait_ms)),
                                   settings.kafka.topics,
                                   on_revoke=on_revoke, on_assign=on_assign)
-        if settings.stream.http:
-            app, self.web_app_included = build_http_app(self.state, settings, self.store)
-            self.http = HttpServer(app, settings.web.host, settings.web.port).start()
-            log.info("serving %s on http://%s:%d (/healthz /readyz /metrics)",
-                     "the web app" if self.web_app_included else "the probes", settings.web.host, self.http.port)
-        if settings.jobs.enabled:
-            self.start_jobs()
         return self
-
-    def start_jobs(self) -> None:
-        try:
-            from monitor.jobs.scheduler import start_scheduler
-        except ImportError:  # a build without the jobs package
-            log.info("scheduled jobs not installed; none started")
-            return
-        self.scheduler = start_scheduler(self.settings, self.store, self.alerts, progress=False)
 
     def _observe(self, batch: Batch) -> None:
         result = batch.write_result
@@ -286,7 +278,8 @@ class Daemon:
                      self.scorer.device, self.settings.stream.batch_size, self.settings.stream.indicator)
             consume(self.source, self.head, self.shutdown, self.state,
                     max_records=self.settings.kafka.max_poll_records,
-                    poll_timeout_ms=min(POLL_TIMEOUT_MS, max(10, self.settings.stream.max_batch_wait_ms)))
+                    poll_timeout_ms=min(POLL_TIMEOUT_MS, max(10, self.settings.stream.max_batch_wait_ms)),
+                    report=self.report)
         finally:
             self.close()
         log.info("stopped")
@@ -295,12 +288,10 @@ class Daemon:
     def close(self) -> None:
         self.shutdown.abandon_now()  # a retry still waiting on the worker thread gives up: nothing is committed
         for name, action in (
-            ("scheduler", lambda: self.scheduler and self.scheduler.shutdown(wait=False)),
             ("pipeline", lambda: self.head and self.head.close()),
             ("consumer", lambda: self.source and self.source.close()),
             ("alerts", lambda: self.alerts and self.alerts.close()),
             ("producer", lambda: self.producer and self.producer.close(timeout=10)),
-            ("http", lambda: self.http and self.http.stop()),
             ("store", lambda: self.store and self.store.close()),
             ("scorer", lambda: self.scorer and self.scorer.close()),
         ):
@@ -308,16 +299,5 @@ class Daemon:
                 action()
             except Exception as error:  # noqa: BLE001 - close everything even if one part fails
                 log.warning("closing the %s failed: %s", name, error)
-        self.scheduler = self.head = self.source = self.alerts = self.producer = self.http = None
+        self.head = self.source = self.alerts = self.producer = None
         self.store = None
-
-
-def run_daemon(args) -> int:
-    """Entry point of `ood-monitor run`."""
-    settings = getattr(args, "settings", None)
-    if settings is None:  # the CLI runs the start-up checks before importing this module
-        from monitor.preflight import preflight
-
-        settings = preflight(getattr(args, "config", None), model=True, database=True, kafka=True)
-    configure_logging(settings.logging, getattr(args, "verbose", False))
-    return Daemon(settings).run()

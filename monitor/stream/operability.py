@@ -1,7 +1,4 @@
-"""What operators and orchestrators see of a running daemon: /healthz, /readyz, /metrics.
-
-`operability_router(state)` is a FastAPI APIRouter. The daemon serves it with uvicorn on a thread,
-inside the operator web app (monitor.web.app.create_app) when that is installed, else alone.
+"""What a scoring worker reports for /healthz, /readyz and /metrics (served by monitor.service).
 
 - /healthz: 200 while the consume loop turns (it has polled within `stall_after_s`); 503 otherwise.
   For a liveness probe: a stuck process should be restarted.
@@ -13,15 +10,11 @@ inside the operator web app (monitor.web.app.create_app) when that is installed,
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
-from monitor.asgi import HeadAsGet
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +54,8 @@ class StreamMetrics:
         self.assigned_partitions = Gauge("ood_monitor_assigned_partitions", "Partitions this process consumes.",
                                          registry=r)
         self.device = Info("ood_monitor_device", "Where the model runs.", registry=r)
+        self.last_stored = Gauge("ood_monitor_last_stored_timestamp_seconds",
+                                 "When a batch was last stored and committed (Unix time).", registry=r)
         self._recent: list[tuple[int, int]] = []  # (images, flagged) per batch, about the last 1000 images
 
     def observe_batch(self, batch: Any, replays: int, now: float | None = None) -> None:
@@ -82,6 +77,7 @@ class StreamMetrics:
             total = sum(count for count, _ in self._recent)
             self.flagged_share.set(sum(f for _, f in self._recent) / total)
         self.threshold.set(batch.threshold.value if batch.threshold else float("nan"))
+        self.last_stored.set(time.time())
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
@@ -141,87 +137,16 @@ class DaemonState:
             problems.append(f"database writes failing ({self.last_store_error}; see the daemon's log)")
         return not problems, problems
 
-
-def operability_router(state: DaemonState):
-    from fastapi import APIRouter
-    from fastapi.responses import JSONResponse, Response
-
-    router = APIRouter(tags=["operability"])
-
-    @router.get("/healthz")
-    def healthz():
-        alive, detail = state.live()
-        return JSONResponse({"status": "ok" if alive else "stalled", "detail": detail},
-                            status_code=200 if alive else 503)
-
-    @router.get("/readyz")
-    def readyz():
-        ready, problems = state.ready()
-        return JSONResponse({"status": "ready" if ready else "not ready", "problems": problems,
-                             "assigned_partitions": state.assigned_partitions},
-                            status_code=200 if ready else 503)
-
-    @router.get("/metrics")
-    def metrics():
-        lag = state.lag()
+    def update_gauges(self) -> None:
+        lag = self.lag()
         if lag is not None:
-            state.metrics.lag.set(lag)
-        state.metrics.assigned_partitions.set(state.assigned_partitions)
-        return Response(state.metrics.text(), media_type=CONTENT_TYPE_LATEST)
+            self.metrics.lag.set(lag)
+        self.metrics.assigned_partitions.set(self.assigned_partitions)
 
-    return router
+    def metrics_text(self) -> bytes:
+        self.update_gauges()
+        return self.metrics.text()
 
-
-def build_http_app(state: DaemonState, settings: Any = None, store: Any = None):
-    """The operator web app with the probes mounted, when monitor.web is present; else the probes alone."""
-    from fastapi import FastAPI
-
-    router = operability_router(state)
-    if settings is not None and store is not None:
-        try:
-            from monitor.web.app import create_app
-        except ImportError:
-            create_app = None
-        if create_app is not None:
-            return create_app(settings, store, extra_routers=[router], consumer_lag=state.lag), True
-    app = FastAPI(title="ood-monitor daemon", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(HeadAsGet)
-    app.include_router(router)
-    return app, False
-
-
-class HttpServer:
-    """uvicorn on a background thread; `stop()` shuts it down."""
-
-    def __init__(self, app: Any, host: str, port: int):
-        import uvicorn
-
-        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                     lifespan="off")
-        self.server = uvicorn.Server(self.config)
-        self.server.install_signal_handlers = lambda: None  # the daemon owns SIGTERM/SIGINT
-        self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
-
-    def start(self, timeout: float = 10.0) -> "HttpServer":
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise OSError(f"the HTTP server could not start on {self.config.host}:{self.config.port} "
-                              "(port in use?); set [web] port or [stream] http = false")
-            if time.monotonic() > deadline:
-                raise OSError(f"the HTTP server did not start within {timeout:.0f} s")
-            time.sleep(0.02)  # polling the server's own started flag
-        return self
-
-    @property
-    def port(self) -> int:
-        servers = getattr(self.server, "servers", None) or []
-        for server in servers:
-            for sock in server.sockets:
-                return sock.getsockname()[1]
-        return self.config.port
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+    def details(self) -> dict[str, Any]:
+        return {"assigned_partitions": self.assigned_partitions, "model_loaded": self.model_loaded,
+                "lag": self.lag_value}

@@ -1,4 +1,5 @@
-"""`ood-monitor web`: serve the operator app alone; `ood-monitor web hash-password`: make a config hash."""
+"""`ood-monitor web hash-password`: make a [web] accounts or tokens entry (the web role itself is
+composed in monitor.service.roles)."""
 
 from __future__ import annotations
 
@@ -8,33 +9,6 @@ import secrets
 import sys
 
 from monitor.errors import InputError
-
-
-def run_web_command(args: argparse.Namespace) -> int:
-    if getattr(args, "web_action", None) == "hash-password":
-        return hash_password_command(args)
-    return serve_command(args)
-
-
-def serve_command(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from monitor.preflight import preflight
-    from monitor.store import Store
-    from monitor.web import create_app
-
-    settings = preflight(args.config, database=True)
-    host = args.host or settings.web.host
-    port = settings.web.port if args.port is None else args.port
-    store = Store.open(settings.store.url, upgrade_sqlite=settings.store.auto_upgrade_sqlite,
-                       connect_timeout_s=settings.store.connect_timeout_s)
-    try:
-        app = create_app(settings, store)
-        print(f"ood-monitor web: serving on http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr)
-        uvicorn.run(app, host=host, port=port, log_level=settings.logging.level.lower(), proxy_headers=True)
-    finally:
-        store.close()
-    return 0
 
 
 def hash_password_command(args: argparse.Namespace) -> int:

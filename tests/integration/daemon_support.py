@@ -144,7 +144,7 @@ def hostile_message_cases(max_bytes: int, max_pixels: int) -> list[MessageCase]:
 
 
 def daemon_config(path: Path, *, bootstrap: str, api_version: str, topic: str, group: str, store_url: str,
-                  cache_dir: Path, port: int, batch_size: int = 8, extra: str = "") -> Path:
+                  cache_dir: Path, port: int, batch_size: int = 8, extra: str = "", jobs: bool = False) -> Path:
     path.write_text(f"""
 [model]
 spec = "demo"
@@ -179,7 +179,7 @@ host = "127.0.0.1"
 port = {port}
 
 [jobs]
-enabled = false
+enabled = {"true" if jobs else "false"}
 {extra}
 """)
     return path

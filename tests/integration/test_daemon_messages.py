@@ -102,13 +102,18 @@ def test_each_message_ends_as_one_row_and_rejects_as_dead_letters(broker, tmp_pa
                                                                 f"g-{topic}", topic, 2).items() if o} == ends,
                    60, f"committed offsets {ends}")
 
-        base = f"http://127.0.0.1:{settings.web.port}"
+        # The probes of this pipeline, served as a worker's supervisor serves them (monitor.service).
+        from monitor.service.http import HttpServer, build_http_app
+
+        http = HttpServer(build_http_app(daemon.state)[0], "127.0.0.1", settings.web.port).start()
+        base = f"http://127.0.0.1:{http.port}"
         assert httpx.get(f"{base}/healthz").status_code == 200
         assert httpx.get(f"{base}/readyz").status_code == 200
         metrics = httpx.get(f"{base}/metrics").text
         assert f"ood_monitor_images_scored_total {float(len(valid))}" in metrics
         assert 'ood_monitor_rejects_total{reason="empty"} 1.0' in metrics
         assert "ood_monitor_batch_seconds_bucket" in metrics and "ood_monitor_consumer_lag" in metrics
+        http.stop()
     finally:
         daemon.request_stop(5.0)
         runner.join(60)

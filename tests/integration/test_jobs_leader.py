@@ -15,7 +15,7 @@ import pytest
 
 from monitor.jobs.leader import job_lock
 from monitor.jobs.scheduler import SCHEDULE_ANCHOR
-from tests.services import ROOT, TansuBroker, postgres_database, wait_until
+from tests.services import ROOT, TansuBroker, free_port, postgres_database, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +104,8 @@ def test_two_schedulers_run_each_job_once_and_the_survivor_takes_over(tmp_path):
                     processes.append(subprocess.Popen(
                         [sys.executable, "-m", "monitor.cli", "scheduler", "--config", str(config)],
                         cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                        env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+                        # each scheduler serves its probes on a port of its own
+                        env={**os.environ, "PYTHONUNBUFFERED": "1", "MONITOR_WEB__PORT": str(free_port())}))
 
             def ok_runs():
                 return [run for run in store.list_job_runs(job="retention", limit=500) if run.outcome == "ok"]

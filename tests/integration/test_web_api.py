@@ -569,11 +569,12 @@ def test_an_empty_store_shows_empty_pages_not_errors(tmp_path):
 
 def test_the_daemon_serves_the_operator_app_with_its_probes_and_lag(web):
     """What `ood-monitor run` mounts: the probes stay public, the pages want a login, the lag shows."""
-    from monitor.stream.operability import DaemonState, build_http_app
+    from monitor.service.http import build_http_app
+    from monitor.stream.operability import DaemonState
 
     _, store, _ = web
     state = DaemonState(lag_value=1234)
-    app, is_operator_app = build_http_app(state, web_settings(), store)
+    app, is_operator_app = build_http_app(state, web_settings(), store, consumer_lag=state.lag)
     assert is_operator_app
     with TestClient(app) as client:
         assert client.get("/healthz").status_code == 200

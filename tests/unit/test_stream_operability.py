@@ -14,14 +14,15 @@ from fastapi.testclient import TestClient
 from monitor.outbound.alerts import AlertProducer, Webhook
 from monitor.stream.local import LocalBroker, LocalProducer
 from monitor.stream.messages import InboundMessage
-from monitor.stream.operability import DaemonState, operability_router
+from monitor.service.http import probes_router
+from monitor.stream.operability import DaemonState
 from monitor.stream.steps import Batch, Decoded, Threshold
 from tests.services import wait_until
 
 
 def _client(state: DaemonState) -> TestClient:
     app = FastAPI()
-    app.include_router(operability_router(state))
+    app.include_router(probes_router(state))
     return TestClient(app)
 
 
@@ -137,7 +138,7 @@ def test_job_alerts_go_to_the_alerts_topic_and_the_webhook(receiver):
 
 def test_probes_answer_head_as_get_without_a_body():
     # Load balancers and uptime checks often probe with HEAD.
-    from monitor.stream.operability import build_http_app
+    from monitor.service.http import build_http_app
 
     state = DaemonState()
     app, with_web = build_http_app(state)

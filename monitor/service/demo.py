@@ -2,8 +2,9 @@
 
 Starts a local Tansu broker (in memory), a fresh SQLite store under var/demo/, the bundled demo
 classifier (Fashion-MNIST) and a producer thread that streams in-distribution images with bursts of
-out-of-distribution ones (digits, noise, textures) and the odd broken message; then runs the daemon
-and prints a live line per batch. Ctrl-C stops everything it started.
+out-of-distribution ones (digits, noise, textures) and the odd broken message; then runs one scoring
+pipeline in this process, serves the web app beside it (a demo's load does not need the processes of
+`ood-monitor run`) and prints a live line per batch. Ctrl-C stops everything it started.
 `ood-monitor demo --offline` scores the bundled samples in this process instead (no broker).
 """
 
@@ -185,8 +186,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     for name, level in (("", logging.WARNING), ("alembic", logging.WARNING), ("kafka", logging.ERROR)):
         logging.getLogger(name).setLevel(level)
-    from monitor.stream.daemon import Daemon
     from monitor.outbound.kafka import make_producer
+    from monitor.service.http import HttpServer, build_http_app
+    from monitor.stream.daemon import Daemon
     from monitor.stream.tansu import TansuBroker, free_port, port_open
 
     data_dir = Path(args.data_dir)
@@ -200,6 +202,7 @@ def run_demo(args: argparse.Namespace) -> int:
     stop = threading.Event()
     daemon = None
     producer = None
+    http = None
     try:
         from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -226,13 +229,14 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"ood-monitor demo: {daemon.classifier.name} on {daemon.scorer.device}; threshold "
               f"{settings.stream.indicator} > {threshold:.2f} (flags ~{FLAG_SHARE:.0%} of {len(held_out)} held-out "
               f"Fashion-MNIST images)")
-        if daemon.http is not None:
-            where = f"http://127.0.0.1:{daemon.http.port}/"
-            if daemon.web_app_included:
-                login = " (user demo, password demo)" if password_hash else ""
-                print(f"ood-monitor demo: operator pages at {where}{login}; metrics at {where}metrics")
-            else:
-                print(f"ood-monitor demo: probes at {where}healthz and {where}metrics")
+        app, web_app_included = build_http_app(daemon.state, settings, daemon.store, consumer_lag=daemon.state.lag)
+        http = HttpServer(app, settings.web.host, settings.web.port).start()
+        where = f"http://127.0.0.1:{http.port}/"
+        if web_app_included:
+            login = " (user demo, password demo)" if password_hash else ""
+            print(f"ood-monitor demo: operator pages at {where}{login}; metrics at {where}metrics")
+        else:
+            print(f"ood-monitor demo: probes at {where}healthz and {where}metrics")
         print(f"ood-monitor demo: streaming to topic {DEMO_TOPIC} on {broker.bootstrap}: Fashion-MNIST images "
               f"at {args.rate:g}/s, a burst of out-of-distribution ones every {args.burst_every:g} s. "
               "Ctrl-C stops.\n", flush=True)
@@ -264,4 +268,6 @@ def run_demo(args: argparse.Namespace) -> int:
             daemon.close()
         if producer is not None:
             producer.close(timeout=5)
+        if http is not None:
+            http.stop()
         broker.stop()

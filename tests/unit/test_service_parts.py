@@ -1,0 +1,89 @@
+"""The composition of the roles: which package may import which, and how the supervisor sums what
+its children report."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor.service.status import Retired, merge_families
+from monitor.stream.operability import StreamMetrics
+
+PACKAGE = Path(__file__).resolve().parents[2] / "monitor"
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    """module file -> the monitor.* modules it imports (at any depth: lazy imports count too)."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((PACKAGE / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        found[str(path.relative_to(PACKAGE.parent))] = {name for name in names if name.startswith("monitor.")}
+    return found
+
+
+@pytest.mark.parametrize(("package", "forbidden"), [
+    ("stream", ("monitor.web", "monitor.jobs", "monitor.service")),
+    ("jobs", ("monitor.stream", "monitor.web", "monitor.service")),
+    ("web", ("monitor.stream", "monitor.jobs", "monitor.service")),
+    ("outbound", ("monitor.stream", "monitor.jobs", "monitor.web", "monitor.service")),
+])
+def test_the_parts_below_the_composition_do_not_import_each_other(package, forbidden):
+    # One composition place (monitor.service) wires stream, jobs and web; the Kafka producer and
+    # the webhook that stream and jobs both publish with sit below them (monitor.outbound).
+    offending = {module: sorted(name for name in names if name.startswith(forbidden))
+                 for module, names in _imports(package).items()}
+    assert not {module: names for module, names in offending.items() if names}
+
+
+class _Batch:
+    def __init__(self, images: int, flagged: int, rejected: int = 0):
+        self.images = [None] * images
+        self.items = [None] * (images + rejected)
+        self.flagged = np.array([True] * flagged + [False] * (images - flagged))
+        self.rejected = [type("R", (), {"reject_reason": "corrupt"})()] * rejected
+        self.opened_at = 0.0
+        self.score_seconds = 0.01
+        self.threshold = None
+
+
+def _value(families, sample_name, **labels):
+    for family in families:
+        for sample in family.samples:
+            if sample.name == sample_name and sample.labels == labels:
+                return sample.value
+    raise KeyError(sample_name)
+
+
+def test_worker_metrics_are_summed_and_a_replaced_worker_keeps_its_counts():
+    first, second = StreamMetrics(), StreamMetrics()
+    first.observe_batch(_Batch(8, 2, rejected=1), replays=0, now=1.0)
+    second.observe_batch(_Batch(4, 0), replays=3, now=1.0)
+    first.assigned_partitions.set(2)
+    second.assigned_partitions.set(1)
+    retired = Retired()
+    merged = merge_families([list(first.registry.collect()), list(second.registry.collect())], retired)
+    assert _value(merged, "ood_monitor_messages_total") == 13
+    assert _value(merged, "ood_monitor_images_scored_total") == 12
+    assert _value(merged, "ood_monitor_rejects_total", reason="corrupt") == 1
+    assert _value(merged, "ood_monitor_replayed_messages_total") == 3
+    assert _value(merged, "ood_monitor_batch_size_count") == 2
+    assert _value(merged, "ood_monitor_batch_size_bucket", le="8.0") == 1  # the 4-message batch only
+    assert _value(merged, "ood_monitor_assigned_partitions") == 3
+    assert _value(merged, "ood_monitor_flagged_share") == pytest.approx((2 / 8 + 0) / 2)
+    # The first worker dies; its replacement starts from zero: the totals never go down.
+    retired.add(list(first.registry.collect()))
+    replacement = StreamMetrics()
+    replacement.observe_batch(_Batch(2, 1), replays=0, now=1.0)
+    merged = merge_families([list(second.registry.collect()), list(replacement.registry.collect())], retired)
+    assert _value(merged, "ood_monitor_messages_total") == 9 + 4 + 2
+    assert _value(merged, "ood_monitor_images_flagged_total") == 3
+    assert _value(merged, "ood_monitor_assigned_partitions") == 1  # gauges: live workers only
+    assert not any(sample.name.endswith("_created") for family in merged for sample in family.samples)
