@@ -79,10 +79,11 @@ def build_http_app(probes: Probes, settings: Any = None, store: Any = None,
 class HttpServer:
     """uvicorn on a background thread; `stop()` shuts it down."""
 
-    def __init__(self, app: Any, host: str, port: int, *, proxy_headers: bool = False):
+    def __init__(self, app: Any, host: str, port: int, *, proxy_headers: bool = False, log_level: str = "warning",
+                 access_log: bool = False):
         import uvicorn
 
-        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
                                      lifespan="off", proxy_headers=proxy_headers)
         self.server = uvicorn.Server(self.config)
         self.server.install_signal_handlers = lambda: None  # the process's owner handles SIGTERM/SIGINT

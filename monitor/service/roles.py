@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +75,26 @@ def web_command(args: argparse.Namespace) -> int:
         from monitor.web.cli import hash_password_command
 
         return hash_password_command(args)
-    import uvicorn
-
     from monitor.preflight import preflight
     from monitor.service.database import open_store
-    from monitor.service.http import build_http_app
+    from monitor.service.http import HttpServer, build_http_app
 
     settings = preflight(args.config, database=True)
     host = args.host or settings.web.host
     port = settings.web.port if args.port is None else args.port
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     store = open_store(settings)
     try:
         app, _ = build_http_app(WebProbes(store), settings, store)
-        print(f"ood-monitor web: serving on http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr)
-        uvicorn.run(app, host=host, port=port, log_level=settings.logging.level.lower(), proxy_headers=True)
+        http = HttpServer(app, host, port, proxy_headers=True, log_level=settings.logging.level.lower(),
+                          access_log=True).start()
+        print(f"ood-monitor web: serving on http://{host}:{http.port}/ (Ctrl-C to stop)", file=sys.stderr)
+        try:
+            stop.wait()
+        finally:
+            http.stop()
     finally:
         store.close()
     return 0

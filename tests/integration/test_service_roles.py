@@ -149,8 +149,9 @@ def test_production_roles_each_serve_their_probes_after_one_db_upgrade(tansu, tm
                     text := httpx.get(f"http://127.0.0.1:{ports['scheduler']}/metrics").text) and text,
                 30, "a retention run counted by the scheduler")
             assert "ood_monitor_images_scored_total" not in scheduler_metrics
-            scoring_metrics = httpx.get(f"http://127.0.0.1:{ports['scoring']}/metrics").text
-            assert _metric(scoring_metrics, "ood_monitor_images_scored_total") == 20
+            # The workers report to their supervisor twice a second: the sum catches up with the store.
+            wait_until(lambda: _metric(httpx.get(f"http://127.0.0.1:{ports['scoring']}/metrics").text,
+                                       "ood_monitor_images_scored_total") == 20, 10, "20 images in /metrics")
             for name, process in processes.items():
                 process.send_signal(signal.SIGTERM)
             for name, process in processes.items():
