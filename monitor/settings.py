@@ -233,8 +233,8 @@ class WebSettings:
 
 @dataclass
 class JobsSettings:
-    enabled: bool = setting(True, "Run the scheduled jobs inside `ood-monitor run` (one leader per "
-                                  "database).")
+    enabled: bool = setting(True, "Run the scheduled jobs in a process of the all-in-one `ood-monitor run` "
+                                  "(one leader per database); `ood-monitor scheduler` always runs them.")
     refit_every_s: int = setting(3600, "Seconds between threshold re-fits (0: never on schedule; "
                                        "`ood-monitor refit` still works).", minimum=0)
     refit_method: str = setting("two-means", "How the threshold is fitted: 'proportion' (flag the expected "
