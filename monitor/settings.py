@@ -150,7 +150,9 @@ class StreamSettings:
     batch_size: int = setting(64, "Images scored together (one forward pass).", minimum=1, maximum=65536)
     max_batch_wait_ms: int = setting(200, "Longest time a partial batch waits for more images before it is "
                                           "scored anyway.", minimum=0, maximum=600000)
-    decode_threads: int = setting(2, "Threads decoding images while the model scores.", minimum=1, maximum=64)
+    decode_threads: int = setting(2, "Threads decoding images while the model scores; 0 runs every step of a "
+                                     "worker on one thread, one after the other (no Python thread beside the "
+                                     "Scorer; run several workers instead).", minimum=0, maximum=64)
     indicator: str = setting("1C-Sum", "The indicator compared with the threshold to flag a sample.",
                              choices=INDICATORS)
     default_threshold: float | None = setting(None, "Threshold used until one is fitted and stored; none "

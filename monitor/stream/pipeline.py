@@ -20,6 +20,7 @@ from monitor.stream.steps import (
     CommitStep,
     Decoded,
     DecodeStep,
+    InlineStep,
     JudgeStep,
     Producer,
     PublishStep,
@@ -169,7 +170,8 @@ def build_pipeline(parts: PipelineParts, shutdown: Shutdown,
                    observers: Sequence[Callable[[Batch], None]] = ()) -> Step:
     """decode (thread pool) -> batch -> [score on a worker thread] -> judge -> [store -> publish on
     a worker thread] -> commit; the head step. Results move between threads in order, and every
-    commit happens on the caller's (the consumer's) thread."""
+    commit happens on the caller's (the consumer's) thread. With `decode_threads = 0` every step
+    runs on the caller's thread, one after the other."""
     commit = CommitStep(parts.commit, observers)
     publish = PublishStep(commit, parts.producer, dead_letter_topic=parts.dead_letter_topic,
                           alerts_topic=parts.alerts_topic, group_id=parts.group_id, model_name=parts.model_name,
@@ -179,10 +181,14 @@ def build_pipeline(parts: PipelineParts, shutdown: Shutdown,
                       keep_image_share=parts.keep_image_share, shutdown=shutdown,
                       retry_initial_s=parts.retry_initial_s, retry_max_s=parts.retry_max_s,
                       on_failure=parts.on_store_failure)
-    background = WorkerStep(commit, lambda batch: publish.process(store.process(batch)))
+    threaded = parts.decode_threads > 0
+    background = (WorkerStep if threaded else InlineStep)(commit, lambda batch: publish.process(store.process(batch)))
     judge = JudgeStep(background, parts.current_threshold, parts.indicator)
-    # Scoring on its own thread: the consumer thread keeps polling, parsing and handing messages
-    # to the decoders while the model works (torch and the compiled kernels release the GIL).
-    scoring = WorkerStep(judge, ScoreStep(judge, parts.scorer).process, name="score")
+    # Threaded, scoring runs on its own thread: the consumer thread keeps polling, parsing and handing
+    # messages to the decoders while the model works (torch and the compiled kernels release the GIL).
+    score = ScoreStep(judge, parts.scorer).process
+    scoring = WorkerStep(judge, score, name="score") if threaded else InlineStep(judge, score)
     batch = BatchStep(scoring, parts.batch_size, parts.max_batch_wait_s)
+    if not threaded:
+        return InlineStep(batch, parts.decode)
     return DecodeStep(batch, parts.decode, parts.decode_threads, max_pending=max(2 * parts.batch_size, 16))

@@ -561,6 +561,18 @@ class PublishStep(ForwardStep):
         self.next_step.submit(self.process(batch))
 
 
+class InlineStep(ForwardStep):
+    """Run `work(item)` on the caller's thread and hand the result on: the chain of a worker that
+    keeps every step on one thread (no Python thread beside the Scorer, see docs/daemon.md)."""
+
+    def __init__(self, next_step: Step, work: Callable[[Any], Any]):
+        self.next_step = next_step
+        self.work = work
+
+    def submit(self, item: Any) -> None:
+        self.next_step.submit(self.work(item))
+
+
 class WorkerStep(OrderedPoolStep):
     """Run `work(batch)` on one worker thread while the chain before it goes on (messages are
     consumed, decoded and scored meanwhile); results move on in order, on the caller's thread.

@@ -33,7 +33,8 @@ def store(tmp_path):
 class Harness:
     """A pipeline over the local broker; `drain()` consumes everything there is, then joins."""
 
-    def __init__(self, scorer, store, *, batch_size=4, write=None, threshold_refresh_s=0.0, partitions=2):
+    def __init__(self, scorer, store, *, batch_size=4, write=None, threshold_refresh_s=0.0, partitions=2,
+                 decode_threads=2):
         self.broker = LocalBroker(default_partitions=partitions)
         self.broker.create_topic(TOPIC, partitions)
         self.store = store
@@ -57,7 +58,7 @@ class Harness:
             decode=image_decoder(INPUT_SHAPE, ImageLimits(max_bytes=2000)), scorer=ScorerAdapter(scorer),
             current_threshold=self.thresholds, write=counting_write, producer=LocalProducer(self.broker),
             commit=commit, model_id=self.model.id, model_name="tiny", indicator="1C-Sum", dead_letter_topic=DLQ,
-            alerts_topic=ALERTS, group_id=GROUP, batch_size=batch_size, max_batch_wait_s=60.0, decode_threads=2,
+            alerts_topic=ALERTS, group_id=GROUP, batch_size=batch_size, max_batch_wait_s=60.0, decode_threads=decode_threads,
             retry_initial_s=0.0, retry_max_s=0.0)
         self.head = build_pipeline(self.parts, self.shutdown, [self.batches.append])
 
@@ -86,8 +87,9 @@ def _count(store, table):
         return connection.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
 
 
-def test_every_message_ends_as_one_score_row_or_one_reject_row_with_a_dead_letter(scorer, store):
-    harness = Harness(scorer, store)
+@pytest.mark.parametrize("decode_threads", [2, 0], ids=["threads", "one-thread"])
+def test_every_message_ends_as_one_score_row_or_one_reject_row_with_a_dead_letter(scorer, store, decode_threads):
+    harness = Harness(scorer, store, decode_threads=decode_threads)
     messages = corpus()
     for name, (value, _reason) in messages.items():
         harness.send(value, key=name)
@@ -134,7 +136,8 @@ def test_replay_after_a_crash_stores_nothing_twice(scorer, store):
     assert sum(b.write_result.samples_duplicate + b.write_result.rejects_duplicate for b in harness.batches[-3:]) > 0
 
 
-def test_database_outage_is_retried_and_nothing_is_committed_until_stored(scorer, store):
+@pytest.mark.parametrize("decode_threads", [2, 0], ids=["threads", "one-thread"])
+def test_database_outage_is_retried_and_nothing_is_committed_until_stored(scorer, store, decode_threads):
     failures = {"left": 3}
     commits_while_down: list[int] = []
     harness = None
@@ -146,7 +149,7 @@ def test_database_outage_is_retried_and_nothing_is_committed_until_stored(scorer
             raise OperationalError("INSERT", {}, Exception("database is down"))
         return store.write(samples=samples, rejects=rejects)
 
-    harness = Harness(scorer, store, write=flaky_write, batch_size=8)
+    harness = Harness(scorer, store, decode_threads=decode_threads, write=flaky_write, batch_size=8)
     for seed in range(5):
         harness.send(png(seed=seed), key=f"s{seed}")
     harness.drain()
@@ -157,12 +160,13 @@ def test_database_outage_is_retried_and_nothing_is_committed_until_stored(scorer
     assert sum(offset for commit in harness.commits for offset in commit.values()) == 5
 
 
-def test_shutdown_abandons_a_batch_that_cannot_be_stored_and_commits_nothing(scorer, store):
+@pytest.mark.parametrize("decode_threads", [2, 0], ids=["threads", "one-thread"])
+def test_shutdown_abandons_a_batch_that_cannot_be_stored_and_commits_nothing(scorer, store, decode_threads):
     def down(samples, rejects):
         harness.shutdown.abandon_now()  # SIGTERM twice while the database is down
         raise OperationalError("INSERT", {}, Exception("database is down"))
 
-    harness = Harness(scorer, store, write=down)
+    harness = Harness(scorer, store, decode_threads=decode_threads, write=down)
     harness.send(png(seed=1), key="a")
     with pytest.raises(BatchAbandoned):
         harness.drain()
@@ -286,6 +290,19 @@ def test_closing_the_head_of_the_chain_stops_every_worker_thread(scorer, store):
     harness.head.close()
 
     assert not [thread.name for thread in workers if thread.is_alive()], "a step's pool outlived close()"
+
+
+def test_the_one_thread_chain_runs_every_step_on_the_callers_thread(scorer, store):
+    # decode_threads = 0: no Python thread of the pipeline's runs beside the Scorer (docs/daemon.md).
+    import threading
+
+    before = set(threading.enumerate())
+    harness = Harness(scorer, store, batch_size=2, decode_threads=0)
+    for key in ("a", "b", "c"):
+        harness.send(png(seed=len(key)), key=key)
+    harness.drain()
+    assert set(threading.enumerate()) - before == set()
+    assert _count(store, "samples") == 3 and sum(o or 0 for o in harness.committed().values()) == 3
 
 
 def test_any_key_becomes_a_storable_sample_id_and_the_batch_goes_through(scorer, store):
