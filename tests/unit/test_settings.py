@@ -91,7 +91,7 @@ def test_unknown_section_and_unknown_environment_key():
     ({"stream": {"batch_size": 2.5}}, "[stream] batch_size: expected an integer, got 2.5"),
     ({"model": {"odin": "true"}}, "[model] odin: expected a boolean (true/false), got 'true'"),
     ({"kafka": {"topics": [1, 2]}}, "[kafka] topics: expected a list of strings, got [1, 2]"),
-    ({"stream": {"decode_threads": 0}}, "[stream] decode_threads: 0 is below the minimum 1"),
+    ({"stream": {"decode_threads": -1}}, "[stream] decode_threads: -1 is below the minimum 0"),
     ({"store": {"keep_image_share": 1.5}}, "[store] keep_image_share: 1.5 is above the maximum 1.0"),
     ({"model": {"device": "gpu"}}, "[model] device: 'gpu' is not one of auto, cpu, cuda"),
     ({"stream": {"indicator": "ang++"}}, "[stream] indicator: 'ang++' is not one of MP, H"),
