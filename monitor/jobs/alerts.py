@@ -10,36 +10,35 @@ Payload schemas: docs/jobs.md.
 from __future__ import annotations
 
 import logging
-import math
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any, Protocol
+
+from monitor.clock import iso_utc, utc_now
+from monitor.store.payloads import (
+    ALERT_KINDS,
+    ALERT_PAYLOADS,
+    COMMON_ALERT_FIELDS,
+    AlertDocument,
+    AlertPayload,
+    DriftAlert,
+    JobFailedAlert,
+    OodRateAlert,
+    ThresholdChangedAlert,
+)
 
 log = logging.getLogger(__name__)
 
-THRESHOLD_CHANGED = "threshold_changed"
-OOD_RATE = "ood_rate"
-DRIFT = "drift"
-JOB_FAILED = "job_failed"
-ALERT_KINDS = (THRESHOLD_CHANGED, OOD_RATE, DRIFT, JOB_FAILED)
-SCHEMA_VERSION = 1
+THRESHOLD_CHANGED = ThresholdChangedAlert.KIND
+OOD_RATE = OodRateAlert.KIND
+DRIFT = DriftAlert.KIND
+JOB_FAILED = JobFailedAlert.KIND
 
 # Unpublished alerts younger than this may still be in flight in another job: left alone.
 REDELIVERY_AFTER = timedelta(seconds=60)
 
-COMMON_FIELDS = ("schema_version", "kind", "created_at", "alert_id")
-"""Keys of every job alert document (alert_id is null only when the database was unreachable)."""
-
-PAYLOAD_FIELDS: dict[str, tuple[str, ...]] = {
-    THRESHOLD_CHANGED: ("model_id", "indicator", "threshold_id", "value", "method", "parameters",
-                        "previous_threshold_id", "previous_value", "window", "counts", "summary_weights_id",
-                        "explanation"),
-    OOD_RATE: ("state", "model_id", "episode_started_at", "window", "samples", "flagged", "observed_share",
-               "expected_share", "p_value", "alpha", "test"),
-    DRIFT: ("report_id", "model_id", "period", "reference", "drifted", "test", "correction", "alpha",
-            "min_effect", "file_path"),
-    JOB_FAILED: ("job", "run_id", "error", "started_at", "failed_at", "runner"),
-}
-"""The keys each kind adds (docs/jobs.md describes them); a test holds the jobs to this list."""
+COMMON_FIELDS = COMMON_ALERT_FIELDS
+PAYLOAD_FIELDS: dict[str, tuple[str, ...]] = {kind: cls.keys() for kind, cls in ALERT_PAYLOADS.items()}
+"""The keys each kind adds (docs/jobs.md describes them): the fields of its payload class."""
 
 
 class AlertPublisher(Protocol):
@@ -53,21 +52,6 @@ class NoPublisher:
         log.info("alert %s (no publisher configured): %s", kind, payload)
 
 
-def utc_iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def json_number(value: float | None) -> float | None:
-    """JSON has no NaN or infinity: those become null."""
-    if value is None or not math.isfinite(float(value)):
-        return None
-    return float(value)
-
-
 class AlertSink:
     """Store the alert as a row, then publish it; a row that could not be published keeps
     `published_at` unset. If the database itself is down, the alert is still published."""
@@ -76,18 +60,19 @@ class AlertSink:
         self.store = store
         self.publisher = publisher or NoPublisher()
 
-    def raise_alert(self, kind: str, payload: dict[str, Any]) -> int | None:
-        if kind not in ALERT_KINDS:
-            raise ValueError(f"unknown alert kind {kind!r}; expected one of {', '.join(ALERT_KINDS)}")
-        created_at = datetime.now(timezone.utc)
-        document = {"schema_version": SCHEMA_VERSION, "kind": kind, "created_at": utc_iso(created_at), **payload}
+    def raise_alert(self, payload: AlertPayload) -> int | None:
+        if not isinstance(payload, AlertPayload) or payload.KIND not in ALERT_KINDS:
+            raise TypeError(f"expected one of the alert payload classes, got {type(payload).__name__}")
+        created_at = utc_now()
+        document = AlertDocument(payload, iso_utc(created_at))
+        kind = document.kind
         try:
-            alert_id: int | None = self.store.add_alert(kind, document, created_at=created_at).id
+            alert_id: int | None = self.store.add_alert(document, created_at=created_at).id
         except Exception as error:  # noqa: BLE001 - the database is down: publishing still tells operators
             log.error("alert %s could not be stored (%s); publishing it anyway", kind, error)
             alert_id = None
         try:
-            self.publisher.publish_alert(kind, {**document, "alert_id": alert_id})
+            self.publisher.publish_alert(kind, document.published(alert_id))
         except Exception as error:  # noqa: BLE001 - a dead broker must not fail the job; the row stays unpublished
             log.error("alert %s #%s stored but not published: %s", kind, alert_id, error)
             return alert_id
@@ -102,7 +87,7 @@ class AlertSink:
             if row.kind not in ALERT_KINDS or row.created_at > now - REDELIVERY_AFTER:
                 continue
             try:
-                self.publisher.publish_alert(row.kind, {**row.payload, "alert_id": row.id})
+                self.publisher.publish_alert(row.kind, row.payload.published(row.id))
             except Exception as error:  # noqa: BLE001 - still unreachable: try again at the next run
                 log.warning("alert redelivery stopped, %s #%d still unpublished: %s", row.kind, row.id, error)
                 break

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from monitor.errors import InputError, MonitorError
-from monitor.jobs.alerts import AlertSink, utc_iso
+from monitor.clock import iso_utc
+from monitor.jobs.alerts import AlertSink
 from monitor.jobs.scheduler import JobContext, check_jobs_settings, run_job
 from monitor.outbound.alerts import alerts_publisher
 
@@ -77,7 +78,7 @@ def run_report_command(args: argparse.Namespace) -> int:
     else:
         since = until - timedelta(hours=settings.jobs.report_every_hours or 24.0)
     if not since < until:
-        raise InputError(f"--since: {utc_iso(since)} is not before --until {utc_iso(until)}")
+        raise InputError(f"--since: {iso_utc(since)} is not before --until {iso_utc(until)}")
     if args.output_dir:
         settings.jobs.report_dir = args.output_dir
     publisher = alerts_publisher(settings)

@@ -11,20 +11,21 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from monitor.clock import iso_utc as iso_utc
 from monitor.errors import InputError, MonitorError
 from monitor.jobs import queries
-from monitor.jobs.alerts import DRIFT, json_number, utc_iso
 from monitor.jobs.scheduler import JobContext, JobOutcome, latest_fire_time
 from monitor.names import INDICATORS
 from monitor.reports.drift import compare_indicators
 from monitor.reports.render import OodSample, ReportContent, ThresholdPoint, VolumeBin, render_report
+from monitor.store.payloads import DriftAlert, DriftTest, ReportSummary, Window
 from monitor.store.records import ReportRow
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,14 @@ def make_report(context: JobContext, start: datetime, end: datetime) -> ReportRe
     if start.tzinfo is None or end.tzinfo is None:
         raise InputError("report period: start and end must be timezone-aware (UTC)")
     if not start < end:
-        raise InputError(f"report period: start {utc_iso(start)} is not before end {utc_iso(end)}")
+        raise InputError(f"report period: start {iso_utc(start)} is not before end {iso_utc(end)}")
     jobs = context.settings.jobs
     store = context.store
     indicator = context.settings.stream.indicator
     directory = _report_directory(Path(jobs.report_dir))
     model_id = queries.latest_model_id(store, until=end)
     if model_id is None:
-        return ReportResult(None, None, [], f"no scored samples before {utc_iso(end)}: no report")
+        return ReportResult(None, None, [], f"no scored samples before {iso_utc(end)}: no report")
     reference_start = start - timedelta(hours=jobs.reference_hours)
     steps = tqdm(total=4, desc="report data", unit="query", disable=not context.progress)
     bins = _volume(store, model_id, start, end)
@@ -105,8 +106,8 @@ def make_report(context: JobContext, start: datetime, end: datetime) -> ReportRe
         reference_values={name: reference.values[name] for name in present},
         drift=drift,
         thresholds=[ThresholdPoint(row.created_at, row.indicator, row.method, row.value,
-                                   int(row.counts.get("n", 0)),
-                                   int(row.counts.get("n_labelled_ood", 0)) + int(row.counts.get("n_labelled_id", 0)))
+                                   row.counts.n if row.counts else 0,
+                                   row.counts.n_labelled_ood + row.counts.n_labelled_id if row.counts else 0)
                     for row in history],
         label_counts=labels,
         top_ood=[OodSample(str(sample.sample_key), sample.score, sample.scored_at, sample.label, sample.image)
@@ -116,43 +117,28 @@ def make_report(context: JobContext, start: datetime, end: datetime) -> ReportRe
     html = render_report(content, progress=context.progress)
     path = _write(directory, start, end, html)
     drifted = [entry for entry in drift if entry.drifted]
-    summary = {
-        "model_id": model_id,
-        "indicator": indicator,
-        "samples": content.total,
-        "flagged": content.flagged,
-        "reference": {"start": utc_iso(reference_start), "end": utc_iso(start),
-                      "samples": reference_total},
-        "labels": labels,
-        "drifted": [entry.indicator for entry in drifted],
-        "tests": [{"indicator": entry.indicator, "statistic": json_number(entry.statistic),
-                   "p_value": json_number(entry.p_value), "adjusted_p_value": json_number(entry.adjusted_p_value),
-                   "drifted": entry.drifted} for entry in drift],
-        "correction": "holm",
-        "alpha": jobs.drift_alpha,
-        "min_effect": jobs.drift_min_effect,
-    }
+    tests = tuple(DriftTest(indicator=entry.indicator, statistic=entry.statistic, p_value=entry.p_value,
+                            adjusted_p_value=entry.adjusted_p_value, drifted=entry.drifted) for entry in drift)
+    summary = ReportSummary(
+        model_id=model_id, indicator=indicator, samples=content.total, flagged=content.flagged,
+        reference=Window(start=iso_utc(reference_start), end=iso_utc(start), samples=reference_total),
+        labels=labels, drifted=tuple(entry.indicator for entry in drifted), tests=tests,
+        correction="holm", alpha=jobs.drift_alpha, min_effect=jobs.drift_min_effect,
+    )
     row = store.add_report(start, end, summary, str(path))
     if drifted:
-        context.alerts.raise_alert(DRIFT, {
-            "report_id": row.id,
-            "model_id": model_id,
-            "period": {"start": utc_iso(start), "end": utc_iso(end)},
-            "reference": {"start": utc_iso(reference_start), "end": utc_iso(start)},
-            "drifted": [{"indicator": entry.indicator, "statistic": json_number(entry.statistic),
-                         "p_value": json_number(entry.p_value),
-                         "adjusted_p_value": json_number(entry.adjusted_p_value)} for entry in drifted],
-            "test": "two-sample Kolmogorov-Smirnov",
-            "correction": "holm",
-            "alpha": jobs.drift_alpha,
-            "min_effect": jobs.drift_min_effect,
-            "file_path": str(path),
-        })
+        context.alerts.raise_alert(DriftAlert(
+            report_id=row.id, model_id=model_id, period=Window(start=iso_utc(start), end=iso_utc(end)),
+            reference=Window(start=iso_utc(reference_start), end=iso_utc(start)),
+            drifted=tuple(replace(test, drifted=None) for test in tests if test.drifted),
+            test="two-sample Kolmogorov-Smirnov", correction="holm", alpha=jobs.drift_alpha,
+            min_effect=jobs.drift_min_effect, file_path=str(path),
+        ))
     message = (f"report #{row.id} {path}: {content.total} samples, "
-               + (f"drift in {', '.join(summary['drifted'])}" if drifted
+               + (f"drift in {', '.join(summary.drifted)}" if drifted
                   else f"nothing compared: {content.not_compared_reason}" if not content.compared
                   else "no drift"))
-    return ReportResult(row, path, summary["drifted"], message)
+    return ReportResult(row, path, list(summary.drifted), message)
 
 
 def drift_report_job(context: JobContext) -> JobOutcome:
@@ -160,7 +146,7 @@ def drift_report_job(context: JobContext) -> JobOutcome:
     end = latest_fire_time(context.now(), period.total_seconds())
     start = end - period
     if any(row.period_start == start and row.period_end == end for row in context.store.list_reports(limit=20)):
-        return JobOutcome.skipped(f"the report of {utc_iso(start)} to {utc_iso(end)} exists already")
+        return JobOutcome.skipped(f"the report of {iso_utc(start)} to {iso_utc(end)} exists already")
     result = make_report(context, start, end)
     return JobOutcome.ok(result.message) if result.report else JobOutcome.skipped(result.message)
 

@@ -16,7 +16,8 @@ from sqlalchemy import Engine, Integer, cast, func, select
 from sqlalchemy.orm import Session
 
 from monitor.store.engine import WRITE_OPTION
-from monitor.store.models import INDICATOR_COLUMNS, Alert, JobRun, Label, Sample, SampleImage
+from monitor.store.models import INDICATOR_COLUMNS, Alert, JobRun, Sample, SampleImage, current_labels
+from monitor.store.payloads import OodRateAlert
 from monitor.store.records import LABEL_CODES, UNLABELLED, JobRunRow
 
 
@@ -65,14 +66,14 @@ def _run_row(run: JobRun) -> JobRunRow:
 # --- alerts --------------------------------------------------------------------------------------
 
 
-def latest_alert_payload(store: Any, kind: str, **payload_matches: Any) -> dict[str, Any] | None:
-    """Payload of the newest alert of `kind` whose payload has these key/values (checked in Python:
-    JSON operators differ between SQLite and PostgreSQL; the scan stops at the first match)."""
+def latest_rate_alert(store: Any, model_id: int) -> OodRateAlert | None:
+    """The newest ood_rate alert of a model (its episode's state). The model is matched in Python:
+    JSON operators differ between SQLite and PostgreSQL; the scan stops at the first match."""
     with _reading(store) as session:
-        query = select(Alert).where(Alert.kind == kind).order_by(Alert.id.desc())
-        for alert in session.scalars(query.execution_options(yield_per=200)):
-            if all(alert.payload.get(key) == value for key, value in payload_matches.items()):
-                return {**alert.payload, "alert_id": alert.id}
+        query = select(Alert.payload).where(Alert.kind == OodRateAlert.KIND).order_by(Alert.id.desc())
+        for document in session.scalars(query.execution_options(yield_per=200)):
+            if document.payload.model_id == model_id:
+                return document.payload
     return None
 
 
@@ -114,13 +115,6 @@ def latest_model_id(store: Any, until: datetime | None = None) -> int | None:
         return session.scalar(query)
 
 
-def _current_label_subquery():
-    latest = (select(Label.sample_id, func.max(Label.id).label("label_id"))
-              .group_by(Label.sample_id).subquery("latest_label"))
-    return (select(Label.sample_id, Label.label)
-            .join(latest, Label.id == latest.c.label_id).subquery("current_label"))
-
-
 @dataclass(frozen=True)
 class IndicatorWindow:
     """Indicator values of a window (oldest first), with current labels (1 OOD, 0 ID, -1 none)."""
@@ -141,7 +135,7 @@ def indicator_window(store: Any, model_id: int, indicators: list[str], *, start:
     `labelled_only` keeps the samples with a label. `max_rows` bounds memory on busy streams:
     above it, an even subsample (every k-th sample id) is read, which keeps the distributions.
     """
-    current = _current_label_subquery()
+    current = current_labels()
     columns = [INDICATOR_COLUMNS[name] for name in indicators]
     conditions = [Sample.model_id == model_id, Sample.scored_at >= start, Sample.scored_at < end]
     if labelled_only:
@@ -170,7 +164,7 @@ def indicator_window(store: Any, model_id: int, indicators: list[str], *, start:
 
 def label_counts(store: Any, model_id: int, start: datetime, end: datetime) -> dict[str, int]:
     """Samples of a model scored in [start, end) by current label: ID, OOD, unlabelled."""
-    current = _current_label_subquery()
+    current = current_labels()
     with _reading(store) as session:
         rows = session.execute(
             select(current.c.label, func.count())
@@ -200,7 +194,7 @@ def top_scored_samples(store: Any, model_id: int, indicator: str, start: datetim
     if limit <= 0:
         return []
     column = INDICATOR_COLUMNS[indicator]
-    current = _current_label_subquery()
+    current = current_labels()
     with _reading(store) as session:
         rows = session.execute(
             select(Sample.id, Sample.sample_key, column, Sample.scored_at, current.c.label, SampleImage.data)

@@ -17,8 +17,9 @@ from datetime import timedelta
 from scipy.stats import binomtest
 
 from monitor.jobs import queries
-from monitor.jobs.alerts import OOD_RATE, utc_iso
+from monitor.clock import iso_utc
 from monitor.jobs.scheduler import JobContext, JobOutcome
+from monitor.store.payloads import OodRateAlert, Window
 
 log = logging.getLogger(__name__)
 
@@ -51,27 +52,23 @@ def check_rates(context: JobContext) -> list[RateCheck]:
         if count.total >= jobs.rate_min_samples:
             p_value = float(binomtest(count.flagged, count.total, jobs.expected_share, alternative="greater").pvalue)
             significant = p_value < jobs.rate_alpha
-        episode = queries.latest_alert_payload(context.store, OOD_RATE, model_id=model_id)
-        is_open = episode is not None and episode.get("state") == OPEN
+        episode = queries.latest_rate_alert(context.store, model_id)
+        is_open = episode is not None and episode.state == OPEN
         transition = None
         if significant and not is_open:
             transition = OPEN
         elif is_open and not significant:
             transition = CLOSED
         if transition:
-            context.alerts.raise_alert(OOD_RATE, {
-                "state": transition,
-                "model_id": model_id,
-                "episode_started_at": utc_iso(end) if transition == OPEN else episode.get("episode_started_at"),
-                "window": {"start": utc_iso(start), "end": utc_iso(end), "seconds": jobs.rate_window_s},
-                "samples": count.total,
-                "flagged": count.flagged,
-                "observed_share": count.flagged / count.total if count.total else None,
-                "expected_share": jobs.expected_share,
-                "p_value": p_value,
-                "alpha": jobs.rate_alpha,
-                "test": "binomial, one-sided (greater)",
-            })
+            context.alerts.raise_alert(OodRateAlert(
+                state=transition, model_id=model_id,
+                episode_started_at=iso_utc(end) if transition == OPEN else episode.episode_started_at,
+                window=Window(start=iso_utc(start), end=iso_utc(end), seconds=jobs.rate_window_s),
+                samples=count.total, flagged=count.flagged,
+                observed_share=count.flagged / count.total if count.total else None,
+                expected_share=jobs.expected_share, p_value=p_value, alpha=jobs.rate_alpha,
+                test="binomial, one-sided (greater)",
+            ))
             log.warning("OOD rate episode %s for model %d: %d of %d flagged (expected %.2g%%), p=%s",
                         transition, model_id, count.flagged, count.total, 100 * jobs.expected_share, p_value)
         checks.append(RateCheck(model_id, count.total, count.flagged, p_value, significant, transition))
@@ -81,8 +78,8 @@ def check_rates(context: JobContext) -> list[RateCheck]:
 def _models_with_open_episode(context: JobContext) -> list[int]:
     models = []
     for model in context.store.list_models():
-        episode = queries.latest_alert_payload(context.store, OOD_RATE, model_id=model.id)
-        if episode is not None and episode.get("state") == OPEN:
+        episode = queries.latest_rate_alert(context.store, model.id)
+        if episode is not None and episode.state == OPEN:
             models.append(model.id)
     return models
 

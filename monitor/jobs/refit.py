@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -23,9 +23,17 @@ import numpy as np
 
 from monitor.errors import MonitorError
 from monitor.jobs import queries
-from monitor.jobs.alerts import THRESHOLD_CHANGED, json_number, utc_iso
+from monitor.clock import iso_utc
 from monitor.jobs.scheduler import JobContext, JobOutcome
 from monitor.names import INDICATORS, SUMMARY, SUMMARY_MEMBERS_EXCLUDED
+from monitor.store.payloads import (
+    SummaryWeightsDocument,
+    ThresholdChangedAlert,
+    ThresholdCounts,
+    ThresholdParameters,
+    Window,
+    json_value,
+)
 from monitor.store.records import ThresholdRecord, ThresholdRow
 from monitor.thresholds import NotEnoughData, SummaryWeights, fit_summary_weights, fit_threshold
 
@@ -56,10 +64,10 @@ def method_parameters(jobs_settings: Any) -> dict[str, float]:
     return {}
 
 
-def window_description(jobs_settings: Any) -> dict[str, Any]:
+def window_description(jobs_settings: Any) -> Window:
     if jobs_settings.refit_window_hours is not None:
-        return {"hours": jobs_settings.refit_window_hours}
-    return {"last_samples": jobs_settings.refit_window_samples}
+        return Window(hours=jobs_settings.refit_window_hours)
+    return Window(last_samples=jobs_settings.refit_window_samples)
 
 
 def refit(context: JobContext, *, model_id: int | None = None, fitted_by: str | None = None) -> RefitResult:
@@ -92,36 +100,31 @@ def refit(context: JobContext, *, model_id: int | None = None, fitted_by: str | 
         unchanged = "; 1C-Sum weights unchanged with it" if reweighting.fitted is not None else ""
         return RefitResult(model_id, indicator, None, previous, f"{refusal}; {kept}{unchanged}")
 
-    parameters = {**fit.parameters, "window": window_description(jobs), "used_labels": fit.used_labels,
-                  "details": _json_ready(fit.details)}
+    method_parameters_used = ThresholdParameters.from_json(fit.parameters)
     weights_message, weights_id = reweighting.message, None
     if reweighting.fitted is not None:
-        stored = store.add_summary_weights(
-            model_id, {**_json_ready(reweighting.fitted.to_dict()), "members": reweighting.members})
+        stored = store.add_summary_weights(model_id, SummaryWeightsDocument.from_json(
+            {**json_value(reweighting.fitted.to_dict()), "members": list(reweighting.members)}))
         weights_id = stored.id
         weights_message = f"1C-Sum weights #{stored.id} {reweighting.fitted.reason}"
-        if indicator == SUMMARY:
-            parameters["summary_weights_id"] = weights_id
+    parameters = replace(method_parameters_used, window=window_description(jobs), used_labels=fit.used_labels,
+                         details=json_value(fit.details),
+                         summary_weights_id=weights_id if indicator == SUMMARY else None)
+    counts = ThresholdCounts.from_json(fit.counts())
     row = store.add_threshold(ThresholdRecord(
         model_id=model_id, indicator=indicator, method=fit.method, value=float(fit.threshold),
-        parameters=parameters, counts=fit.counts(), window_start=window.start, window_end=window.end,
+        parameters=parameters, counts=counts, window_start=window.start, window_end=window.end,
         fitted_by=fitted_by or f"scheduler {context.runner}",
     ), activate=True)
     if _changed(previous, row):
-        context.alerts.raise_alert(THRESHOLD_CHANGED, {
-            "model_id": model_id,
-            "indicator": indicator,
-            "threshold_id": row.id,
-            "value": row.value,
-            "method": row.method,
-            "parameters": _json_ready(fit.parameters),
-            "previous_threshold_id": previous.id if previous else None,
-            "previous_value": previous.value if previous else None,
-            "window": {"start": utc_iso(window.start), "end": utc_iso(window.end), **window_description(jobs)},
-            "counts": fit.counts(),
-            "summary_weights_id": weights_id,
-            "explanation": fit.explain(),
-        })
+        context.alerts.raise_alert(ThresholdChangedAlert(
+            model_id=model_id, indicator=indicator, threshold_id=row.id, value=row.value, method=row.method,
+            parameters=method_parameters_used,
+            previous_threshold_id=previous.id if previous else None,
+            previous_value=previous.value if previous else None,
+            window=replace(window_description(jobs), start=iso_utc(window.start), end=iso_utc(window.end)),
+            counts=counts, summary_weights_id=weights_id, explanation=fit.explain(),
+        ))
     message = f"threshold #{row.id}: {fit.explain()}"
     return RefitResult(model_id, indicator, row, previous, message, weights_message, weights_id)
 
@@ -166,10 +169,10 @@ def _fit_summary_weights(context: JobContext, model_id: int, window: Any) -> Rew
                            f"re-weighting needs {needed} of each")
     model = context.store.get_model(model_id)
     calibration = context.store.get_calibration(model.fingerprint) if model else None
-    if not calibration or "means" not in calibration:
+    if calibration is None:
         return Reweighting("1C-Sum weights unchanged: no noise calibration stored for the model's weights")
     members = tuple(name for name in INDICATORS
-                    if name in calibration["means"] and name not in SUMMARY_MEMBERS_EXCLUDED)
+                    if name in calibration.means and name not in SUMMARY_MEMBERS_EXCLUDED)
     rows = queries.indicator_window(context.store, model_id, list(members), start=window.start,
                                     end=window.end + timedelta(microseconds=1))
     in_window = np.isin(rows.sample_ids, window.sample_ids)
@@ -179,25 +182,10 @@ def _fit_summary_weights(context: JobContext, model_id: int, window: Any) -> Rew
         return Reweighting("1C-Sum weights unchanged: the labelled samples lack member indicator values")
     fitted = fit_summary_weights(
         {name: rows.values[name][labelled] for name in members}, rows.labels[labelled],
-        calibration["means"], calibration["stds"], min_per_class=needed,
+        calibration.means, calibration.stds, min_per_class=needed,
     )
     if not fitted.used_labels:
         return Reweighting(fitted.reason)
     summary = fitted.summary({name: rows.values[name][complete] for name in members},
-                             calibration["means"], calibration["stds"])
+                             calibration.means, calibration.stds)
     return Reweighting("", fitted, members, summary, rows.labels[complete])
-
-
-def _json_ready(value: Any) -> Any:
-    """numpy scalars and non-finite floats made JSON-safe, recursively."""
-    if isinstance(value, dict):
-        return {str(key): _json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(item) for item in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return json_number(float(value))
-    return value

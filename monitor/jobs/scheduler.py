@@ -30,7 +30,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from monitor.errors import MonitorError
 from monitor.jobs import queries
-from monitor.jobs.alerts import JOB_FAILED, AlertPublisher, AlertSink, utc_iso
+from monitor.clock import iso_utc
+from monitor.jobs.alerts import AlertPublisher, AlertSink
+from monitor.store.payloads import JobFailedAlert
 from monitor.jobs.leader import job_lock
 
 log = logging.getLogger(__name__)
@@ -128,7 +130,7 @@ def run_job(context: JobContext, name: str, *, scheduled_for: datetime | None = 
         for interrupted in queries.close_interrupted_runs(context.store, name, INTERRUPTED, context.now()):
             _alert_failure(context, name, interrupted.id, interrupted.started_at, INTERRUPTED)
         if scheduled_for is not None and queries.run_started_since(context.store, name, scheduled_for):
-            log.debug("job %s: the run due at %s was made by another process", name, utc_iso(scheduled_for))
+            log.debug("job %s: the run due at %s was made by another process", name, iso_utc(scheduled_for))
             return None
         started_at = context.now()
         run_id = context.store.start_job_run(name, started_at=started_at, runner=context.runner).id
@@ -160,14 +162,10 @@ def _describe(error: BaseException) -> str:
 
 def _alert_failure(context: JobContext, name: str, run_id: int, started_at: datetime, message: str) -> None:
     try:
-        context.alerts.raise_alert(JOB_FAILED, {
-            "job": name,
-            "run_id": run_id,
-            "error": message,
-            "started_at": utc_iso(started_at),
-            "failed_at": utc_iso(context.now()),
-            "runner": context.runner,
-        })
+        context.alerts.raise_alert(JobFailedAlert(
+            job=name, run_id=run_id, error=message, started_at=iso_utc(started_at),
+            failed_at=iso_utc(context.now()), runner=context.runner,
+        ))
     except Exception:  # noqa: BLE001 - alerting about a failure must not fail in turn
         log.exception("job %s: could not raise the job_failed alert for run #%d", name, run_id)
 

@@ -141,6 +141,7 @@ def fit_demo_threshold(daemon, in_distribution) -> float:
     """Fit the demo's threshold on held-out in-distribution images: about FLAG_SHARE of them above."""
     from monitor.imaging import decode_image, stack_images
     from monitor.store import ThresholdRecord
+    from monitor.store.payloads import ThresholdCounts, ThresholdParameters
     from monitor.thresholds import proportion
 
     shape = daemon.classifier.preprocessing.input_shape
@@ -152,7 +153,7 @@ def fit_demo_threshold(daemon, in_distribution) -> float:
     value = float(proportion(values, FLAG_SHARE))
     daemon.store.add_threshold(ThresholdRecord(
         model_id=daemon.model_row.id, indicator=daemon.settings.stream.indicator, method="proportion", value=value,
-        parameters={"p": FLAG_SHARE}, counts={"n": len(values)}, fitted_by="demo"), activate=True)
+        parameters=ThresholdParameters(p=FLAG_SHARE), counts=ThresholdCounts(n=len(values)), fitted_by="demo"), activate=True)
     return value
 
 

@@ -22,13 +22,23 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
     select,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from monitor.names import COLUMNS
-from monitor.store.types import BigIntegerKey, JsonDocument, UtcDateTime
+from monitor.store.payloads import (
+    AlertDocument,
+    ModelPreprocessing,
+    NoiseCalibration,
+    ReportSummary,
+    SummaryWeightsDocument,
+    ThresholdCounts,
+    ThresholdParameters,
+)
+from monitor.store.types import BigIntegerKey, PayloadDocument, UtcDateTime
 
 # Deterministic constraint names, so migrations can name what they drop on every backend.
 NAMING_CONVENTION = {
@@ -45,7 +55,7 @@ JOB_OUTCOMES = ("running", "ok", "failed", "skipped")
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {datetime: UtcDateTime(), dict[str, Any]: JsonDocument}
+    type_annotation_map = {datetime: UtcDateTime()}
 
 
 class MonitoredModel(Base):
@@ -57,7 +67,7 @@ class MonitoredModel(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     fingerprint: Mapped[str] = mapped_column(String(128))
-    preprocessing: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    preprocessing: Mapped[ModelPreprocessing] = mapped_column(PayloadDocument(ModelPreprocessing))
     created_at: Mapped[datetime]
 
 
@@ -68,7 +78,7 @@ class Calibration(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(128), unique=True)
-    stats: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    stats: Mapped[NoiseCalibration] = mapped_column(PayloadDocument(NoiseCalibration))
     created_at: Mapped[datetime]
 
 
@@ -184,10 +194,11 @@ class Threshold(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("monitored_models.id"))
     indicator: Mapped[str] = mapped_column(String(32))
     method: Mapped[str] = mapped_column(String(64))
-    parameters: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    parameters: Mapped[ThresholdParameters] = mapped_column(PayloadDocument(ThresholdParameters))
     window_start: Mapped[datetime | None]
     window_end: Mapped[datetime | None]
-    counts: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    counts: Mapped[ThresholdCounts | None] = mapped_column(
+        PayloadDocument(ThresholdCounts, empty_as_none=True), nullable=False)
     value: Mapped[float] = mapped_column(Float)
     active: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime]
@@ -210,7 +221,7 @@ class SummaryWeights(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("monitored_models.id"))
-    weights: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    weights: Mapped[SummaryWeightsDocument] = mapped_column(PayloadDocument(SummaryWeightsDocument))
     created_at: Mapped[datetime]
     active: Mapped[bool] = mapped_column(Boolean)
 
@@ -226,7 +237,7 @@ class Alert(Base):
 
     id: Mapped[int] = mapped_column(BigIntegerKey, primary_key=True)
     kind: Mapped[str] = mapped_column(String(64))
-    payload: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    payload: Mapped[AlertDocument] = mapped_column(PayloadDocument(AlertDocument))
     created_at: Mapped[datetime]
     published_at: Mapped[datetime | None]
 
@@ -260,7 +271,7 @@ class Report(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     period_start: Mapped[datetime]
     period_end: Mapped[datetime]
-    summary: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    summary: Mapped[ReportSummary] = mapped_column(PayloadDocument(ReportSummary))
     file_path: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
 
@@ -290,6 +301,16 @@ INDICATOR_COLUMNS: dict[str, Any] = {name: Sample.__table__.c[column] for name, 
 _declared = {c.name for c in Sample.__table__.c if isinstance(c.type, Float)} - {"score"}
 if _declared != set(COLUMNS.values()):  # pragma: no cover - guards a schema edit that forgets a name
     raise RuntimeError(f"samples indicator columns {sorted(_declared)} differ from monitor.names.COLUMNS")
+
+
+def current_labels(*conditions):
+    """(sample_id, label): the latest label row of each labelled sample (among the samples that
+    meet `conditions`, if given), as a subquery to join. label None: the verdict was cleared."""
+    latest = select(func.max(Label.id).label("label_id")).group_by(Label.sample_id)
+    if conditions:
+        latest = latest.join(Sample, Sample.id == Label.sample_id).where(*conditions)
+    latest = latest.subquery("latest_label")
+    return select(Label.sample_id, Label.label).join(latest, Label.id == latest.c.label_id).subquery("current_label")
 
 
 def current_label_of_sample():

@@ -16,6 +16,14 @@ import numpy as np
 
 from monitor.errors import InputError
 from monitor.names import INDICATORS
+from monitor.store.payloads import (
+    AlertDocument,
+    ModelPreprocessing,
+    ReportSummary,
+    SummaryWeightsDocument,
+    ThresholdCounts,
+    ThresholdParameters,
+)
 
 LABEL_ID = "ID"
 LABEL_OOD = "OOD"
@@ -172,20 +180,20 @@ class ModelRow:
     id: int
     name: str
     fingerprint: str
-    preprocessing: dict[str, Any]
+    preprocessing: ModelPreprocessing
     created_at: datetime
 
 
 @dataclass(frozen=True)
 class ThresholdRecord:
-    """A fitted threshold to store. `counts`: e.g. {"n": 5000, "labelled_ood": 12, "labelled_id": 40}."""
+    """A threshold to store: fitted (with the fit's counts) or configured (counts None)."""
 
     model_id: int
     indicator: str
     method: str
     value: float
-    parameters: Mapping[str, Any] = field(default_factory=dict)
-    counts: Mapping[str, Any] = field(default_factory=dict)
+    parameters: ThresholdParameters = field(default_factory=ThresholdParameters)
+    counts: ThresholdCounts | None = None
     window_start: datetime | None = None
     window_end: datetime | None = None
     fitted_by: str = "scheduler"
@@ -198,6 +206,10 @@ class ThresholdRecord:
             raise InputError(f"threshold: value must be a finite number, got {self.value!r}")
         if not self.method:
             raise InputError("threshold: method must be given (e.g. 'two-means')")
+        if not isinstance(self.parameters, ThresholdParameters):
+            raise InputError(f"threshold: parameters must be ThresholdParameters, got {type(self.parameters).__name__}")
+        if self.counts is not None and not isinstance(self.counts, ThresholdCounts):
+            raise InputError(f"threshold: counts must be ThresholdCounts or None, got {type(self.counts).__name__}")
 
 
 @dataclass(frozen=True)
@@ -207,8 +219,8 @@ class ThresholdRow:
     indicator: str
     method: str
     value: float
-    parameters: dict[str, Any]
-    counts: dict[str, Any]
+    parameters: ThresholdParameters
+    counts: ThresholdCounts | None
     window_start: datetime | None
     window_end: datetime | None
     active: bool
@@ -319,7 +331,7 @@ class RateBucket:
 class AlertRow:
     id: int
     kind: str
-    payload: dict[str, Any]
+    payload: AlertDocument
     created_at: datetime
     published_at: datetime | None
 
@@ -329,7 +341,7 @@ class ReportRow:
     id: int
     period_start: datetime
     period_end: datetime
-    summary: dict[str, Any]
+    summary: ReportSummary
     file_path: str | None
     created_at: datetime
 
@@ -360,7 +372,7 @@ class RejectRow:
 class SummaryWeightsRow:
     id: int
     model_id: int
-    weights: dict[str, Any]
+    weights: SummaryWeightsDocument
     created_at: datetime
     active: bool
 

@@ -34,6 +34,7 @@ from sqlalchemy import Integer as SqlInteger
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
 
+from monitor.clock import utc_now
 from monitor.errors import InputError, MonitorError
 from monitor.names import INDICATORS
 from monitor.store.engine import DEFAULT_CONNECT_TIMEOUT_S, WRITE_OPTION, connect, safe_url
@@ -53,6 +54,13 @@ from monitor.store.models import (
     SummaryWeights,
     Threshold,
     current_label_of_sample,
+)
+from monitor.store.payloads import (
+    AlertDocument,
+    ModelPreprocessing,
+    NoiseCalibration,
+    ReportSummary,
+    SummaryWeightsDocument,
 )
 from monitor.store.records import (
     LABEL_CODES,
@@ -89,10 +97,6 @@ DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
 
 class StoreError(MonitorError):
     """A write was refused by the database; nothing of the batch was stored."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -251,10 +255,12 @@ class Store:
     # --- models and calibrations -----------------------------------------------------------
 
     def register_model(self, name: str, fingerprint: str, preprocessing: Mapping[str, Any]) -> ModelRow:
-        """The row of this model and weights, created on first use (safe under concurrency)."""
+        """The row of this model and weights, created on first use (safe under concurrency).
+        `preprocessing`: monitor.classifiers.Preprocessing.to_dict(), checked by ModelPreprocessing."""
         if not name or not fingerprint:
             raise InputError("model: name and weights fingerprint must be non-empty")
-        row = {"name": name, "fingerprint": fingerprint, "preprocessing": dict(preprocessing), "created_at": utcnow()}
+        row = {"name": name, "fingerprint": fingerprint, "preprocessing": ModelPreprocessing.from_json(preprocessing),
+               "created_at": utc_now()}
         with self._writing() as connection:
             connection.execute(self._insert(MonitoredModel).on_conflict_do_nothing(), [row])
             found = connection.execute(
@@ -275,8 +281,10 @@ class Store:
         return [ModelRow(**row._mapping) for row in rows]
 
     def save_calibration(self, fingerprint: str, stats: Mapping[str, Any]) -> None:
-        """Store (or replace) the 1C-Sum noise statistics of a weights fingerprint."""
-        statement = self._insert(Calibration).values(fingerprint=fingerprint, stats=dict(stats), created_at=utcnow())
+        """Store (or replace) the 1C-Sum noise statistics of a weights fingerprint.
+        `stats`: monitor.indicators.Calibration.to_dict(), checked by NoiseCalibration."""
+        statement = self._insert(Calibration).values(
+            fingerprint=fingerprint, stats=NoiseCalibration.from_json(stats), created_at=utc_now())
         statement = statement.on_conflict_do_update(
             index_elements=[Calibration.fingerprint],
             set_={"stats": statement.excluded.stats, "created_at": statement.excluded.created_at},
@@ -284,7 +292,7 @@ class Store:
         with self._writing() as connection:
             connection.execute(statement)
 
-    def get_calibration(self, fingerprint: str) -> dict[str, Any] | None:
+    def get_calibration(self, fingerprint: str) -> NoiseCalibration | None:
         with self._reading() as connection:
             return connection.execute(
                 select(Calibration.stats).where(Calibration.fingerprint == fingerprint)
@@ -382,7 +390,7 @@ class Store:
                 if len(sample_ids) < len(samples):  # a replay: only after a crash or a rebalance
                     replayed = self._stored_judgements(
                         connection, [sample.position for sample in samples if sample.position not in sample_ids])
-                now = utcnow()
+                now = utc_now()
                 image_rows = [
                     {
                         "sample_id": sample_ids[sample.position],
@@ -613,7 +621,7 @@ class Store:
             "sample_id": sample_id,
             "label": normalised,
             "labelled_by": labelled_by,
-            "labelled_at": labelled_at or utcnow(),
+            "labelled_at": labelled_at or utc_now(),
             "note": note or None,
         }
         with self._writing() as connection:
@@ -818,13 +826,13 @@ class Store:
             "model_id": record.model_id,
             "indicator": record.indicator,
             "method": record.method,
-            "parameters": dict(record.parameters),
+            "parameters": record.parameters,
             "window_start": record.window_start,
             "window_end": record.window_end,
-            "counts": dict(record.counts),
+            "counts": record.counts,
             "value": float(record.value),
             "active": False,
-            "created_at": utcnow(),
+            "created_at": utc_now(),
             "fitted_by": record.fitted_by,
         }
         with self._writing() as connection:
@@ -894,7 +902,7 @@ class Store:
             return [ThresholdRow(**row._mapping) for row in connection.execute(statement)]
 
     def add_summary_weights(
-        self, model_id: int, weights: Mapping[str, Any], *, activate: bool = True
+        self, model_id: int, weights: SummaryWeightsDocument, *, activate: bool = True
     ) -> SummaryWeightsRow:
         """Store label-fitted 1C-Sum weights; with `activate` they replace the active set atomically."""
         with self._writing() as connection:
@@ -907,7 +915,7 @@ class Store:
                 )
             row = connection.execute(
                 insert(SummaryWeights).returning(*SummaryWeights.__table__.c),
-                [{"model_id": model_id, "weights": dict(weights), "created_at": utcnow(), "active": activate}],
+                [{"model_id": model_id, "weights": weights, "created_at": utc_now(), "active": activate}],
             ).one()
         return SummaryWeightsRow(**row._mapping)
 
@@ -922,13 +930,12 @@ class Store:
 
     # --- alerts, rejects, reports, job runs ------------------------------------------------
 
-    def add_alert(self, kind: str, payload: Mapping[str, Any], *, created_at: datetime | None = None) -> AlertRow:
-        if not kind:
-            raise InputError("alert: kind must be given (e.g. 'flagged', 'ood-rate')")
+    def add_alert(self, document: AlertDocument, *, created_at: datetime | None = None) -> AlertRow:
         with self._writing() as connection:
             row = connection.execute(
                 insert(Alert).returning(*Alert.__table__.c),
-                [{"kind": kind, "payload": dict(payload), "created_at": created_at or utcnow(), "published_at": None}],
+                [{"kind": document.kind, "payload": document, "created_at": created_at or utc_now(),
+                  "published_at": None}],
             ).one()
         return AlertRow(**row._mapping)
 
@@ -963,7 +970,7 @@ class Store:
             result = connection.execute(
                 update(Alert)
                 .where(Alert.id.in_(ids), Alert.published_at.is_(None))
-                .values(published_at=published_at or utcnow())
+                .values(published_at=published_at or utc_now())
             )
             return int(result.rowcount)
 
@@ -990,7 +997,7 @@ class Store:
         ]
 
     def add_report(
-        self, period_start: datetime, period_end: datetime, summary: Mapping[str, Any], file_path: str | None = None
+        self, period_start: datetime, period_end: datetime, summary: ReportSummary, file_path: str | None = None
     ) -> ReportRow:
         if period_end < period_start:
             raise InputError(f"report: period_end {period_end} is before period_start {period_start}")
@@ -1001,9 +1008,9 @@ class Store:
                     {
                         "period_start": period_start,
                         "period_end": period_end,
-                        "summary": dict(summary),
+                        "summary": summary,
                         "file_path": file_path,
-                        "created_at": utcnow(),
+                        "created_at": utc_now(),
                     }
                 ],
             ).one()
@@ -1025,7 +1032,7 @@ class Store:
         with self._writing() as connection:
             row = connection.execute(
                 insert(JobRun).returning(*JobRun.__table__.c),
-                [{"job": job, "started_at": started_at or utcnow(), "outcome": "running", "error": None,
+                [{"job": job, "started_at": started_at or utc_now(), "outcome": "running", "error": None,
                   "runner": runner[:255] if runner else None}],
             ).one()
         return JobRunRow(**row._mapping)
@@ -1039,7 +1046,7 @@ class Store:
             row = connection.execute(
                 update(JobRun)
                 .where(JobRun.id == run_id)
-                .values(outcome=outcome, error=error, finished_at=finished_at or utcnow())
+                .values(outcome=outcome, error=error, finished_at=finished_at or utc_now())
                 .returning(*JobRun.__table__.c)
             ).first()
             if row is None:
@@ -1061,7 +1068,7 @@ class Store:
 
         Short transactions keep the writer (stream) and readers (web UI) going during a large purge.
         """
-        now = now or utcnow()
+        now = now or utc_now()
 
         def older(seconds: float | None) -> datetime | None:
             return None if seconds is None else now - timedelta(seconds=seconds)

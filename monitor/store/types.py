@@ -43,3 +43,36 @@ BigIntegerKey = BigInteger().with_variant(Integer(), "sqlite")
 
 # JSONB on PostgreSQL (indexable, compact); JSON text elsewhere.
 JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+
+
+class PayloadDocument(TypeDecorator):
+    """A JSON column that holds one typed payload class (monitor.store.payloads): values are
+    written with the class's `to_json` and read back with its `from_json`, so a document of
+    another shape is refused on the way in and named on the way out.
+
+    empty_as_none: the empty document `{}` stands for None (a threshold that was not fitted
+    has no counts), so the column stays NOT NULL.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def __init__(self, payload: type, *, empty_as_none: bool = False):
+        super().__init__()
+        self.payload = payload
+        self.empty_as_none = empty_as_none
+
+    def load_dialect_impl(self, dialect):
+        return dialect.type_descriptor(JSONB() if dialect.name == "postgresql" else JSON())
+
+    def process_bind_param(self, value, dialect):
+        if value is None and self.empty_as_none:
+            return {}
+        if not isinstance(value, self.payload):
+            raise TypeError(f"expected a {self.payload.__name__}, got {type(value).__name__}: {value!r}")
+        return value.to_json()
+
+    def process_result_value(self, value, dialect):
+        if value is None or (self.empty_as_none and value == {}):
+            return None
+        return self.payload.from_json(value)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
+from monitor.clock import iso_utc, utc_now  # noqa: F401 - the steps take the clock from here
 from monitor.outbound.alerts import encode_json, message_key  # noqa: F401 - part of the codec's interface
 from monitor.store.records import MAX_NAME_LENGTH, SourcePosition
 
@@ -35,18 +36,6 @@ DEAD_LETTER_MAX_VALUE_BYTES = 700_000
 DEAD_LETTER_MAX_KEY_BYTES = 16_384
 DEAD_LETTER_MAX_HEADER_BYTES = 65_536
 _CONTROL_CHARACTERS = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def iso_utc(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def finite_or_none(value: float | None) -> float | None:

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from monitor.imaging import ImageLimits, ImageRejected, decode_image, sniff_format, stack_images
+from monitor.store.payloads import ThresholdParameters
 from monitor.store.records import ThresholdRecord
 from monitor.stream.messages import UNREADABLE, InboundMessage
 from monitor.stream.steps import (
@@ -96,7 +97,7 @@ class ThresholdSource:
         row = self.store.active_summary_weights(self.model_id)
         if row is None or row.id == self.weights_id:
             return
-        weights = row.weights.get("weights") if isinstance(row.weights.get("weights"), dict) else row.weights
+        weights = row.weights.weights
         try:
             self.scorer.set_summary_weights({name: float(value) for name, value in weights.items()
                                              if name in self.scorer.summary_members})
@@ -134,7 +135,7 @@ def install_default_threshold(store: Any, model_id: int, indicator: str, value: 
     if value is None or store.active_threshold(model_id, indicator) is not None:
         return
     store.add_threshold(ThresholdRecord(model_id=model_id, indicator=indicator, method="configured",
-                                        value=float(value), parameters={"source": "[stream] default_threshold"},
+                                        value=float(value), parameters=ThresholdParameters(source="[stream] default_threshold"),
                                         fitted_by="config"), activate=True)
     log.info("no fitted threshold yet: using [stream] default_threshold = %s for %s", value, indicator)
 

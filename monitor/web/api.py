@@ -7,16 +7,18 @@ lists the configured accounts. Errors are JSON `{"detail": ...}`; a bad paramete
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.encoders import jsonable_encoder
+from fastapi.encoders import jsonable_encoder as _encode
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, ValidationError
 
+from monitor.store.payloads import AlertDocument, Payload
 from monitor.web import queries, views
 from monitor.web.app import REPORT_CSP, api_principal, image_response, state_of
 from monitor.web.auth import Principal
@@ -65,6 +67,23 @@ def labeller(request: Request) -> Principal:
 
 def admin(request: Request) -> Principal:
     return _caller(request, "admin")
+
+
+def jsonable_encoder(value):
+    """JSON-ready values; a stored JSON document (a typed payload) as the document it is."""
+    return _encode(_documents(value))
+
+
+def _documents(value):
+    if isinstance(value, (Payload, AlertDocument)):
+        return value.to_json()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {item.name: _documents(getattr(value, item.name)) for item in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_documents(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _documents(item) for key, item in value.items()}
+    return value
 
 
 def _json(value) -> JSONResponse:

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from sqlalchemy import BigInteger, Connection, Engine, Integer, and_, case, cast, exists, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from monitor.clock import utc_now
 from monitor.names import INDICATORS
 from monitor.store.models import (
     INDICATOR_COLUMNS,
@@ -29,6 +30,7 @@ from monitor.store.models import (
     SampleImage,
     Threshold,
     current_label_of_sample,
+    current_labels,
 )
 from monitor.store.records import (
     AlertRow,
@@ -52,10 +54,6 @@ class LabelConflict(Exception):
     """A label change that cannot be made as asked (e.g. nothing to undo); the message says why."""
 
 
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 # --- models ---------------------------------------------------------------------------------
 
 
@@ -63,7 +61,7 @@ def list_models(connection: Connection) -> list[ModelRow]:
     """Every monitored model, newest first (the pages show the newest unless asked)."""
     query = select(MonitoredModel).order_by(MonitoredModel.created_at.desc(), MonitoredModel.id.desc())
     return [
-        ModelRow(id=m.id, name=m.name, fingerprint=m.fingerprint, preprocessing=dict(m.preprocessing or {}),
+        ModelRow(id=m.id, name=m.name, fingerprint=m.fingerprint, preprocessing=m.preprocessing,
                  created_at=m.created_at)
         for m in _orm_rows(connection, query)
     ]
@@ -129,9 +127,9 @@ def window_counts(
         ).one()
     else:
         scored, flagged = sum(b.total for b in buckets), sum(b.flagged for b in buckets)
-    labelled = connection.execute(
-        select(func.count(func.distinct(Label.sample_id))).join(Sample, Sample.id == Label.sample_id).where(in_window)
-    ).scalar_one()
+    # A sample counts while its current label is a verdict: an undone first label leaves it unlabelled.
+    current = current_labels(in_window)
+    labelled = connection.execute(select(func.count()).select_from(current).where(current.c.label.is_not(None))).scalar_one()
     return WindowCounts(scored=int(scored), flagged=int(flagged or 0), labelled=int(labelled))
 
 
@@ -141,7 +139,7 @@ def window_counts(
 def _threshold_row(t: Threshold) -> ThresholdRow:
     return ThresholdRow(
         id=t.id, model_id=t.model_id, indicator=t.indicator, method=t.method, value=t.value,
-        parameters=dict(t.parameters or {}), counts=dict(t.counts or {}), window_start=t.window_start,
+        parameters=t.parameters, counts=t.counts, window_start=t.window_start,
         window_end=t.window_end, active=t.active, created_at=t.created_at, fitted_by=t.fitted_by,
     )
 
@@ -440,14 +438,14 @@ def recent_job_runs(connection: Connection, limit: int = 10) -> list[JobRunRow]:
 def recent_alerts(connection: Connection, limit: int = 10, offset: int = 0) -> list[AlertRow]:
     query = select(Alert).order_by(Alert.created_at.desc(), Alert.id.desc()).limit(limit).offset(offset)
     return [
-        AlertRow(id=r.id, kind=r.kind, payload=dict(r.payload or {}), created_at=r.created_at, published_at=r.published_at)
+        AlertRow(id=r.id, kind=r.kind, payload=r.payload, created_at=r.created_at, published_at=r.published_at)
         for r in _orm_rows(connection, query)
     ]
 
 
 def _report_row(r: Report) -> ReportRow:
     return ReportRow(
-        id=r.id, period_start=r.period_start, period_end=r.period_end, summary=dict(r.summary or {}),
+        id=r.id, period_start=r.period_start, period_end=r.period_end, summary=r.summary,
         file_path=r.file_path, created_at=r.created_at,
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Callable
 
 from sqlalchemy import Connection
 
@@ -167,11 +167,5 @@ def thresholds_view(
 
 
 def labels_used(row: ThresholdRow) -> str:
-    """'12 OOD, 40 ID' from a threshold's counts, whatever keys the fitting job used for them."""
-    counts: dict[str, Any] = row.counts or {}
-    ood = next((counts[k] for k in ("labelled_ood", "labels_ood", "ood_labels", "n_ood") if k in counts), None)
-    ind = next((counts[k] for k in ("labelled_id", "labels_id", "id_labels", "n_id") if k in counts), None)
-    if ood is None and ind is None:
-        return "none"
-    return f"{ood or 0} OOD, {ind or 0} ID"
-
+    """'12 OOD, 40 ID' from the labels a threshold was fitted with; 'none' for a configured one."""
+    return row.counts.labels_used() if row.counts is not None else "none"

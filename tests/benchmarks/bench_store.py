@@ -202,6 +202,7 @@ def read_window(store, model_id: int, rows: int, backend: str) -> dict:
 
 def bench_backend(backend: str, rows: int, max_insert_seconds: float, scratch: Path) -> dict:
     from monitor.store import Store, ThresholdRecord, connect, upgrade
+    from tests.store_data import register_model
 
     with ExitStack() as stack:
         if backend == "sqlite":
@@ -214,8 +215,8 @@ def bench_backend(backend: str, rows: int, max_insert_seconds: float, scratch: P
         stack.callback(engine.dispose)
         upgrade(engine)
         store = Store(engine)
-        model = store.register_model("bench", "sha256:bench", {"size": [28, 28]})
-        baseline_model = store.register_model("baseline", "sha256:baseline", {})
+        model = register_model(store, "bench", "sha256:bench")
+        baseline_model = register_model(store, "baseline", "sha256:baseline")
         threshold = store.add_threshold(ThresholdRecord(model_id=model.id, indicator="1C-Sum", method="two-means", value=2.0))
         baseline = insert_baseline(store, baseline_model.id, threshold.id, max(BATCH_SIZE, int(rows * BASELINE_SHARE)), backend)
         insert = insert_with_store(store, model.id, threshold.id, rows, max_insert_seconds, backend)

@@ -59,13 +59,16 @@ def seed_bulk(store, samples: int, flagged: int, progress: bool) -> dict[str, An
     """COPY `samples` rows (every samples/flagged-th flagged, with its image) into a migrated PostgreSQL store."""
     from monitor.names import COLUMNS, INDICATORS
     from monitor.store import ThresholdRecord
+    from monitor.store.payloads import ThresholdCounts, ThresholdParameters
+    from tests.store_data import register_model
 
     now = datetime.now(timezone.utc)
-    model = store.register_model("fashion-cnn", "sha256:bench-web", {"size": [28, 28]})
+    model = register_model(store, "fashion-cnn", "sha256:bench-web")
     store.add_threshold(ThresholdRecord(model_id=model.id, indicator="1C-Sum", method="proportion", value=3.5,
-                                        parameters={"p": 0.1}, counts={"n": samples}))
-    active = store.add_threshold(ThresholdRecord(model_id=model.id, indicator="1C-Sum", method="two-means", value=2.5,
-                                                 counts={"n": samples, "labelled_ood": 100, "labelled_id": 100}))
+                                        parameters=ThresholdParameters(p=0.1), counts=ThresholdCounts(n=samples)))
+    active = store.add_threshold(ThresholdRecord(
+        model_id=model.id, indicator="1C-Sum", method="two-means", value=2.5,
+        counts=ThresholdCounts(n=samples, n_labelled_ood=100, n_labelled_id=100)))
     rng = np.random.default_rng(SEED)
     every = max(1, samples // flagged)
     pngs = _png_pool()

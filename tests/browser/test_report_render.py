@@ -14,6 +14,7 @@ from monitor.jobs.refit import refit
 from monitor.names import INDICATORS
 from tests.integration.jobs_data import add_threshold, context_for, mixture, write_scores
 from tests.services import ROOT
+from tests.store_data import register_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -33,7 +34,7 @@ def report_path(tmp_path):
     try:
         # Real time: thresholds are stamped with the database's clock, and must fall in the period.
         end = datetime.now(timezone.utc)
-        model = store.register_model("classifier", "weights-1", {})
+        model = register_model(store, "classifier", "weights-1")
         add_threshold(store, model.id, 4.0)
         reference, _ = mixture(600, 60, seed=7)
         write_scores(store, model.id, reference, end=end - timedelta(hours=6), span=timedelta(hours=18), seed=1)

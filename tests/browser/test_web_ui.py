@@ -10,6 +10,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.web_data import PASSWORDS
+from tests.store_data import register_model
 
 pytestmark = pytest.mark.browser
 
@@ -167,7 +168,7 @@ def test_a_drift_report_made_by_the_jobs_opens_from_the_reports_page_with_its_pl
     upgrade(connect(url))
     with Store.open(url) as jobs_store:
         end = datetime.now(timezone.utc)
-        model = jobs_store.register_model("classifier", "weights-1", {})
+        model = register_model(jobs_store, "classifier", "weights-1")
         add_threshold(jobs_store, model.id, 4.0)
         reference, _ = mixture(300, 30, seed=7)
         write_scores(jobs_store, model.id, reference, end=end - timedelta(hours=6), span=timedelta(hours=18), seed=1)

@@ -3,6 +3,8 @@ kind arriving on a real broker topic as JSON with the documented schema."""
 
 from __future__ import annotations
 
+import re
+
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,6 +25,7 @@ from tests.integration.jobs_data import (
     write_scores,
 )
 from tests.services import wait_until
+from tests.store_data import register_model
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +39,7 @@ def _flags(count: int, share: float, seed: int) -> np.ndarray:
 
 
 def test_rate_alert_opens_once_per_episode_and_closes(store):
-    model = store.register_model("classifier", "weights-1", {})
+    model = register_model(store, "classifier", "weights-1")
     threshold = add_threshold(store, model.id, 3.0)
     publisher = RecordingPublisher()
     window = timedelta(minutes=10)
@@ -67,14 +70,14 @@ def test_rate_alert_opens_once_per_episode_and_closes(store):
     assert publisher.kinds() == ["ood_rate", "ood_rate"]
     assert publisher.published[1][1]["state"] == "closed"
     assert publisher.published[1][1]["episode_started_at"] == payload["episode_started_at"]
-    states = [alert.payload["state"] for alert in store.list_alerts(kind="ood_rate", oldest_first=True)]
+    states = [alert.payload.payload.state for alert in store.list_alerts(kind="ood_rate", oldest_first=True)]
     assert states == ["open", "closed"], "episode state is stored"
 
 
 def test_alerts_the_broker_missed_are_stored_and_redelivered_by_the_rate_job(store):
     from monitor.jobs.refit import refit
 
-    model = store.register_model("classifier", "weights-1", {})
+    model = register_model(store, "classifier", "weights-1")
     values, _ = mixture(900, 100)
     write_scores(store, model.id, values)
     publisher = RecordingPublisher()
@@ -102,7 +105,7 @@ def test_a_failing_job_is_recorded_alerted_and_retried_while_the_scheduler_runs(
     url = f"sqlite:///{tmp_path / 'monitor.db'}"
     upgrade(connect(url))
     store = Store.open(url)
-    model = store.register_model("classifier", "weights-1", {})
+    model = register_model(store, "classifier", "weights-1")
     values, _ = mixture(90, 10)
     write_scores(store, model.id, values, end=datetime.now(timezone.utc) - timedelta(seconds=5),
                  span=timedelta(minutes=5))
@@ -148,7 +151,7 @@ def test_every_alert_kind_arrives_on_the_broker_as_documented_json(tmp_path):
     broker = TansuBroker().start()
     try:
         create_tansu_topic(broker, "ood-monitor.alerts", partitions=1)
-        model = store.register_model("classifier", "weights-1", {})
+        model = register_model(store, "classifier", "weights-1")
         threshold = add_threshold(store, model.id, 3.0)
         reference, _ = mixture(300, 0, seed=4)
         write_scores(store, model.id, reference, end=NOW - timedelta(hours=1), span=timedelta(hours=1))
@@ -190,6 +193,8 @@ def test_every_alert_kind_arrives_on_the_broker_as_documented_json(tmp_path):
         assert not missing, f"{document['kind']} alert lacks {missing}"
         assert document["schema_version"] == 1 and isinstance(document["alert_id"], int)
         datetime.fromisoformat(document["created_at"].replace("Z", "+00:00"))
+        # One format for every moment on the alerts topic (the daemon's flagged alerts use it too).
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", document["created_at"]), document["created_at"]
     by_kind = {document["kind"]: document for document in documents}
     assert by_kind["ood_rate"]["state"] == "open"
     assert by_kind["drift"]["drifted"] and by_kind["drift"]["correction"] == "holm"

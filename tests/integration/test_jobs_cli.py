@@ -11,6 +11,7 @@ import pytest
 
 from tests.integration.jobs_data import mixture, write_scores
 from tests.services import ROOT, TansuBroker
+from tests.store_data import register_model
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +25,7 @@ def deployment(tmp_path_factory):
     url = f"sqlite:///{folder / 'monitor.db'}"
     upgrade(connect(url))
     store = Store.open(url)
-    model = store.register_model("classifier", "weights-1", {})
+    model = register_model(store, "classifier", "weights-1")
     values, _ = mixture(900, 100)
     write_scores(store, model.id, values, end=datetime.now(timezone.utc), span=timedelta(hours=1))
     broker = TansuBroker().start()
@@ -56,7 +57,7 @@ def test_refit_command_fits_now_or_says_why_not(deployment):
     assert fitted.returncode == 0, fitted.stderr
     active = store.active_threshold(model.id, "1C-Sum")
     assert active is not None and f"threshold #{active.id}" in fitted.stdout
-    assert active.fitted_by == "ood-monitor refit" and active.counts["n_flagged"] == 100
+    assert active.fitted_by == "ood-monitor refit" and active.counts.n_flagged == 100
     assert [run.outcome for run in store.list_job_runs(job="refit")] == ["ok", "skipped"]
 
 
@@ -68,7 +69,7 @@ def test_report_command_writes_and_indexes_a_report(deployment):
     [report] = store.list_reports(limit=1)
     assert report.file_path and os.path.isfile(report.file_path)
     assert report.file_path.startswith(str(folder / "reports"))
-    assert report.summary["samples"] == 1000
+    assert report.summary.samples == 1000
     assert report.period_end - report.period_start == pytest.approx(timedelta(hours=2), abs=timedelta(seconds=30))
     assert f"report #{report.id}" in made.stdout
 

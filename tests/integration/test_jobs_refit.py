@@ -15,6 +15,8 @@ from tests.integration.jobs_data import (
     mixture,
     write_scores,
 )
+from monitor.store.payloads import Window
+from tests.store_data import noise_calibration, register_model
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +32,7 @@ def store_members(store, model_id, names):
 
 @pytest.mark.parametrize("method, parameters", [("proportion", {"expected_share": 0.1}), ("two-means", {})])
 def test_refit_of_a_mixture_separates_id_from_ood(store, method, parameters):
-    model = store.register_model("classifier", "weights-1", {})
+    model = register_model(store, "classifier", "weights-1")
     values, truth = mixture(900, 100)
     write_scores(store, model.id, values)
     publisher = RecordingPublisher()
@@ -46,10 +48,10 @@ def test_refit_of_a_mixture_separates_id_from_ood(store, method, parameters):
     assert stored[ood_side].min() > result.threshold.value > stored[~ood_side].max()
     active = store.active_threshold(model.id, "1C-Sum")
     assert active.id == result.threshold.id and active.method == method
-    assert active.counts["n"] == 1000 and active.counts["n_flagged"] == 100
-    assert active.parameters["window"] == {"last_samples": 5000}
+    assert active.counts.n == 1000 and active.counts.n_flagged == 100
+    assert active.parameters.window == Window(last_samples=5000)
     if method == "proportion":
-        assert active.parameters["p"] == 0.1
+        assert active.parameters.p == 0.1
     assert active.window_start is not None and active.window_end > active.window_start
     [(kind, payload)] = publisher.published
     assert kind == "threshold_changed"
@@ -57,11 +59,11 @@ def test_refit_of_a_mixture_separates_id_from_ood(store, method, parameters):
     assert payload["method"] == method and payload["previous_threshold_id"] is None
     assert payload["counts"]["n"] == 1000
     stored_alert = store.list_alerts(kind="threshold_changed")[0]
-    assert stored_alert.published_at is not None and stored_alert.payload["threshold_id"] == active.id
+    assert stored_alert.published_at is not None and stored_alert.payload.payload.threshold_id == active.id
 
 
 def test_labels_move_the_threshold_as_the_label_rule_says(store):
-    model = store.register_model("classifier", "weights-1", {})
+    model = register_model(store, "classifier", "weights-1")
     rng = np.random.default_rng(3)
     # ID N(0,1), a near-OOD cluster around 4 and far OOD around 10: without labels two-means cuts
     # between near and far; operators who label near samples OOD pull the cut below them.
@@ -79,30 +81,33 @@ def test_labels_move_the_threshold_as_the_label_rule_says(store):
         store.add_label(ids[index], "OOD", labelled_by="operator")
     for index in labelled_id:
         store.add_label(ids[index], "ID", labelled_by="operator")
-    means = {name: 0.0 for name in INDICATORS if name not in SUMMARY_MEMBERS_EXCLUDED}
-    store.save_calibration("weights-1", {"means": means, "stds": {name: 1.0 for name in means}})
+    calibration = noise_calibration()
+    store.save_calibration("weights-1", calibration)
     after = refit(context)
 
     # The threshold is fitted on the 1C-Sum the daemon computes from now on: the stored member
-    # values re-weighted with the new weights (calibration means 0, stds 1 here).
+    # values standardised with the model's noise statistics and re-weighted with the new weights.
     weights = store.active_summary_weights(model.id)
     assert weights is not None and after.summary_weights_id == weights.id
-    assert after.threshold.parameters["summary_weights_id"] == weights.id
-    members = store_members(store, model.id, weights.weights["weights"])
-    reweighted = sum(weight * members[name] for name, weight in weights.weights["weights"].items())
+    assert after.threshold.parameters.summary_weights_id == weights.id
+    members = store_members(store, model.id, weights.weights.weights)
+    means, stds = calibration["means"], calibration["stds"]
+    reweighted = sum(weight * (members[name] - means[name]) / stds[name]
+                     for name, weight in weights.weights.weights.items())
     assert after.threshold.value < reweighted[labelled_ood].min(), "every labelled OOD sample is flagged"
     assert after.threshold.value > reweighted[labelled_id].max(), "no labelled ID sample is flagged"
-    assert after.threshold.counts["n_labelled_ood"] == 12 and after.threshold.counts["n_labelled_id"] == 15
-    assert after.threshold.counts["mistakes"] == 0
-    assert after.threshold.parameters["used_labels"] is True
+    assert after.threshold.counts.n_labelled_ood == 12 and after.threshold.counts.n_labelled_id == 15
+    assert after.threshold.counts.mistakes == 0
+    assert after.threshold.parameters.used_labels is True
     assert after.previous.id == before.threshold.id
     assert store.active_threshold(model.id, "1C-Sum").id == after.threshold.id
     # With 12 OOD and 15 ID labels (>= 10 of each) the 1C-Sum weights are re-fitted and stored.
-    assert weights.weights["used_labels"] is True and set(weights.weights["members"]) == set(means)
+    expected_members = {name for name in INDICATORS if name in means and name not in SUMMARY_MEMBERS_EXCLUDED}
+    assert weights.weights.used_labels is True and set(weights.weights.members) == expected_members
 
 
 def test_too_few_samples_keep_the_old_threshold_and_say_why(store):
-    model = store.register_model("classifier", "weights-1", {})
+    model = register_model(store, "classifier", "weights-1")
     kept = add_threshold(store, model.id, 2.5)
     values, _ = mixture(40, 5)
     write_scores(store, model.id, values)
@@ -126,7 +131,7 @@ def test_refit_on_the_last_hours_window_uses_only_those_samples(store):
 
     from tests.integration.jobs_data import NOW
 
-    model = store.register_model("classifier", "weights-1", {})
+    model = register_model(store, "classifier", "weights-1")
     old, _ = mixture(500, 0, seed=1)
     write_scores(store, model.id, old + 50, end=NOW - timedelta(hours=5), first_offset=0)
     recent, _ = mixture(450, 50, seed=2)
@@ -135,13 +140,13 @@ def test_refit_on_the_last_hours_window_uses_only_those_samples(store):
 
     result = refit(context)
 
-    assert result.threshold.counts["n"] == 500
-    assert result.threshold.parameters["window"] == {"hours": 2.0}
+    assert result.threshold.counts.n == 500
+    assert result.threshold.parameters.window == Window(hours=2.0)
     assert result.threshold.window_start >= NOW - timedelta(hours=2)
 
 
 def test_extreme_value_refit_flags_about_the_target_rate_of_an_id_stream(store):
-    model = store.register_model("classifier", "weights-1", {})
+    model = register_model(store, "classifier", "weights-1")
     values, _ = mixture(4000, 0, seed=9)
     write_scores(store, model.id, values)
     context = context_for(store, refit_method="extreme-value", extreme_value_q=0.005)
@@ -152,5 +157,5 @@ def test_extreme_value_refit_flags_about_the_target_rate_of_an_id_stream(store):
     share = float((stored > result.threshold.value).mean())
     assert 0.001 <= share <= 0.015, f"{share:.4f} flagged for a target of 0.005"
     assert result.threshold.method == "extreme-value"
-    assert result.threshold.parameters["q"] == 0.005 and "initial_quantile" in result.threshold.parameters
-    assert result.threshold.parameters["details"]["n_peaks"] >= 10
+    assert result.threshold.parameters.q == 0.005 and result.threshold.parameters.initial_quantile is not None
+    assert result.threshold.parameters.details["n_peaks"] >= 10

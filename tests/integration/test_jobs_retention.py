@@ -9,12 +9,13 @@ import pytest
 
 from monitor.jobs import scheduler
 from tests.integration.jobs_data import NOW, context_for, write_scores
+from tests.store_data import register_model
 
 pytestmark = pytest.mark.integration
 
 
 def test_retention_job_deletes_what_the_policy_no_longer_keeps(store):
-    model = store.register_model("classifier", "weights-1", {})
+    model = register_model(store, "classifier", "weights-1")
     write_scores(store, model.id, np.zeros(30), end=NOW - timedelta(days=10), span=timedelta(hours=1))
     write_scores(store, model.id, np.zeros(20), end=NOW - timedelta(days=3), span=timedelta(hours=1),
                  first_offset=100, images=True)

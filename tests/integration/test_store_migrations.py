@@ -17,6 +17,7 @@ from monitor.store.migrate import current_revision, downgrade, head_revision, up
 from monitor.store.models import Base
 from tests.integration.store_samples import png_blob, scored
 from tests.services import POSTGRES_HOST, POSTGRES_PORT, postgres_database, postgres_url
+from tests.store_data import job_failed_alert, register_model
 
 pytestmark = pytest.mark.integration  # the store fixtures run on the real PostgreSQL too
 
@@ -62,11 +63,11 @@ def test_upgrade_keeps_data_and_downgrade_to_base_removes_it(fresh_url):
     try:
         upgrade(engine)
         store = Store(engine)
-        model = store.register_model("cnn", "sha256:1", {})
+        model = register_model(store, "cnn", "sha256:1")
         threshold = store.add_threshold(ThresholdRecord(model_id=model.id, indicator="MP", method="two-means", value=0.5))
         result = store.write([scored(i, model.id, flagged=True, threshold_id=threshold.id, image=png_blob()) for i in range(5)])
         store.add_label(next(iter(result.sample_ids.values())), "OOD", "alice")
-        store.add_alert("flagged", {"n": 5})
+        store.add_alert(job_failed_alert())
 
         upgrade(engine)  # already at head: nothing changes, nothing is lost
         assert store.count_samples() == 5 and store.active_threshold(model.id, "MP").id == threshold.id
@@ -77,7 +78,7 @@ def test_upgrade_keeps_data_and_downgrade_to_base_removes_it(fresh_url):
         upgrade(engine)
         store = Store(engine)
         assert store.count_samples() == 0 and store.list_models() == []
-        model = store.register_model("cnn", "sha256:1", {})
+        model = register_model(store, "cnn", "sha256:1")
         assert store.write([scored(0, model.id)]).samples_inserted == 1
     finally:
         engine.dispose()

@@ -13,13 +13,15 @@ from monitor.errors import InputError
 from monitor.store import ThresholdRecord
 from monitor.store.models import Threshold
 from tests.integration.store_samples import T0, png_blob, scored
+from monitor.store.payloads import ThresholdCounts, ThresholdParameters
+from tests.store_data import job_failed_alert, register_model, report_summary, summary_weights
 
 pytestmark = pytest.mark.integration  # the store fixtures run on the real PostgreSQL too
 
 
 @pytest.fixture
 def model(store):
-    return store.register_model("fashion-cnn", "sha256:abc", {"size": [28, 28]})
+    return register_model(store, "fashion-cnn", "sha256:abc")
 
 
 @pytest.fixture
@@ -62,7 +64,7 @@ def test_window_scores_takes_the_last_n_or_a_time_range_oldest_first(store, mode
 
 
 def test_window_scores_leaves_out_unavailable_values_and_other_models(store, model):
-    other = store.register_model("other", "sha256:def", {})
+    other = register_model(store, "other", "sha256:def")
     store.write([scored(i, model.id, scores={"DSS": None if i % 2 else float(i)}) for i in range(6)])
     store.write([scored(i, other.id, topic="other", scores={"DSS": 100.0}) for i in range(3)])
 
@@ -192,14 +194,15 @@ def test_labels_for_a_window_are_the_current_ones(store, model, queue):
 
 def test_one_threshold_is_active_per_model_and_indicator(store, model, threshold):
     newer = store.add_threshold(ThresholdRecord(
-        model_id=model.id, indicator="1C-Sum", method="proportion", value=7.0, parameters={"p": 0.05},
-        counts={"n": 5000}, window_start=T0, window_end=T0 + timedelta(hours=1), fitted_by="refit"))
+        model_id=model.id, indicator="1C-Sum", method="proportion", value=7.0, parameters=ThresholdParameters(p=0.05),
+        counts=ThresholdCounts(n=5000, n_flagged=250), window_start=T0, window_end=T0 + timedelta(hours=1), fitted_by="refit"))
     other_indicator = store.add_threshold(ThresholdRecord(model_id=model.id, indicator="ANG++", method="two-means", value=0.3))
     candidate = store.add_threshold(ThresholdRecord(model_id=model.id, indicator="1C-Sum", method="two-means", value=6.0),
                                     activate=False)
 
     active = store.active_threshold(model.id, "1C-Sum")
-    assert active.id == newer.id and active.parameters == {"p": 0.05} and active.counts == {"n": 5000}
+    assert active.id == newer.id and active.parameters == ThresholdParameters(p=0.05)
+    assert active.counts == ThresholdCounts(n=5000, n_flagged=250)
     assert (active.window_start, active.window_end, active.fitted_by) == (T0, T0 + timedelta(hours=1), "refit")
     assert store.active_threshold(model.id, "ANG++").id == other_indicator.id
     assert not candidate.active
@@ -212,7 +215,7 @@ def test_one_threshold_is_active_per_model_and_indicator(store, model, threshold
 
 
 def test_the_database_itself_refuses_a_second_active_threshold(store, model, threshold):
-    row = {"model_id": model.id, "indicator": "1C-Sum", "method": "manual", "parameters": {}, "counts": {},
+    row = {"model_id": model.id, "indicator": "1C-Sum", "method": "manual", "parameters": ThresholdParameters(), "counts": None,
            "value": 1.0, "active": True, "created_at": T0, "fitted_by": "sql"}
     with pytest.raises(IntegrityError):
         with store.engine.begin() as connection:
@@ -232,11 +235,12 @@ def test_threshold_input_is_validated(store, model):
 
 def test_summary_weights_replace_the_active_set(store, model):
     assert store.active_summary_weights(model.id) is None
-    first = store.add_summary_weights(model.id, {"MP": 1.0, "ANG": 0.5})
-    second = store.add_summary_weights(model.id, {"MP": 0.8, "ANG": 0.9})
+    first = store.add_summary_weights(model.id, summary_weights({"MP": 1.0, "ANG": 0.5}))
+    second = store.add_summary_weights(model.id, summary_weights({"MP": 0.8, "ANG": 0.9}))
 
     active = store.active_summary_weights(model.id)
-    assert active.id == second.id and active.weights == {"MP": 0.8, "ANG": 0.9}
+    assert active.id == second.id and active.weights.weights == {"MP": 0.8, "ANG": 0.9}
+    assert active.weights.members == ("MP", "ANG")
     assert first.id != second.id
 
 
@@ -273,17 +277,17 @@ def test_percentiles_match_numpy_linear_interpolation(store, model):
 
 
 def test_alerts_wait_until_published(store):
-    first = store.add_alert("flagged", {"sample_id": 1, "score": 9.1})
-    second = store.add_alert("ood-rate", {"rate": 0.3, "expected": 0.05})
+    first = store.add_alert(job_failed_alert(run_id=1))
+    second = store.add_alert(job_failed_alert(run_id=2))
 
     pending = store.list_alerts(unpublished_only=True, oldest_first=True)
     assert [alert.id for alert in pending] == [first.id, second.id]
-    assert pending[0].payload == {"sample_id": 1, "score": 9.1}
+    assert pending[0].kind == "job_failed" and pending[0].payload.payload.run_id == 1
     assert store.mark_alerts_published([first.id]) == 1
     assert store.mark_alerts_published([first.id]) == 0  # already published: left as it was
     assert [alert.id for alert in store.list_alerts(unpublished_only=True)] == [second.id]
     assert [alert.id for alert in store.list_alerts()] == [second.id, first.id]
-    assert store.list_alerts(kind="flagged")[0].published_at is not None
+    assert store.list_alerts(kind="job_failed")[-1].published_at is not None
 
 
 def test_job_runs_record_start_and_outcome(store):
@@ -302,13 +306,14 @@ def test_job_runs_record_start_and_outcome(store):
 
 
 def test_reports_are_listed_newest_first(store):
-    first = store.add_report(T0, T0 + timedelta(days=1), {"drift": False}, "var/reports/1.html")
-    second = store.add_report(T0 + timedelta(days=1), T0 + timedelta(days=2), {"drift": True}, None)
+    first = store.add_report(T0, T0 + timedelta(days=1), report_summary(samples=10), "var/reports/1.html")
+    second = store.add_report(T0 + timedelta(days=1), T0 + timedelta(days=2), report_summary(drifted=("MP",)), None)
 
     assert [report.id for report in store.list_reports()] == [second.id, first.id]
-    assert store.get_report(first.id).summary == {"drift": False}
+    assert store.get_report(first.id).summary == report_summary(samples=10)
+    assert store.get_report(second.id).summary.drifted == ("MP",)
     with pytest.raises(InputError, match="before period_start"):
-        store.add_report(T0, T0 - timedelta(days=1), {})
+        store.add_report(T0, T0 - timedelta(days=1), report_summary())
 
 
 def test_concurrent_refits_leave_exactly_one_active_threshold(store, model):

@@ -9,6 +9,7 @@ import pytest
 from monitor.errors import InputError
 from monitor.store import RejectRecord, RetentionPolicy, ThresholdRecord
 from tests.integration.store_samples import T0, png_blob, scored
+from tests.store_data import job_failed_alert, register_model
 
 pytestmark = pytest.mark.integration  # the store fixtures run on the real PostgreSQL too
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.integration  # the store fixtures run on the real Postg
 @pytest.fixture
 def filled(store):
     """30 samples one hour apart (the newest 29 h after T0), all with images; a label on the oldest."""
-    model = store.register_model("cnn", "sha256:1", {})
+    model = register_model(store, "cnn", "sha256:1")
     threshold = store.add_threshold(ThresholdRecord(model_id=model.id, indicator="1C-Sum", method="two-means", value=1.0))
     store.write([scored(i, model.id, seconds=i * 3600, flagged=True, threshold_id=threshold.id, image=png_blob())
                  for i in range(30)])
@@ -75,8 +76,8 @@ def test_sample_count_limit_keeps_the_newest(store, filled):
 def test_rejects_alerts_and_job_runs_expire_by_age(store, filled):
     store.write(rejects=[RejectRecord(topic="t", partition=0, offset=i, sample_key="k", reason="corrupt", detail="",
                                       size=1, received_at=T0 + timedelta(hours=i)) for i in range(6)])
-    store.add_alert("flagged", {}, created_at=T0)
-    store.add_alert("flagged", {}, created_at=T0 + timedelta(hours=5))
+    store.add_alert(job_failed_alert(at=T0), created_at=T0)
+    store.add_alert(job_failed_alert(at=T0 + timedelta(hours=5)), created_at=T0 + timedelta(hours=5))
     store.start_job_run("refit", started_at=T0)
 
     result = store.purge(RetentionPolicy(reject_max_age_s=3 * 3600, alert_max_age_s=3 * 3600, job_run_max_age_s=3600),

@@ -11,13 +11,15 @@ from monitor.errors import InputError
 from monitor.names import INDICATORS
 from monitor.store import RejectRecord, SourcePosition, StoreError, ThresholdRecord
 from tests.integration.store_samples import T0, png_blob, scored
+from monitor.store.payloads import ModelPreprocessing, NoiseCalibration, PayloadError
+from tests.store_data import FASHION_PREPROCESSING, noise_calibration, register_model
 
 pytestmark = pytest.mark.integration  # the store fixtures run on the real PostgreSQL too
 
 
 @pytest.fixture
 def model(store):
-    return store.register_model("fashion-cnn", "sha256:abc", {"size": [28, 28], "mean": [0.286], "std": [0.353]})
+    return register_model(store, "fashion-cnn", "sha256:abc")
 
 
 @pytest.fixture
@@ -149,22 +151,27 @@ def test_records_reject_bad_input_with_clear_messages(store, model):
 
 
 def test_models_are_registered_once_per_name_and_weights(store):
-    first = store.register_model("cnn", "sha256:1", {"size": [28, 28]})
-    again = store.register_model("cnn", "sha256:1", {"size": [28, 28]})
-    retrained = store.register_model("cnn", "sha256:2", {"size": [28, 28]})
+    first = register_model(store, "cnn", "sha256:1")
+    again = register_model(store, "cnn", "sha256:1")
+    retrained = register_model(store, "cnn", "sha256:2")
 
     assert again == first
     assert retrained.id != first.id
     assert [m.id for m in store.list_models()] == [first.id, retrained.id]
-    assert store.get_model(first.id).preprocessing == {"size": [28, 28]}
+    assert store.get_model(first.id).preprocessing == ModelPreprocessing.from_json(FASHION_PREPROCESSING.to_dict())
+    assert store.get_model(first.id).preprocessing.input_shape == (1, 28, 28)
 
 
 def test_calibrations_are_cached_per_fingerprint_and_replaced(store):
     assert store.get_calibration("sha256:1") is None
-    store.save_calibration("sha256:1", {"MP": {"mean": 0.1, "std": 0.02}, "draws": 2048})
-    store.save_calibration("sha256:1", {"MP": {"mean": 0.2, "std": 0.03}, "draws": 2048})
+    first = noise_calibration()
+    second = {**first, "means": {name: mean + 1.0 for name, mean in first["means"].items()}}
+    store.save_calibration("sha256:1", first)
+    store.save_calibration("sha256:1", second)
 
-    assert store.get_calibration("sha256:1") == {"MP": {"mean": 0.2, "std": 0.03}, "draws": 2048}
+    assert store.get_calibration("sha256:1") == NoiseCalibration.from_json(second)
+    with pytest.raises(PayloadError, match="'stds' missing"):
+        store.save_calibration("sha256:1", {key: value for key, value in first.items() if key != "stds"})
 
 
 def test_naive_timestamps_are_taken_as_utc(store, model):

@@ -21,6 +21,7 @@ from monitor.web import create_app
 from monitor.web.auth import CSRF_HEADER, SESSION_COOKIE, hash_secret
 from tests.integration.conftest import STORE_BACKENDS, empty_all_tables
 from tests.web_data import PASSWORDS, TOKENS, bearer, seed_store, web_settings
+from tests.store_data import register_model, report_summary
 
 pytestmark = pytest.mark.integration
 
@@ -226,6 +227,28 @@ def test_undo_restores_the_previous_label_and_keeps_every_change(web):
     refused = client.post(url + "/undo", headers=headers)
     assert refused.status_code == 409 and "admin" in refused.json()["detail"]
     assert client.post(url + "/undo", headers=bearer("admin-bot")).json()["current_label"] == "ID"
+
+
+def test_an_undone_first_label_no_longer_counts_as_labelled_on_the_overview(web):
+    client, _, seeded = web
+    client.cookies.clear()
+    sample = seeded.unflagged_ids[-1]  # in the overview's window, labelled by no other test
+    headers = bearer("labeller-bot")
+
+    def labelled() -> tuple[int, int]:
+        api = client.get("/api/overview", params={"window_hours": 24}, headers=headers).json()["counts"]["labelled"]
+        login(client, "vera")
+        page = client.get("/", params={"window_hours": 24}).text
+        client.cookies.clear()
+        card = re.search(r'Labelled samples</div><div class="value">([\d,]+)<', page)
+        return api, int(card.group(1).replace(",", ""))
+
+    before = labelled()
+    assert before[0] == before[1]
+    client.post(f"/api/samples/{sample}/labels", json={"label": "ID"}, headers=headers)
+    assert labelled() == (before[0] + 1, before[0] + 1)
+    assert client.post(f"/api/samples/{sample}/labels/undo", headers=headers).json()["current_label"] is None
+    assert labelled() == before, "a sample whose only label was taken back is unlabelled again"
 
 
 def test_label_requests_are_validated(web):
@@ -434,9 +457,12 @@ def test_the_overview_counts_the_window_and_shows_lag_thresholds_jobs_and_alerts
     assert sum(b["flagged"] for b in overview["buckets"]) == overview["counts"]["flagged"]
     assert overview["consumer_lag"] == 42
     assert [t["method"] for t in overview["active_thresholds"]] == ["two-means"]
-    assert {run["outcome"] for run in overview["job_runs"]} == {"ok", "failed", "skipped"}
+    assert {run["outcome"] for run in overview["job_runs"]} == {"ok", "failed"}
     assert {run["runner"] for run in overview["job_runs"]} >= {"monitor-refit:1234", "monitor-drift_report:1234"}
-    assert {a["kind"] for a in overview["alerts"]} == {"flagged", "new_threshold", "ood_rate"}
+    assert {a["kind"] for a in overview["alerts"]} == {"threshold_changed", "ood_rate", "drift", "job_failed"}
+    changed = next(a for a in overview["alerts"] if a["kind"] == "threshold_changed")
+    assert changed["payload"]["threshold_id"] == seeded.active_threshold_id
+    assert changed["payload"]["counts"]["n_labelled_ood"] == 12
     login(client, "vera")
     page = client.get("/")
     assert page.status_code == 200 and '<svg class="chart"' in page.text and "two-means" in page.text
@@ -453,12 +479,14 @@ def test_the_thresholds_show_a_histogram_with_each_fitted_value_and_the_history(
     assert data["indicator"] == "1C-Sum"
     assert data["histogram"]["total"] >= 60 and sum(data["histogram"]["counts"]) == data["histogram"]["total"]
     edges = data["histogram"]["edges"]
-    assert edges[0] <= 2.5 <= edges[-1] and edges[0] <= 3.5 <= edges[-1]
+    assert edges[0] <= seeded.active_threshold <= edges[-1] and edges[0] <= seeded.old_threshold <= edges[-1]
     since = datetime.fromisoformat(data["window_start"])
     values = store.window_scores(seeded.model_id, "1C-Sum", since=since).values
     assert data["histogram"]["counts"] == np.histogram(values, bins=edges)[0].tolist()
     methods = [(row["method"], row["active"], row["labels_used"]) for row in data["history"]]
-    assert methods == [("two-means", True, "12 OOD, 40 ID"), ("proportion", False, "none")]
+    # The refit job fitted the active one with the operators' 12 OOD and 40 ID labels; the
+    # daemon's configured default before it used none.
+    assert methods == [("two-means", True, "12 OOD, 40 ID"), ("configured", False, "none")]
     login(client, "vera")
     page = client.get("/thresholds")
     assert page.text.count('class="threshold active"') == 1 and page.text.count('class="threshold"') == 1
@@ -485,6 +513,10 @@ def test_reports_are_served_by_id_from_the_stored_path_only(web):
     assert client.get(f"/reports/{seeded.report_id}/file").text == seeded.report_text
     page = client.get("/reports").text
     assert "Ran on" in page and "monitor-retention:1234" in page
+    # The report job's summary: which indicators drifted, as the job found them.
+    assert seeded.drifted and f"drift in {', '.join(seeded.drifted)}" in page
+    listed_summary = next(r for r in listed if r["id"] == seeded.report_id)["summary"]
+    assert listed_summary["drifted"] == seeded.drifted and listed_summary["tests"][0]["indicator"] == "MP"
 
 
 def test_a_report_row_pointing_outside_the_report_directory_is_not_served(tmp_path):
@@ -498,8 +530,8 @@ def test_a_report_row_pointing_outside_the_report_directory_is_not_served(tmp_pa
         elsewhere = tmp_path / "private.html"  # a real file, but not a report
         elsewhere.write_text("<p>not for viewers</p>", encoding="utf-8")
         now = datetime.now(timezone.utc)
-        stray = store.add_report(now - timedelta(hours=1), now, {"samples": 0}, file_path=str(elsewhere))
-        climbing = store.add_report(now - timedelta(hours=2), now, {"samples": 0},
+        stray = store.add_report(now - timedelta(hours=1), now, report_summary(), file_path=str(elsewhere))
+        climbing = store.add_report(now - timedelta(hours=2), now, report_summary(),
                                     file_path=str(tmp_path / "reports" / ".." / "private.html"))
         with TestClient(create_app(web_settings(tmp_path / "reports"), store)) as client:
             headers = bearer("viewer-bot")
@@ -592,7 +624,7 @@ def test_with_several_models_the_pages_show_the_newest_unless_asked(tmp_path):
     try:
         store = Store(engine)
         older = seed_store(store, tmp_path / "reports")  # registers "fashion-cnn" with 20 flagged samples
-        newer = store.register_model("fashion-cnn", "sha256:retrained", {"size": [28, 28]})
+        newer = register_model(store, "fashion-cnn", "sha256:retrained")
         with TestClient(create_app(web_settings(), store)) as client:
             headers = bearer("viewer-bot")
             assert client.get("/api/flagged", headers=headers).json() | {"items": None} == {

@@ -7,12 +7,14 @@ import json
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from monitor.classifiers import Preprocessing
 from monitor.imaging import ImageLimits
 from monitor.store import ThresholdRecord
 from monitor.stream.local import LocalBroker, LocalConsumer, LocalProducer
 from monitor.stream.messages import original_value
 from monitor.stream.pipeline import PipelineParts, ScorerAdapter, ThresholdSource, build_pipeline, image_decoder
 from monitor.stream.steps import Batch, BatchAbandoned, Shutdown
+from tests.store_data import register_model, summary_weights
 from tests.unit.stream_parts import INPUT_SHAPE, corpus, png, sqlite_store, tiny_scorer
 
 TOPIC, DLQ, ALERTS, GROUP = "images", "images.dlq", "alerts", "scorers"
@@ -38,7 +40,8 @@ class Harness:
         self.broker = LocalBroker(default_partitions=partitions)
         self.broker.create_topic(TOPIC, partitions)
         self.store = store
-        self.model = store.register_model("tiny", scorer.fingerprint(), {"input_shape": list(INPUT_SHAPE)})
+        self.model = register_model(store, "tiny", scorer.fingerprint(),
+                                     Preprocessing(input_shape=INPUT_SHAPE, mean=(0.5,), std=(0.25,)))
         self.consumer = LocalConsumer(self.broker, [TOPIC], GROUP)
         self.shutdown = Shutdown()
         self.thresholds = ThresholdSource(store, self.model.id, "1C-Sum", threshold_refresh_s)
@@ -242,7 +245,7 @@ def test_label_fitted_summary_weights_are_applied_to_the_scorer(scorer, store):
     harness = Harness(scorer, store)
     source = ThresholdSource(store, harness.model.id, "1C-Sum", 0.0, scorer=scorer)
     member = scorer.summary_members[0]
-    store.add_summary_weights(harness.model.id, {"weights": {member: 0.25}, "members": [member]})
+    store.add_summary_weights(harness.model.id, summary_weights({member: 0.25}))
     try:
         source()
         assert scorer.summary_weights[member] == 0.25
