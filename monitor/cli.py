@@ -257,7 +257,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default_spec: str | 
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     group.add_argument(
         "--cache-dir", metavar="DIR",
-        help="1C-Sum calibration cache (default: $MONITOR_CACHE_DIR, else ~/.cache/ood-monitor)",
+        help="1C-Sum calibration cache (default: [model] cache_dir of the settings, var/cache)",
     )
     group.add_argument(
         "--calibration-samples", type=_positive_int, default=2048, metavar="N",
@@ -283,11 +283,14 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--output", "-o", metavar="FILE", help="write rows here (default: standard output)")
     parser.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="default 64")
-    parser.add_argument("--max-bytes", type=_positive_int, metavar="N", help="largest input in bytes (10 MiB)")
-    parser.add_argument("--max-pixels", type=_positive_int, metavar="N", help="largest image (40 megapixels)")
+    parser.add_argument("--max-bytes", type=_positive_int, metavar="N",
+                        help="largest input in bytes (default: [imaging] max_bytes, 20 MiB)")
+    parser.add_argument("--max-pixels", type=_positive_int, metavar="N",
+                        help="largest image (default: [imaging] max_pixels, 40 megapixels)")
     parser.add_argument("--apply-exif-orientation", action="store_true",
-                        help="turn pictures upright by their EXIF orientation first, as [imaging] "
-                        "apply_exif_orientation does in the daemon (default: off, as torchvision decodes)")
+                        help="turn pictures upright by their EXIF orientation first (default: [imaging] "
+                        "apply_exif_orientation, off as torchvision decodes)")
+    _add_config_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on standard error")
     parser.set_defaults(run=_lazy("monitor.offline:run_score"))
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps
 
 from monitor.errors import InputError
+from monitor.settings import ImagingSettings
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,16 @@ class ImageRejected(InputError):
         super().__init__(f"{reason}: {detail}")
 
 
+# The defaults are [imaging]'s, so the daemon and the offline scorer refuse the same inputs.
+_CONFIGURED = ImagingSettings()
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     """Bounds on one input; anything above is rejected before it costs memory."""
 
-    max_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 40_000_000
+    max_bytes: int = _CONFIGURED.max_bytes
+    max_pixels: int = _CONFIGURED.max_pixels
 
     def __post_init__(self):
         for name in ("max_bytes", "max_pixels"):

@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Sequence
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 import torch
 from tqdm import tqdm
@@ -34,15 +34,6 @@ COLUMNS = FIXED_COLUMNS + INDICATORS
 DEFAULT_BATCH_SIZE = 64
 # Exit status of `score` when not one input could be scored (2 stays for usage/model errors).
 EXIT_NOTHING_SCORED = 1
-
-
-def default_cache_dir() -> Path:
-    """Where 1C-Sum calibrations are cached: $MONITOR_CACHE_DIR, else $XDG_CACHE_HOME/ood-monitor,
-    else ~/.cache/ood-monitor."""
-    if os.environ.get("MONITOR_CACHE_DIR"):
-        return Path(os.environ["MONITOR_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ood-monitor"
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -109,11 +100,11 @@ def build_scorer(
     *,
     odin: bool = False,
     head: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike,
     calibration_samples: int | None = None,
     progress: bool = True,
 ):
-    """A Scorer for the loaded classifier, its 1C-Sum calibration loaded from (or saved to) the cache."""
+    """A Scorer for the loaded classifier, its 1C-Sum calibration loaded from (or saved to) `cache_dir`."""
     from monitor import Scorer
     from monitor.calibration_cache import load_or_calibrate
 
@@ -126,7 +117,7 @@ def build_scorer(
         head=head,
         input_shape=preprocessing.input_shape,
     )
-    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    directory = Path(cache_dir)
     directory.mkdir(parents=True, exist_ok=True)
     if calibration_samples is None:
         load_or_calibrate(scorer, directory, progress=progress)
@@ -233,24 +224,32 @@ def output_format(requested: str | None, output: str | None) -> str:
     return "csv"
 
 
-def _limits(args: argparse.Namespace) -> ImageLimits:
+def _configured(args: argparse.Namespace):
+    """[model] cache_dir and [imaging] of the settings (file and environment), as the daemon reads them."""
+    from monitor.settings import load_settings
+
+    return load_settings(getattr(args, "config", None))
+
+
+def _limits(args: argparse.Namespace, imaging: Any) -> ImageLimits:
     return ImageLimits(
-        max_bytes=getattr(args, "max_bytes", None) or DEFAULT_LIMITS.max_bytes,
-        max_pixels=getattr(args, "max_pixels", None) or DEFAULT_LIMITS.max_pixels,
+        max_bytes=getattr(args, "max_bytes", None) or imaging.max_bytes,
+        max_pixels=getattr(args, "max_pixels", None) or imaging.max_pixels,
     )
 
 
 def run_score(args: argparse.Namespace) -> int:
     """`ood-monitor score`: 0 when at least one input was scored, 1 when none could be."""
     files = collect_inputs(args.paths)
-    limits = _limits(args)
+    settings = _configured(args)
+    limits = _limits(args, settings.imaging)
     progress = not getattr(args, "no_progress", False)
     classifier = load_from_args(args)
     scorer = build_scorer(
         classifier,
         odin=args.odin,
         head=getattr(args, "head", None),
-        cache_dir=args.cache_dir,
+        cache_dir=args.cache_dir or settings.model.cache_dir,
         calibration_samples=getattr(args, "calibration_samples", None),
         progress=progress,
     )
@@ -261,7 +260,8 @@ def run_score(args: argparse.Namespace) -> int:
     try:
         writer = RowWriter(stream, fmt)
         for row in score_files(files, classifier, scorer, batch_size=args.batch_size, limits=limits, progress=progress,
-                               apply_exif_orientation=getattr(args, "apply_exif_orientation", False)):
+                               apply_exif_orientation=getattr(args, "apply_exif_orientation", False)
+                               or settings.imaging.apply_exif_orientation):
             writer.write(row)
             if row.status == "scored":
                 scored += 1
@@ -322,7 +322,7 @@ def run_offline_demo(args: argparse.Namespace) -> int:
     scorer = build_scorer(
         classifier,
         odin=getattr(args, "odin", False),
-        cache_dir=getattr(args, "cache_dir", None),
+        cache_dir=getattr(args, "cache_dir", None) or _configured(args).model.cache_dir,
         calibration_samples=getattr(args, "calibration_samples", None),
         progress=progress,
     )

@@ -285,6 +285,10 @@ class JobsSettings:
 class RetentionSettings:
     score_days: int = setting(90, "Score and reject rows older than this are deleted.", minimum=1)
     image_days: int = setting(30, "Kept image bytes older than this are deleted (rows stay).", minimum=1)
+    max_samples: int | None = setting(None, "Keep at most this many score rows (the newest, with their labels "
+                                            "and images); None: no count limit, only score_days.", minimum=0)
+    max_images: int | None = setting(None, "Keep the image bytes of at most this many samples (the newest); "
+                                           "None: no count limit, only image_days.", minimum=0)
 
 
 @dataclass
@@ -470,6 +474,12 @@ def _cross_checks(settings: Settings) -> list[str]:
         if topic in kafka.topics:
             problems.append(f"[kafka] topics: {topic!r} is also the dead-letter or alerts topic; "
                             "the daemon would consume its own output")
+    jobs = settings.jobs
+    if jobs.refit_window_hours is None and jobs.refit_window_samples is None:
+        problems.append("[jobs] refit_window_samples / refit_window_hours: set one of them")
+    if jobs.refit_window_samples is not None and jobs.refit_window_samples < jobs.min_samples:
+        problems.append(f"[jobs] refit_window_samples: {jobs.refit_window_samples} is below "
+                        f"min_samples {jobs.min_samples}; every re-fit would be refused")
     if settings.stream.store_retry_max_s < settings.stream.store_retry_initial_s:
         problems.append("[stream] store_retry_max_s: must not be below store_retry_initial_s")
     url = settings.store.url

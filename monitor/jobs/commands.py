@@ -10,7 +10,7 @@ from typing import Any
 from monitor.errors import InputError, MonitorError
 from monitor.clock import iso_utc
 from monitor.jobs.alerts import AlertSink
-from monitor.jobs.scheduler import JobContext, check_jobs_settings, run_job
+from monitor.jobs.scheduler import JobContext, run_job
 from monitor.outbound.alerts import alerts_publisher
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,6 @@ def _settings_and_store(args: argparse.Namespace):
     from monitor.store import Store
 
     settings = preflight(getattr(args, "config", None), database=True)
-    check_jobs_settings(settings.jobs)
     return settings, Store.open(settings.store.url, upgrade_sqlite=settings.store.auto_upgrade_sqlite,
                                 connect_timeout_s=settings.store.connect_timeout_s)
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from monitor.store.engine import WRITE_OPTION
 from monitor.store.models import INDICATOR_COLUMNS, Alert, JobRun, Sample, SampleImage, current_labels
 from monitor.store.payloads import OodRateAlert
-from monitor.store.records import LABEL_CODES, UNLABELLED, JobRunRow
+from monitor.store.records import LABEL_CODES, LABELS, UNLABELLED, JobRunRow
 
 
 def _engine(store: Any) -> Engine:
@@ -172,9 +172,9 @@ def label_counts(store: Any, model_id: int, start: datetime, end: datetime) -> d
             .where(Sample.model_id == model_id, Sample.scored_at >= start, Sample.scored_at < end)
             .group_by(current.c.label)
         ).all()
-    counts = {"ID": 0, "OOD": 0, "unlabelled": 0}
+    counts = {**{label: 0 for label in LABELS}, "unlabelled": 0}
     for label, count in rows:
-        counts[label if label in ("ID", "OOD") else "unlabelled"] += int(count)
+        counts[label if label in LABELS else "unlabelled"] += int(count)
     return counts
 
 

@@ -213,7 +213,6 @@ def start_scheduler(settings: Any, store: Any, publisher: AlertPublisher | None,
     Used by the scheduler role (`ood-monitor scheduler`, and its process inside `ood-monitor run`);
     `on_run(job, outcome)` is told of every run this process made (its metrics).
     """
-    check_jobs_settings(settings.jobs)
     context = JobContext(settings=settings, store=store, alerts=AlertSink(store, publisher), progress=progress,
                          on_run=on_run)
     intervals = job_intervals(settings.jobs)
@@ -238,17 +237,3 @@ def start_scheduler(settings: Any, store: Any, publisher: AlertPublisher | None,
     log.info("scheduler started as %s: %s", context.runner,
              ", ".join(f"{name} every {every_s:g} s" for name, every_s in intervals.items()) or "no jobs enabled")
     return SchedulerHandle(scheduler, context, intervals)
-
-
-def check_jobs_settings(jobs_settings: Any) -> None:
-    """Rules between [jobs] keys the per-key checks cannot see; raises ConfigError naming the keys."""
-    from monitor.errors import ConfigError
-
-    problems = []
-    if jobs_settings.refit_window_hours is None and jobs_settings.refit_window_samples is None:
-        problems.append("[jobs] refit_window_samples / refit_window_hours: set one of them")
-    if jobs_settings.refit_window_samples is not None and jobs_settings.refit_window_samples < jobs_settings.min_samples:
-        problems.append(f"[jobs] refit_window_samples: {jobs_settings.refit_window_samples} is below "
-                        f"min_samples {jobs_settings.min_samples}; every re-fit would be refused")
-    if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))

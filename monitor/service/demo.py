@@ -211,13 +211,9 @@ def run_demo(args: argparse.Namespace) -> int:
         admin.create_topics([NewTopic(DEMO_TOPIC, DEMO_PARTITIONS, 1), NewTopic(f"{DEMO_TOPIC}.dead-letter", 1, 1),
                              NewTopic("demo.alerts", 1, 1)])
         admin.close()
-        password_hash = None
-        try:
-            from monitor.web.auth import hash_secret
+        from monitor.web.auth import hash_secret
 
-            password_hash = hash_secret(DEMO_PASSWORD)
-        except ImportError:
-            pass
+        password_hash = hash_secret(DEMO_PASSWORD)
         settings = demo_settings(broker.bootstrap, data_dir, port, args.cache_dir, args.device, args.odin,
                                  password_hash, args.calibration_samples)
         printer = BatchPrinter(settings.stream.indicator)

@@ -86,11 +86,10 @@ class SchedulerRole:
         self.probes: SchedulerProbes | None = None
 
     def start(self, *, upgrade: bool | None = None) -> "SchedulerRole":
-        from monitor.jobs.scheduler import check_jobs_settings, start_scheduler
+        from monitor.jobs.scheduler import start_scheduler
         from monitor.outbound.alerts import alerts_publisher
         from monitor.service.database import open_store
 
-        check_jobs_settings(self.settings.jobs)
         self.store = open_store(self.settings, upgrade=upgrade)
         self.publisher = alerts_publisher(self.settings)
         self.handle = start_scheduler(self.settings, self.store, self.publisher, on_run=self.metrics.observe)

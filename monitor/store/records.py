@@ -30,6 +30,19 @@ LABEL_OOD = "OOD"
 LABEL_CODES = {LABEL_OOD: 1, LABEL_ID: 0}
 """Label -> the integer the threshold fitting expects (1 OOD, 0 ID; -1 stands for unknown)."""
 UNLABELLED = -1
+LABELS = (LABEL_ID, LABEL_OOD)
+MAX_NOTE_LENGTH = 2000
+
+
+def check_label(label: str, note: str | None = None) -> tuple[str, str | None]:
+    """The one rule for an operator's verdict: exactly ID or OOD, an optional note of at most
+    MAX_NOTE_LENGTH characters (blank is none). Returns (label, note); InputError names the field."""
+    if label not in LABELS:
+        raise InputError(f"label: {label!r} is not one of {', '.join(LABELS)}")
+    note = (note or "").strip() or None
+    if note is not None and len(note) > MAX_NOTE_LENGTH:
+        raise InputError(f"note: at most {MAX_NOTE_LENGTH} characters, got {len(note)}")
+    return label, note
 
 
 class SourcePosition(NamedTuple):

@@ -41,7 +41,6 @@ from monitor.store.engine import DEFAULT_CONNECT_TIMEOUT_S, WRITE_OPTION, connec
 from monitor.store.models import (
     INDICATOR_COLUMNS,
     JOB_OUTCOMES,
-    LABEL_VALUES,
     Alert,
     Calibration,
     JobRun,
@@ -87,6 +86,7 @@ from monitor.store.records import (
     ThresholdRow,
     WindowScores,
     WriteResult,
+    check_label,
 )
 
 log = logging.getLogger(__name__)
@@ -612,17 +612,15 @@ class Store:
         labelled_at: datetime | None = None,
     ) -> LabelRow:
         """Record an operator's verdict; earlier labels stay in the history."""
-        normalised = str(label).strip().upper()
-        if normalised not in LABEL_VALUES:
-            raise InputError(f"label: {label!r} is not one of {', '.join(LABEL_VALUES)}")
+        label, note = check_label(label, note)
         if not labelled_by:
             raise InputError("label: labelled_by must name who labelled the sample")
         row = {
             "sample_id": sample_id,
-            "label": normalised,
+            "label": label,
             "labelled_by": labelled_by,
             "labelled_at": labelled_at or utc_now(),
-            "note": note or None,
+            "note": note,
         }
         with self._writing() as connection:
             # The same row lock as an undo takes, so the two never interleave on one sample.

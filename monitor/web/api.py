@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, ValidationError
 
 from monitor.store.payloads import AlertDocument, Payload
+from monitor.store.records import LABEL_ID, LABEL_OOD, MAX_NOTE_LENGTH
 from monitor.web import queries, views
 from monitor.web.app import REPORT_CSP, api_principal, image_response, state_of
 from monitor.web.auth import Principal
@@ -99,8 +100,10 @@ def _not_found(error: views.NotFound) -> HTTPException:
 
 
 class LabelIn(BaseModel):
-    label: Literal["ID", "OOD"] = Field(description="ID: the model may be trusted on it; OOD: it may not.")
-    note: str | None = Field(default=None, max_length=2000, description="Optional free text kept with the label.")
+    # The HTTP schema of monitor.store.records.check_label, which the store applies to every label.
+    label: Literal[LABEL_ID, LABEL_OOD] = Field(description="ID: the model may be trusted on it; OOD: it may not.")
+    note: str | None = Field(default=None, max_length=MAX_NOTE_LENGTH,
+                             description="Optional free text kept with the label.")
 
 
 @router.get("/me", summary="Who is calling, with which role")
@@ -245,7 +248,7 @@ def add_label(request: Request, sample_id: RowId, principal: Principal = Depends
     with state.engine.connect() as connection:
         if not queries.sample_exists(connection, sample_id):
             raise HTTPException(status_code=404, detail=f"sample {sample_id} not found")
-    state.store.add_label(sample_id, body.label, principal.name, (body.note or "").strip() or None)
+    state.store.add_label(sample_id, body.label, principal.name, body.note)
     with state.engine.connect() as connection:
         history = queries.label_history(connection, sample_id)
     response = _label_answer(sample_id, history)

@@ -14,8 +14,9 @@ from typing import Annotated, Mapping, Sequence
 from fastapi import Path
 
 from monitor.names import INDICATORS
+from monitor.store.records import LABELS
 
-LABELLED_CHOICES = ("any", "no", "yes", "ID", "OOD")
+LABELLED_CHOICES = ("any", "no", "yes", *LABELS)
 SORT_CHOICES = ("time_desc", "time_asc", "score_desc", "score_asc")
 MAX_PER_PAGE = 200
 QUEUE_PARAMETERS = ("model", "since", "until", "class", "labelled", "min_score", "max_score", "sort", "page", "per_page")

@@ -11,7 +11,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from monitor.errors import InputError
 from monitor.names import INDICATORS
+from monitor.store.records import check_label
 from monitor.web import charts, queries, views
 from monitor.web.api import report_file_response
 from monitor.web.app import client_address, image_response, state_of
@@ -291,13 +293,11 @@ def _back_to_sample(sample_id: int, form: dict, **params) -> RedirectResponse:
 @router.post("/samples/{sample_id}/label")
 async def label_form(request: Request, sample_id: RowId):
     principal, form = await _label_form(request, sample_id)
-    label = form.get("label", "")
-    if label not in ("ID", "OOD"):
-        raise HTTPException(status_code=400, detail=f"label: {label!r} is not ID or OOD")
-    note = form.get("note", "").strip()
-    if len(note) > 2000:
-        raise HTTPException(status_code=400, detail="note: at most 2000 characters")
-    await run_in_threadpool(state_of(request).store.add_label, sample_id, label, principal.name, note or None)
+    try:
+        label, note = check_label(form.get("label", ""), form.get("note", ""))
+    except InputError as error:
+        raise HTTPException(status_code=400, detail=str(error)) from None
+    await run_in_threadpool(state_of(request).store.add_label, sample_id, label, principal.name, note)
     return _back_to_sample(sample_id, form, done="labelled")
 
 

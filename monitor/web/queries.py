@@ -33,6 +33,7 @@ from monitor.store.models import (
     current_labels,
 )
 from monitor.store.records import (
+    LABELS,
     AlertRow,
     JobRunRow,
     LabelRow,
@@ -234,7 +235,7 @@ def _queue_conditions(model_id: int, filters: QueueFilters) -> list[ColumnElemen
         conditions.append(current.is_(None))
     elif filters.labelled == "yes":
         conditions.append(current.is_not(None))
-    elif filters.labelled in ("ID", "OOD"):
+    elif filters.labelled in LABELS:
         conditions.append(current == filters.labelled)
     return conditions
 

@@ -32,3 +32,17 @@ def test_retention_job_deletes_what_the_policy_no_longer_keeps(store):
     assert sum(detail.image is not None for detail in details) == 10, "only the images younger than 2 days stay"
     [row] = store.list_job_runs(job="retention")
     assert row.outcome == "ok" and row.error is None
+
+
+
+def test_retention_keeps_at_most_the_configured_counts_of_samples_and_images(store):
+    model = register_model(store, "classifier", "weights-1")
+    ids = write_scores(store, model.id, np.zeros(40), end=NOW, span=timedelta(hours=1), images=True)
+    context = context_for(store, sections={"retention": {"max_samples": 25, "max_images": 10}})
+
+    run = scheduler.run_job(context, "retention")
+
+    assert run.outcome == "ok" and "deleted 15 samples" in run.detail
+    kept = [store.get_sample(sample_id) for sample_id in ids[15:]]
+    assert store.count_samples(model.id) == 25 and all(detail is not None for detail in kept)
+    assert [detail.id for detail in kept if detail.image is not None] == ids[-10:], "the newest images stay"

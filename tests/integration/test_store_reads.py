@@ -42,7 +42,7 @@ def test_window_scores_aligns_the_current_labels(store, model):
     store.add_label(sample_ids[2], "OOD", "alice")
     store.add_label(sample_ids[5], "OOD", "alice")
     store.add_label(sample_ids[5], "ID", "bob", note="a plain shirt")  # the latest label wins
-    store.add_label(sample_ids[9], "id", "carol")
+    store.add_label(sample_ids[9], "ID", "carol")
 
     window = store.window_scores(model.id, "ANG")
 
@@ -172,6 +172,10 @@ def test_a_sample_comes_with_its_label_history(store, model, queue):
 def test_labels_are_validated(store, queue):
     with pytest.raises(InputError, match="'maybe' is not one of ID, OOD"):
         store.add_label(queue[0], "maybe", "alice")
+    with pytest.raises(InputError, match="'ood' is not one of ID, OOD"):
+        store.add_label(queue[0], "ood", "alice")  # the same rule as the API and the pages: exact
+    with pytest.raises(InputError, match="note: at most 2000 characters"):
+        store.add_label(queue[0], "OOD", "alice", note="x" * 2001)
     with pytest.raises(InputError, match="no sample with id 999999"):
         store.add_label(999999, "OOD", "alice")
     with pytest.raises(InputError, match="labelled_by"):

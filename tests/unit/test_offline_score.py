@@ -13,7 +13,7 @@ import pytest
 from monitor.cli import main
 from monitor.errors import InputError
 from monitor.names import INDICATORS
-from monitor.offline import COLUMNS, SAMPLES_DIR, bundled_samples, collect_inputs, default_cache_dir
+from monitor.offline import COLUMNS, SAMPLES_DIR, bundled_samples, collect_inputs
 
 # Small calibration: the test checks the plumbing, the science has its own tests.
 CALIBRATION = ["--calibration-samples", "128", "--no-progress", "--device", "cpu"]
@@ -165,12 +165,24 @@ def _empty_dir(root: Path) -> Path:
     return path
 
 
-def test_cache_dir_default_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("MONITOR_CACHE_DIR", str(tmp_path / "mine"))
-    assert default_cache_dir() == tmp_path / "mine"
-    monkeypatch.delenv("MONITOR_CACHE_DIR")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_cache_dir() == tmp_path / "xdg" / "ood-monitor"
+def test_score_takes_its_defaults_from_the_settings_as_the_daemon_does(monkeypatch, tmp_path):
+    import argparse
+
+    from monitor.imaging import DEFAULT_LIMITS
+    from monitor.offline import _configured, _limits
+    from monitor.settings import ImagingSettings
+
+    # One default for both: what [imaging] documents is what the offline scorer refuses.
+    assert (DEFAULT_LIMITS.max_bytes, DEFAULT_LIMITS.max_pixels) == (ImagingSettings().max_bytes,
+                                                                     ImagingSettings().max_pixels)
+    config = tmp_path / "monitor.toml"
+    config.write_text('[imaging]\nmax_bytes = 1234\n[model]\ncache_dir = "calibrations"\n')
+    args = argparse.Namespace(config=str(config), max_bytes=None, max_pixels=None)
+    settings = _configured(args)
+    assert _limits(args, settings.imaging).max_bytes == 1234 and settings.model.cache_dir == "calibrations"
+    monkeypatch.setenv("MONITOR_MODEL__CACHE_DIR", str(tmp_path / "mine"))
+    assert _configured(args).model.cache_dir == str(tmp_path / "mine")
+    assert _limits(argparse.Namespace(max_bytes=99, max_pixels=None), settings.imaging).max_bytes == 99
 
 
 def test_offline_demo_ranks_the_bundled_samples(cache_dir, capsys):
