@@ -58,18 +58,17 @@ def probes_router(probes: Probes):
 
 def build_http_app(probes: Probes, settings: Any = None, store: Any = None,
                    consumer_lag: Callable[[], int | None] | None = None):
-    """The operator web app with the probes mounted, when `settings` and `store` are given and
-    monitor.web is installed; else the probes alone. Returns (app, whether the web app is in it)."""
+    """The operator web app with the probes mounted, when `settings` and `store` are given; else
+    the probes alone. Returns (app, whether the web app is in it)."""
     from fastapi import FastAPI
 
     router = probes_router(probes)
     if settings is not None and store is not None:
-        try:
-            from monitor.web import create_app
-        except ImportError:
-            create_app = None
-        if create_app is not None:
-            return create_app(settings, store, extra_routers=[router], consumer_lag=consumer_lag), True
+        # Imported here so the probe-only roles never load the web app; an import error is a defect
+        # to see, not a reason to serve the probes alone.
+        from monitor.web import create_app
+
+        return create_app(settings, store, extra_routers=[router], consumer_lag=consumer_lag), True
     app = FastAPI(title="ood-monitor", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(HeadAsGet)
     app.include_router(router)
