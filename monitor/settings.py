@@ -281,6 +281,32 @@ class JobsSettings:
                                      minimum=0)
 
 
+def _share_factor(section: str, key: str, value: Any) -> list[str]:
+    if not value > 1.0:
+        return [f"[{section}] {key}: {value} must be above 1 (how many times the flagged share may move)"]
+    return []
+
+
+@dataclass
+class ThresholdsSettings:
+    activation: str = setting("auto", "What a re-fit does with its threshold: 'auto' activates it; 'propose' "
+                                      "stores it as a proposal that waits for an admin's approval; 'guarded' "
+                                      "activates it unless its shadow evaluation shows labelled mistakes "
+                                      "rising or the flagged share moving by more than guard_max_share_factor, "
+                                      "and then proposes it with an alert saying why.",
+                              choices=("auto", "propose", "guarded"))
+    guard_max_share_factor: float = setting(2.0, "Guarded activation: how many times the flagged share of "
+                                                 "the window may move, up or down, before a fit waits for "
+                                                 "approval (above 1).", check=_share_factor)
+    proposal_ttl_hours: float = setting(72.0, "A waiting proposal expires (never activates) after this many "
+                                              "hours.", minimum=0.01)
+    per_class: bool = setting(False, "Fit one threshold per predicted class where the class has "
+                                     "min_class_samples samples in the window (not yet used by the re-fit "
+                                     "job or the daemon: see docs/thresholds.md).")
+    min_class_samples: int = setting(100, "Fewest samples of a predicted class in the window for it to get "
+                                          "its own threshold (with per_class).", minimum=2)
+
+
 @dataclass
 class RetentionSettings:
     score_days: int = setting(90, "Score and reject rows older than this are deleted.", minimum=1)
@@ -308,6 +334,7 @@ class Settings:
     alerts: AlertsSettings = field(default_factory=AlertsSettings)
     web: WebSettings = field(default_factory=WebSettings)
     jobs: JobsSettings = field(default_factory=JobsSettings)
+    thresholds: ThresholdsSettings = field(default_factory=ThresholdsSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     # Where the file layer came from (None: defaults and environment only).

@@ -23,7 +23,9 @@ from monitor.store.payloads import (
     DriftAlert,
     JobFailedAlert,
     OodRateAlert,
+    ThresholdActivatedAlert,
     ThresholdChangedAlert,
+    ThresholdProposedAlert,
 )
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,8 @@ THRESHOLD_CHANGED = ThresholdChangedAlert.KIND
 OOD_RATE = OodRateAlert.KIND
 DRIFT = DriftAlert.KIND
 JOB_FAILED = JobFailedAlert.KIND
+THRESHOLD_PROPOSED = ThresholdProposedAlert.KIND
+THRESHOLD_ACTIVATED = ThresholdActivatedAlert.KIND
 
 # Unpublished alerts younger than this may still be in flight in another job: left alone.
 REDELIVERY_AFTER = timedelta(seconds=60)

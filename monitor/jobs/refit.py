@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from monitor.errors import MonitorError
-from monitor.jobs import queries
+from monitor.jobs import proposals, queries
 from monitor.clock import iso_utc
 from monitor.jobs.scheduler import JobContext, JobOutcome
 from monitor.names import INDICATORS, SUMMARY, SUMMARY_MEMBERS_EXCLUDED
@@ -34,7 +34,9 @@ from monitor.store.payloads import (
     Window,
     json_value,
 )
+from monitor.store.proposals import ProposalRow
 from monitor.store.records import ThresholdRecord, ThresholdRow
+from monitor.thresholds import ClassThresholds
 from monitor.thresholds import NotEnoughData, SummaryWeights, fit_summary_weights, fit_threshold
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class RefitResult:
     message: str  # what was fitted, or why nothing was
     weights_message: str = ""
     summary_weights_id: int | None = None
+    proposal: ProposalRow | None = None  # set when the threshold waits for an admin instead (stored inactive)
 
     @property
     def fitted(self) -> bool:
@@ -82,6 +85,9 @@ def refit(context: JobContext, *, model_id: int | None = None, fitted_by: str | 
     elif store.get_model(model_id) is None:
         raise MonitorError(f"--model-id: no monitored model with id {model_id}")
     now = context.now()
+    for expired in store.expire_proposals(now=now):
+        log.info("proposal #%d expired without a decision; threshold #%d never activated", expired.id,
+                 expired.threshold_id)
     if jobs.refit_window_hours is not None:
         window = store.window_scores(model_id, indicator, since=now - timedelta(hours=jobs.refit_window_hours))
     else:
@@ -102,9 +108,18 @@ def refit(context: JobContext, *, model_id: int | None = None, fitted_by: str | 
 
     method_parameters_used = ThresholdParameters.from_json(fit.parameters)
     weights_message, weights_id = reweighting.message, None
+    # [thresholds] activation: the shadow evaluation says whether the fit waits for an admin.
+    evaluation = hold = None
+    reasons: list[str] = []
+    if context.settings.thresholds.activation != "auto" and (
+            previous is None or reweighting.fitted is not None or not math.isclose(
+                previous.value, float(fit.threshold), rel_tol=1e-9, abs_tol=1e-12)):
+        evaluation = _shadow(context, model_id, indicator, float(fit.threshold), window, reweighting)
+        hold, reasons = proposals.holds(context.settings, evaluation)
     if reweighting.fitted is not None:
         stored = store.add_summary_weights(model_id, SummaryWeightsDocument.from_json(
-            {**json_value(reweighting.fitted.to_dict()), "members": list(reweighting.members)}))
+            {**json_value(reweighting.fitted.to_dict()), "members": list(reweighting.members)}),
+            activate=not hold)
         weights_id = stored.id
         weights_message = f"1C-Sum weights #{stored.id} {reweighting.fitted.reason}"
     parameters = replace(method_parameters_used, window=window_description(jobs), used_labels=fit.used_labels,
@@ -115,7 +130,12 @@ def refit(context: JobContext, *, model_id: int | None = None, fitted_by: str | 
         model_id=model_id, indicator=indicator, method=fit.method, value=float(fit.threshold),
         parameters=parameters, counts=counts, window_start=window.start, window_end=window.end,
         fitted_by=fitted_by or f"scheduler {context.runner}",
-    ), activate=True)
+    ), activate=not hold)
+    if hold:
+        proposal = proposals.propose(context, row, evaluation, reasons, weights_id)
+        message = (f"threshold #{row.id} proposed (proposal #{proposal.id}, waiting for an admin until "
+                   f"{iso_utc(proposal.expires_at)}): {'; '.join(reasons)}; {fit.explain()}")
+        return RefitResult(model_id, indicator, row, previous, message, weights_message, weights_id, proposal)
     if _changed(previous, row):
         context.alerts.raise_alert(ThresholdChangedAlert(
             model_id=model_id, indicator=indicator, threshold_id=row.id, value=row.value, method=row.method,
@@ -127,6 +147,21 @@ def refit(context: JobContext, *, model_id: int | None = None, fitted_by: str | 
         ))
     message = f"threshold #{row.id}: {fit.explain()}"
     return RefitResult(model_id, indicator, row, previous, message, weights_message, weights_id)
+
+
+def _shadow(context: JobContext, model_id: int, indicator: str, value: float, window: Any,
+            reweighting: "Reweighting"):
+    """The fitted threshold (with its re-fitted 1C-Sum weights) beside the active one, on the
+    refit's window and every labelled sample."""
+    jobs = context.settings.jobs
+    span = proposals.Window(since=window.start) if jobs.refit_window_hours is not None else proposals.Window(
+        last=jobs.refit_window_samples)
+    values, members = None, ()
+    if reweighting.fitted is not None and indicator == SUMMARY:
+        model = context.store.get_model(model_id)
+        members = reweighting.members
+        values = proposals.summary_values(reweighting.fitted, members, context.store.get_calibration(model.fingerprint))
+    return proposals.evaluate(context.store, model_id, indicator, ClassThresholds(value), span, values, members)
 
 
 def refit_job(context: JobContext, *, model_id: int | None = None, fitted_by: str | None = None) -> JobOutcome:

@@ -33,6 +33,7 @@ from monitor.store.payloads import (
     AlertDocument,
     ModelPreprocessing,
     NoiseCalibration,
+    ProposalEvaluation,
     ReportSummary,
     SummaryWeightsDocument,
     ThresholdCounts,
@@ -293,6 +294,42 @@ class JobRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # Which process ran it ("host:pid"): with several daemons on one database, where to look.
     runner: Mapped[str | None] = mapped_column(String(255))
+
+
+PROPOSAL_STATUSES = ("waiting", "approved", "rejected", "expired")
+
+
+class ThresholdProposal(Base):
+    """A fitted threshold (stored inactive, with its 1C-Sum weights if re-fitted) that waits for an
+    admin's decision, with its shadow evaluation; at most one waits per model and indicator."""
+
+    __tablename__ = "threshold_proposals"
+    __table_args__ = (
+        CheckConstraint("status IN ('waiting', 'approved', 'rejected', 'expired')", name="status_value"),
+        Index(
+            "uq_threshold_proposals_one_waiting",
+            "model_id",
+            "indicator",
+            unique=True,
+            postgresql_where=text("status = 'waiting'"),
+            sqlite_where=text("status = 'waiting'"),
+        ),
+        Index("ix_threshold_proposals_model_created", "model_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("monitored_models.id"))
+    indicator: Mapped[str] = mapped_column(String(32))
+    threshold_id: Mapped[int] = mapped_column(ForeignKey("thresholds.id"))
+    summary_weights_id: Mapped[int | None] = mapped_column(ForeignKey("summary_weights.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    evaluation: Mapped[ProposalEvaluation] = mapped_column(PayloadDocument(ProposalEvaluation))
+    proposed_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    decided_at: Mapped[datetime | None]
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decision_note: Mapped[str | None] = mapped_column(Text)
 
 
 INDICATOR_COLUMNS: dict[str, Any] = {name: Sample.__table__.c[column] for name, column in COLUMNS.items()}

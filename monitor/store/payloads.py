@@ -10,7 +10,7 @@ missing key, another kind or schema version) with a PayloadError that names the 
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Mapping
 
 from monitor.errors import MonitorError
@@ -255,6 +255,96 @@ class SummaryWeightsDocument(Payload):
             self.WHAT, "'weights' must map indicator names to numbers")
 
 
+# --- threshold proposals ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyThresholds(Payload):
+    """A policy's thresholds (monitor.thresholds.ClassThresholds.to_dict): the global one, and the
+    own threshold of each predicted class that has one (keys: class indices as strings)."""
+
+    WHAT: ClassVar[str] = "policy thresholds"
+
+    global_threshold: float
+    per_class: Mapping[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"global": json_value(self.global_threshold), "per_class": json_value(self.per_class)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "PolicyThresholds":
+        mapping = _mapping(data, cls.WHAT)
+        unknown = sorted(set(mapping) - {"global", "per_class"})
+        if unknown:
+            raise PayloadError(f"{cls.WHAT}: unknown key(s) {', '.join(map(repr, unknown))}; expected global, per_class")
+        _require("global" in mapping, cls.WHAT, "key 'global' missing")
+        per_class = mapping.get("per_class") or {}
+        _require(isinstance(per_class, Mapping), cls.WHAT, "'per_class' must map class indices to thresholds")
+        return cls(mapping["global"], dict(per_class))
+
+
+@dataclass(frozen=True)
+class ClassShareDocument(Payload):
+    """One predicted class of a shadow evaluation's window (monitor.shadow.ClassShare.to_dict)."""
+
+    WHAT: ClassVar[str] = "proposal class share"
+
+    predicted_class: int
+    n: int
+    flagged_before: int
+    flagged_after: int
+    share_before: float
+    share_after: float
+    threshold_before: float | None
+    threshold_after: float
+
+
+@dataclass(frozen=True)
+class LabelledMistakesDocument(Payload):
+    """Labelled samples on the wrong side under each policy (monitor.shadow.LabelledMistakes.to_dict)."""
+
+    WHAT: ClassVar[str] = "proposal labelled mistakes"
+
+    n_ood: int
+    n_id: int
+    false_alarms_before: int
+    misses_before: int
+    mistakes_before: int
+    false_alarms_after: int
+    misses_after: int
+    mistakes_after: int
+    changed_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ProposalEvaluation(Payload):
+    """`threshold_proposals.evaluation`: the shadow evaluation of the proposed threshold beside the
+    one active when it was made (monitor.shadow.ShadowEvaluation.to_dict, id lists capped), the
+    reasons a guarded activation held it back (empty otherwise) and the evaluation in words."""
+
+    WHAT: ClassVar[str] = "proposal evaluation"
+    NESTED: ClassVar[Mapping[str, type[Payload]]] = {
+        "labelled": LabelledMistakesDocument, "active": PolicyThresholds, "candidate": PolicyThresholds}
+    LISTS: ClassVar[Mapping[str, type[Payload]]] = {"classes": ClassShareDocument}
+
+    n: int
+    flagged_before: int
+    flagged_after: int
+    share_before: float | None
+    share_after: float | None
+    share_factor: float | None
+    newly_flagged_count: int
+    cleared_count: int
+    newly_flagged: tuple[int, ...]
+    cleared: tuple[int, ...]
+    classes: tuple[ClassShareDocument, ...]
+    labelled: LabelledMistakesDocument
+    active: PolicyThresholds | None
+    candidate: PolicyThresholds
+    reasons: tuple[str, ...]
+    explanation: str
+
+
 # --- alerts -----------------------------------------------------------------------------------
 
 
@@ -351,8 +441,50 @@ class JobFailedAlert(AlertPayload):
     runner: str | None
 
 
+@dataclass(frozen=True)
+class ThresholdProposedAlert(AlertPayload):
+    """A re-fit's threshold waits for an admin (monitor.jobs.proposals.propose): why, and what it
+    would change to the window's flagged share."""
+
+    KIND: ClassVar[str] = "threshold_proposed"
+    WHAT: ClassVar[str] = "threshold_proposed alert"
+
+    model_id: int
+    indicator: str
+    proposal_id: int
+    threshold_id: int
+    value: float
+    method: str
+    reasons: tuple[str, ...]
+    share_before: float | None
+    share_after: float | None
+    expires_at: str
+    explanation: str
+
+
+@dataclass(frozen=True)
+class ThresholdActivatedAlert(AlertPayload):
+    """An admin approved a proposal: its threshold (and 1C-Sum weights) became active."""
+
+    KIND: ClassVar[str] = "threshold_activated"
+    WHAT: ClassVar[str] = "threshold_activated alert"
+
+    model_id: int
+    indicator: str
+    proposal_id: int
+    threshold_id: int
+    value: float
+    method: str
+    previous_threshold_id: int | None
+    previous_value: float | None
+    summary_weights_id: int | None
+    approved_by: str
+    note: str | None
+
+
 ALERT_PAYLOADS: dict[str, type[AlertPayload]] = {
-    cls.KIND: cls for cls in (ThresholdChangedAlert, OodRateAlert, DriftAlert, JobFailedAlert)}
+    cls.KIND: cls for cls in (ThresholdChangedAlert, OodRateAlert, DriftAlert, JobFailedAlert,
+                              ThresholdProposedAlert, ThresholdActivatedAlert)}
 ALERT_KINDS = tuple(ALERT_PAYLOADS)
 COMMON_ALERT_FIELDS = ("schema_version", "kind", "created_at", "alert_id")
 """Keys of every published alert document (alert_id is null only when the database was unreachable)."""
@@ -423,8 +555,10 @@ def payload_keys(cls: type[Payload]) -> tuple[str, ...]:
 
 __all__ = [
     "ALERT_KINDS", "ALERT_PAYLOADS", "ALERT_SCHEMA_VERSION", "COMMON_ALERT_FIELDS", "AlertDocument", "AlertPayload",
-    "DriftAlert", "DriftTest", "JobFailedAlert", "ModelPreprocessing", "NoiseCalibration", "OodRateAlert", "Payload",
-    "PayloadError", "ReportSummary", "SummaryWeightsDocument", "ThresholdChangedAlert", "ThresholdCounts",
-    "ThresholdParameters", "Window", "json_value", "payload_keys",
+    "ClassShareDocument", "DriftAlert", "DriftTest", "JobFailedAlert", "LabelledMistakesDocument",
+    "ModelPreprocessing", "NoiseCalibration", "OodRateAlert", "Payload", "PayloadError", "PolicyThresholds",
+    "ProposalEvaluation", "ReportSummary", "SummaryWeightsDocument", "ThresholdActivatedAlert",
+    "ThresholdChangedAlert", "ThresholdCounts", "ThresholdParameters", "ThresholdProposedAlert", "Window",
+    "json_value", "payload_keys",
 ]
 

@@ -61,6 +61,7 @@ from monitor.store.payloads import (
     ReportSummary,
     SummaryWeightsDocument,
 )
+from monitor.store.proposals import ProposalsAggregate
 from monitor.store.records import (
     LABEL_CODES,
     UNLABELLED,
@@ -182,8 +183,10 @@ def _decode_cursor(cursor: str, sort: str) -> tuple[Any, int]:
         raise InputError(f"cursor: {cursor!r} is not a cursor of a {sort!r}-sorted queue page") from None
 
 
-class Store:
-    """The service's database. Build it with `Store.open(url)` (or around an existing engine)."""
+class Store(ProposalsAggregate):
+    """The service's database. Build it with `Store.open(url)` (or around an existing engine).
+
+    Proposals (monitor.store.proposals) are an aggregate of their own, mixed in here."""
 
     def __init__(self, engine: Engine):
         self.engine = engine

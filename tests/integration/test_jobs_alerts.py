@@ -140,6 +140,7 @@ def test_every_alert_kind_arrives_on_the_broker_as_documented_json(tmp_path):
 
     from monitor.outbound.alerts import alerts_publisher
     from monitor.jobs.drift_report import make_report
+    from monitor.jobs.proposals import decide
     from monitor.jobs.rate_alert import check_rates as rates
     from monitor.jobs.refit import refit
     from monitor.store import Store, connect, upgrade
@@ -164,6 +165,14 @@ def test_every_alert_kind_arrives_on_the_broker_as_documented_json(tmp_path):
         context.alerts = AlertSink(store, publisher)
 
         assert refit(context).fitted
+        # A proposed re-fit (another method, another value), then its approval in the web app:
+        # stored there, published by the scheduler's redelivery.
+        context.settings.thresholds.activation = "propose"
+        context.settings.jobs.refit_method = "proportion"
+        proposal = refit(context).proposal
+        approved_at = NOW + timedelta(minutes=1)
+        decide(store, proposal.id, "approve", by="admin", note=None, now=approved_at)
+        assert context.alerts.redeliver(approved_at + timedelta(minutes=2)) == 1
         assert rates(context)[0].transition == "open"
         assert make_report(context, NOW - timedelta(minutes=10), NOW).drifted
         context.settings.jobs.report_dir = str(tmp_path / "reports" / "drift-file")
@@ -200,3 +209,5 @@ def test_every_alert_kind_arrives_on_the_broker_as_documented_json(tmp_path):
     assert by_kind["drift"]["drifted"] and by_kind["drift"]["correction"] == "holm"
     assert by_kind["job_failed"]["job"] == "drift_report" and "report_dir" in by_kind["job_failed"]["error"]
     assert by_kind["threshold_changed"]["method"] == "two-means"
+    assert by_kind["threshold_proposed"]["method"] == "proportion"
+    assert by_kind["threshold_activated"]["proposal_id"] == by_kind["threshold_proposed"]["proposal_id"]

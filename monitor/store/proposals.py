@@ -1,0 +1,258 @@
+"""Threshold proposals: a fitted threshold that waits for an admin, with its shadow evaluation.
+
+A proposal points at a threshold (and 1C-Sum weights, when re-fitted) stored inactive. Its
+status is `waiting` until an admin approves it (the threshold and its weights become active in
+the same transaction), rejects it, or it expires; a newer proposal for the same model and
+indicator expires the one that waited. Decisions keep who, when and a note. Also here: the
+samples a shadow evaluation judges (the recent window and every labelled sample).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Mapping, Sequence
+
+import numpy as np
+from sqlalchemy import Connection, case, insert, select, update
+
+from monitor.errors import InputError
+from monitor.clock import iso_utc
+from monitor.store.models import (
+    INDICATOR_COLUMNS,
+    Alert,
+    PROPOSAL_STATUSES,
+    Sample,
+    SummaryWeights,
+    Threshold,
+    ThresholdProposal,
+    current_label_of_sample,
+)
+from monitor.store.payloads import AlertDocument, ProposalEvaluation, ThresholdActivatedAlert
+
+WAITING, APPROVED, REJECTED, EXPIRED = PROPOSAL_STATUSES
+DECISIONS = {"approve": APPROVED, "reject": REJECTED}
+MAX_NOTE_LENGTH = 2000
+
+
+class ProposalConflict(InputError):
+    """The proposal cannot be decided: it was decided already, or it expired."""
+
+
+# --- records ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShadowRows:
+    """Samples for a shadow evaluation, oldest first: ids, predicted classes, current labels
+    (1 OOD, 0 ID, -1 unknown) and the values of the indicators asked for (NaN where NULL)."""
+
+    ids: np.ndarray
+    predicted: np.ndarray
+    labels: np.ndarray
+    values: Mapping[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+
+@dataclass(frozen=True)
+class ProposalRecord:
+    """A proposal to store: the inactive threshold (and weights) it would activate, and why."""
+
+    model_id: int
+    indicator: str
+    threshold_id: int
+    evaluation: ProposalEvaluation
+    expires_at: datetime
+    proposed_by: str
+    summary_weights_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ProposalRow:
+    id: int
+    model_id: int
+    indicator: str
+    threshold_id: int
+    summary_weights_id: int | None
+    status: str
+    evaluation: ProposalEvaluation
+    proposed_by: str
+    created_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+    decision_note: str | None
+    value: float
+    method: str
+
+    def status_at(self, now: datetime) -> str:
+        """The status as it stands at `now`: a waiting proposal past its time is expired."""
+        return EXPIRED if self.status == WAITING and self.expires_at <= now else self.status
+
+
+# --- the aggregate ---------------------------------------------------------------------------------
+
+_LABEL_CODE = case((current_label_of_sample() == "OOD", 1), (current_label_of_sample() == "ID", 0), else_=-1)
+
+
+def _proposal_query():
+    return select(ThresholdProposal.__table__, Threshold.value, Threshold.method).join(
+        Threshold, Threshold.id == ThresholdProposal.threshold_id)
+
+
+def _row(found) -> ProposalRow:
+    return ProposalRow(**found._mapping)
+
+
+class ProposalsAggregate:
+    """The proposal queries of `monitor.store.Store` (which supplies the engine and transactions)."""
+
+    def shadow_rows(self, model_id: int, indicators: Sequence[str], *, since: datetime | None = None,
+                    last: int | None = None, labelled: bool = False) -> ShadowRows:
+        """The model's samples with the named indicators: those scored since `since`, or the `last`
+        newest, or (with `labelled`) every sample whose current label is ID or OOD."""
+        columns = []
+        for name in indicators:
+            if name not in INDICATOR_COLUMNS:
+                raise InputError(f"unknown indicator {name!r}")
+            columns.append(INDICATOR_COLUMNS[name])
+        statement = select(Sample.id, Sample.predicted_class, _LABEL_CODE.label("label"), *columns).where(
+            Sample.model_id == model_id)
+        if labelled:
+            statement = statement.where(current_label_of_sample().is_not(None))
+        if since is not None:
+            statement = statement.where(Sample.scored_at >= since)
+        if last is not None:
+            if not isinstance(last, int) or last < 1:
+                raise InputError(f"window: last must be an integer >= 1, got {last!r}")
+            statement = statement.order_by(Sample.scored_at.desc(), Sample.id.desc()).limit(last)
+        with self._reading() as connection:
+            rows = connection.execute(statement).all()
+        rows.sort(key=lambda row: row[0])  # ids grow with arrival: oldest first
+        ids = np.array([row[0] for row in rows], dtype=np.int64)
+        predicted = np.array([row[1] for row in rows], dtype=np.int64)
+        labels = np.array([row[2] for row in rows], dtype=np.int8)
+        values = {name: np.array([np.nan if row[3 + i] is None else row[3 + i] for row in rows], dtype=np.float64)
+                  for i, name in enumerate(indicators)}
+        return ShadowRows(ids, predicted, labels, values)
+
+    def add_proposal(self, record: ProposalRecord, *, now: datetime) -> ProposalRow:
+        """Store a waiting proposal; one that still waited for the same model and indicator expires."""
+        with self._writing() as connection:
+            self._lock_model(connection, record.model_id)
+            threshold = connection.execute(select(Threshold.model_id, Threshold.indicator, Threshold.active).where(
+                Threshold.id == record.threshold_id)).first()
+            if threshold is None or threshold.model_id != record.model_id or threshold.indicator != record.indicator:
+                raise InputError(f"proposal: threshold #{record.threshold_id} is not one of model "
+                                 f"{record.model_id}'s {record.indicator} thresholds")
+            connection.execute(
+                update(ThresholdProposal)
+                .where(ThresholdProposal.model_id == record.model_id, ThresholdProposal.indicator == record.indicator,
+                       ThresholdProposal.status == WAITING)
+                .values(status=EXPIRED, decided_at=now, decided_by=record.proposed_by,
+                        decision_note="replaced by a newer proposal")
+            )
+            proposal_id = connection.execute(insert(ThresholdProposal).returning(ThresholdProposal.id), [{
+                "model_id": record.model_id, "indicator": record.indicator, "threshold_id": record.threshold_id,
+                "summary_weights_id": record.summary_weights_id, "status": WAITING,
+                "evaluation": record.evaluation, "proposed_by": record.proposed_by,
+                "created_at": now, "expires_at": record.expires_at,
+            }]).scalar_one()
+            return self._proposal(connection, proposal_id)
+
+    def decide_proposal(self, proposal_id: int, decision: str, *, by: str, note: str | None,
+                        now: datetime) -> ProposalRow:
+        """Approve (its threshold and weights become active, and a `threshold_activated` alert row is
+        kept, in this one transaction) or reject a waiting proposal. ProposalConflict when it was decided already or has expired (it is then
+        marked expired); InputError when there is no such proposal."""
+        if decision not in DECISIONS:
+            raise InputError(f"decision: {decision!r} is not one of {', '.join(DECISIONS)}")
+        if note is not None and len(note) > MAX_NOTE_LENGTH:
+            raise InputError(f"note: at most {MAX_NOTE_LENGTH} characters")
+        with self._writing() as connection:
+            found = connection.execute(select(ThresholdProposal.model_id).where(
+                ThresholdProposal.id == proposal_id)).first()
+            if found is None:
+                raise InputError(f"proposal: no proposal with id {proposal_id}")
+            self._lock_model(connection, found.model_id)  # serialises decisions and activations per model
+            proposal = self._proposal(connection, proposal_id)
+            if proposal.status_at(now) != WAITING:
+                if proposal.status == WAITING:
+                    self._expire(connection, [proposal_id], now)
+                    status = EXPIRED
+                else:
+                    status = proposal.status
+                conflict = ProposalConflict(f"proposal #{proposal_id} is {status}"
+                                            + (f" (by {proposal.decided_by})" if proposal.decided_by else "")
+                                            + "; only a waiting proposal can be approved or rejected")
+            else:
+                conflict = None
+                if decision == "approve":
+                    previous = connection.execute(select(Threshold.id, Threshold.value).where(
+                        Threshold.model_id == proposal.model_id, Threshold.indicator == proposal.indicator,
+                        Threshold.active.is_(True))).first()
+                    self._activate(connection, proposal.threshold_id, proposal.model_id, proposal.indicator)
+                    if proposal.summary_weights_id is not None:
+                        connection.execute(update(SummaryWeights).where(
+                            SummaryWeights.model_id == proposal.model_id, SummaryWeights.active.is_(True)
+                        ).values(active=False))
+                        connection.execute(update(SummaryWeights).where(
+                            SummaryWeights.id == proposal.summary_weights_id).values(active=True))
+                connection.execute(update(ThresholdProposal).where(ThresholdProposal.id == proposal_id).values(
+                    status=DECISIONS[decision], decided_at=now, decided_by=by, decision_note=note or None))
+                if decision == "approve":  # the alert row commits with the activation; redelivery publishes it
+                    activated = ThresholdActivatedAlert(
+                        model_id=proposal.model_id, indicator=proposal.indicator, proposal_id=proposal.id,
+                        threshold_id=proposal.threshold_id, value=proposal.value, method=proposal.method,
+                        previous_threshold_id=previous.id if previous else None,
+                        previous_value=previous.value if previous else None,
+                        summary_weights_id=proposal.summary_weights_id, approved_by=by, note=note or None)
+                    connection.execute(insert(Alert), [{
+                        "kind": activated.KIND, "payload": AlertDocument(activated, iso_utc(now)),
+                        "created_at": now, "published_at": None}])
+                proposal = self._proposal(connection, proposal_id)
+        if conflict is not None:  # raised after the commit: an expiry found here is kept
+            raise conflict
+        return proposal
+
+    def expire_proposals(self, *, now: datetime) -> list[ProposalRow]:
+        """Mark every waiting proposal past its time expired; returns them."""
+        with self._writing() as connection:
+            ids = connection.execute(select(ThresholdProposal.id).where(
+                ThresholdProposal.status == WAITING, ThresholdProposal.expires_at <= now)).scalars().all()
+            self._expire(connection, ids, now)
+            return [self._proposal(connection, proposal_id) for proposal_id in ids]
+
+    @staticmethod
+    def _expire(connection: Connection, ids: Sequence[int], now: datetime) -> None:
+        if ids:
+            connection.execute(update(ThresholdProposal).where(ThresholdProposal.id.in_(list(ids))).values(
+                status=EXPIRED, decided_at=now, decided_by="expiry", decision_note=None))
+
+    @staticmethod
+    def _proposal(connection: Connection, proposal_id: int) -> ProposalRow:
+        return _row(connection.execute(_proposal_query().where(ThresholdProposal.id == proposal_id)).one())
+
+    def get_proposal(self, proposal_id: int) -> ProposalRow | None:
+        with self._reading() as connection:
+            found = connection.execute(_proposal_query().where(ThresholdProposal.id == proposal_id)).first()
+        return _row(found) if found else None
+
+    def waiting_proposal(self, model_id: int, indicator: str, *, now: datetime) -> ProposalRow | None:
+        """The proposal that waits for a decision on this model and indicator, if any (and not expired)."""
+        with self._reading() as connection:
+            found = connection.execute(_proposal_query().where(
+                ThresholdProposal.model_id == model_id, ThresholdProposal.indicator == indicator,
+                ThresholdProposal.status == WAITING, ThresholdProposal.expires_at > now)).first()
+        return _row(found) if found else None
+
+    def list_proposals(self, model_id: int | None = None, *, limit: int = 50) -> list[ProposalRow]:
+        """Proposals, newest first."""
+        statement = _proposal_query()
+        if model_id is not None:
+            statement = statement.where(ThresholdProposal.model_id == model_id)
+        statement = statement.order_by(ThresholdProposal.id.desc()).limit(limit)
+        with self._reading() as connection:
+            return [_row(found) for found in connection.execute(statement)]
