@@ -53,7 +53,8 @@ def test_every_alert_kind_round_trips_and_keeps_its_kind():
         correction="holm", alpha=0.01, min_effect=0.1, file_path=None), "2026-06-01T12:00:00.000Z")
     assert AlertDocument.from_json(drift.to_json()) == drift
     assert "drifted" not in drift.to_json()["drifted"][0], "only drifted ones are listed: no flag"
-    assert set(ALERT_PAYLOADS) == {"threshold_changed", "ood_rate", "drift", "job_failed"}
+    assert set(ALERT_PAYLOADS) == {"threshold_changed", "ood_rate", "drift", "job_failed", "threshold_proposed",
+                                   "threshold_activated"}
 
 
 @pytest.mark.parametrize("cls, document, message", [
