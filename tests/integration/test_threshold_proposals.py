@@ -10,6 +10,7 @@ from monitor.jobs import proposals
 from monitor.jobs.refit import refit
 from monitor.store.proposals import ProposalConflict
 from monitor.stream.pipeline import ThresholdSource
+from tests.store_data import register_model
 from tests.integration.jobs_data import NOW, RecordingPublisher, add_threshold, context_for, mixture, write_scores
 
 pytestmark = pytest.mark.integration
@@ -19,7 +20,7 @@ INDICATOR = "1C-Sum"
 
 def _setup(store, active_value: float, activation: str, **thresholds):
     """900 ID-like and 100 OOD-like samples (N(0,1), N(8,1)) and an active threshold of `active_value`."""
-    model = store.register_model("classifier", "weights-1", {})
+    model = register_model(store, "classifier", "weights-1")
     active = add_threshold(store, model.id, active_value)
     values, _ = mixture(900, 100)
     ids = write_scores(store, model.id, values)
@@ -64,8 +65,9 @@ def test_a_proposed_refit_changes_nothing_until_an_admin_approves_it_in_one_step
     judged_by = _daemon_threshold(store, model.id)
     assert judged_by.threshold_id == proposal.threshold_id and judged_by.value == decided.value
     [alert] = store.list_alerts(kind="threshold_activated")
-    assert alert.payload["proposal_id"] == proposal.id and alert.payload["previous_threshold_id"] == active
-    assert alert.payload["approved_by"] == "admin" and alert.published_at is None  # the scheduler publishes it
+    activated = alert.payload.payload
+    assert activated.proposal_id == proposal.id and activated.previous_threshold_id == active
+    assert activated.approved_by == "admin" and alert.published_at is None  # the scheduler publishes it
     with pytest.raises(ProposalConflict, match="approved"):
         proposals.decide(store, proposal.id, "reject", by="other", note=None, now=NOW + timedelta(hours=2))
     assert store.waiting_proposal(model.id, INDICATOR, now=NOW) is None
