@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from monitor import fashion_mnist  # noqa: E402
 from monitor.classifiers import ASSETS_DIR, DemoResNet, Preprocessing  # noqa: E402
 
-HOLDOUT_CLASSES = (5, 9)  # Sandal, Ankle boot
+HOLDOUT_CLASSES = fashion_mnist.HOLDOUT_CLASSES  # Sandal, Ankle boot
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -301,6 +301,43 @@ def _build(factory: Callable[..., nn.Module], kwargs: Mapping[str, Any], target:
     return model
 
 
+def _from_description(description: Mapping[str, Any], what: str) -> tuple[nn.Module, Preprocessing, dict[str, Any]]:
+    """(model without weights, preprocessing, the other entries) of a JSON description as the
+    training scripts write it: {"architecture": {"factory", "kwargs"}, "preprocessing", ...}."""
+    architecture = description.get("architecture", {})
+    target = architecture.get("factory", "monitor.classifiers:DemoResNet")
+    model = _build(_resolve_factory(target), architecture.get("kwargs", {}), what)
+    if "preprocessing" not in description:
+        raise ModelError(f"{what}: its description has no 'preprocessing' entry")
+    base = Preprocessing.from_dict(description["preprocessing"])
+    details = {k: v for k, v in description.items() if k not in ("architecture", "preprocessing")}
+    return model, base, details
+
+
+def load_described(
+    weights: Path | str, *, name: str | None = None, device: str | torch.device | None = None
+) -> LoadedClassifier:
+    """A model saved with a JSON description beside its weights (same stem, as
+    deploy/train_demo_classifier.py and deploy/train_ood_models.py write them), in eval mode."""
+    weights = Path(weights)
+    description = _sidecar(weights)
+    if not description:
+        raise ModelError(f"model {str(weights)!r} has no description {str(weights.with_suffix('.json'))!r} beside it")
+    name = name or weights.stem
+    model, preprocessing, details = _from_description(description, f"model {name!r}")
+    load_weights(model, weights, f"model {name!r}")
+    chosen = pick_device(device)
+    return LoadedClassifier(
+        model=model.to(chosen).eval(),
+        preprocessing=preprocessing,
+        name=name,
+        spec=str(weights),
+        device=chosen,
+        weights=weights,
+        details=details,
+    )
+
+
 def load_classifier(
     spec: str,
     *,
@@ -335,16 +372,12 @@ def load_classifier(
                 f"bundled model {spec!r} is missing {stem.with_suffix('.json')}; "
                 "train it with deploy/train_demo_classifier.py"
             )
-        architecture = description.get("architecture", {})
-        bundled_classes = architecture.get("kwargs", {}).get("num_classes")
+        bundled_classes = description.get("architecture", {}).get("kwargs", {}).get("num_classes")
         if num_classes is not None and bundled_classes is not None and int(num_classes) != bundled_classes:
             raise ModelError(f"bundled model {spec!r} has {bundled_classes} classes, not num_classes={num_classes}")
-        factory = _resolve_factory(architecture.get("factory", "monitor.classifiers:DemoResNet"))
-        model = _build(factory, architecture.get("kwargs", {}), spec)
+        model, base, details = _from_description(description, spec)
         what = f"bundled model {spec!r}"
         name = spec
-        base = Preprocessing.from_dict(description["preprocessing"])
-        details = {k: v for k, v in description.items() if k not in ("architecture", "preprocessing")}
     elif ":" in spec:
         factory = _resolve_factory(spec)
         kwargs = {"num_classes": int(num_classes)} if num_classes is not None else {}

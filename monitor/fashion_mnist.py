@@ -29,6 +29,10 @@ CLASS_NAMES: tuple[str, ...] = (
     "Ankle boot",
 )
 
+# The held-out-classes split: models trained without Sandal (5) and Ankle boot (9) face those
+# test images as near-OOD (footwear like the Sneakers they know).
+HOLDOUT_CLASSES: tuple[int, ...] = (5, 9)
+
 _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
