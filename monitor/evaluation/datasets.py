@@ -11,6 +11,7 @@ textures, photos and LFW face crops, and generated noise. Nothing is downloaded.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -186,6 +187,90 @@ def lfw_faces(count: int | None, seed: int = 0) -> ImageSet:
     return ImageSet("LFW faces", _resize(faces), "scikit-image lfw_subset, its 100 face crops")
 
 
+@functools.lru_cache(maxsize=1)
+def _fashion_mnist_train() -> np.ndarray:
+    images, _ = fashion_mnist.load("train")
+    images.setflags(write=False)
+    return images
+
+
+def fashion_mnist_statistics() -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel mean and standard deviation [28, 28] of the Fashion-MNIST training images."""
+    pixels = _fashion_mnist_train().astype(np.float32) / 255.0
+    return pixels.mean(axis=0), pixels.std(axis=0)
+
+
+def match_statistics(
+    images: np.ndarray, donors: np.ndarray, layout: np.ndarray, rng: np.random.Generator, weight: float = 1.0
+) -> np.ndarray:
+    """Give each image [N, 28, 28] the exact pixel values of its donor image (same sorted
+    values, so the same intensity histogram, mean and spread), placed by a key that mixes
+    the image's own brightness order with a layout [28, 28] (the reference per-pixel mean):
+    key = z(image pixel) + weight * z(layout pixel), the largest donor value going to the
+    largest key. The image keeps its structure (edges, texture) while the bright pixels
+    gather where the reference is bright on average."""
+    images = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+    donors = np.asarray(donors, dtype=np.float32).reshape(len(donors), -1)
+    if images.shape != donors.shape:
+        raise InputError(f"match_statistics: {images.shape[0]} images of {images.shape[1]} pixels but donors {donors.shape}")
+
+    def zscore(values: np.ndarray) -> np.ndarray:
+        spread = values.std(axis=-1, keepdims=True)
+        return (values - values.mean(axis=-1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
+
+    # A little noise breaks the ties of flat regions at random instead of in raster order.
+    keys = zscore(images) + weight * zscore(np.asarray(layout, dtype=np.float64).reshape(1, -1))
+    keys += rng.normal(0.0, 1e-3, size=keys.shape)
+    order = np.argsort(keys, axis=1)
+    matched = np.empty_like(donors)
+    np.put_along_axis(matched, order, np.sort(donors, axis=1), axis=1)
+    return matched.reshape(-1, SIDE, SIDE)
+
+
+HARD_SHARES = {"photos and textures": 0.7, "sklearn digits": 0.15, "LFW faces": 0.15}
+
+
+def hard_natural(count: int, seed: int = 0) -> ImageSet:
+    """Natural-image crops that gross pixel statistics cannot tell from Fashion-MNIST.
+
+    Sources: random crops of the photos and textures of the "Photos" and "Textures" sets
+    (70 %), the scikit-learn 8x8 digits (15 %) and the LFW face crops, randomly cropped and
+    mirrored (15 %). Each image then takes the pixel values of a random Fashion-MNIST
+    *training* image (`match_statistics`): its histogram, mean and spread are those of a real
+    Fashion-MNIST image, and its bright pixels gather where Fashion-MNIST's per-pixel mean is
+    high. The IN- indicators, which see only each image's mean and spread, are near chance on
+    it (tests/unit/test_hard_set.py)."""
+    import skimage.data
+    from sklearn.datasets import load_digits, load_sample_images
+
+    rng = np.random.default_rng(seed)
+    n_digits = int(round(count * HARD_SHARES["sklearn digits"]))
+    n_faces = int(round(count * HARD_SHARES["LFW faces"]))
+    n_photos = count - n_digits - n_faces
+    pictures = [_grey(getattr(skimage.data, name)()) for name in PHOTOS + TEXTURES]
+    pictures += [_grey(image) for image in load_sample_images().images]
+    parts = [_random_crops(pictures, n_photos, rng, 32, 160)]
+    digits = load_digits().images / 16.0
+    parts.append(_resize(digits[rng.integers(len(digits), size=n_digits)]))
+    faces = skimage.data.lfw_subset()[:100].astype(np.float32)
+    parts.append(_random_crops(list(faces), n_faces, rng, 18, 25))
+    sources = np.concatenate(parts)
+    mirror = rng.random(len(sources)) < 0.5
+    sources[mirror] = sources[mirror, :, ::-1]
+    sources = sources[rng.permutation(len(sources))]
+    train_images = _fashion_mnist_train()
+    donors = train_images[rng.integers(len(train_images), size=count)].astype(np.float32) / 255.0
+    mean_image, _ = fashion_mnist_statistics()
+    images = match_statistics(sources, donors, mean_image, rng)
+    return ImageSet(
+        "Hard natural",
+        images,
+        f"crops of scikit-image {', '.join(PHOTOS + TEXTURES)} and scikit-learn sample images (70 %), "
+        "scikit-learn digits (15 %), LFW faces (15 %)",
+        "pixel values of a random Fashion-MNIST training image each, bright where Fashion-MNIST is bright on average",
+    )
+
+
 # Far-OOD sets of the main table, in column order: name -> loader(count, seed).
 FAR_OOD: dict[str, Callable[[int, int], ImageSet]] = {
     "MNIST": mnist_digits,
@@ -195,6 +280,7 @@ FAR_OOD: dict[str, Callable[[int, int], ImageSet]] = {
     "Textures": textures,
     "Photos": photo_crops,
     "LFW faces": lfw_faces,
+    "Hard natural": hard_natural,
 }
 
 

@@ -9,7 +9,6 @@ Inputs are plain arrays: for each image set, indicator name -> float array [N] (
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -18,6 +17,7 @@ from scipy.stats import rankdata
 from tqdm import tqdm
 
 from monitor.errors import InputError, MonitorError
+from monitor.evaluation.intervals import finite_or_inf as _finite, orderable as _orderable
 from monitor.names import INDICATORS, SUMMARY
 from monitor.metrics import detection_error, fpr_at_tpr, roc_auc
 from monitor.thresholds import proportion, two_means
@@ -60,22 +60,6 @@ def ordered_methods(names: Iterable[str]) -> list[str]:
     return known + others + tail
 
 
-def _finite(values: np.ndarray) -> np.ndarray:
-    """An undefined indicator value (NaN) counts as maximally suspicious: +inf."""
-    values = np.asarray(values, dtype=np.float64)
-    return np.where(np.isnan(values), np.inf, values)
-
-
-def _orderable(values: np.ndarray) -> np.ndarray:
-    """Finite values in the same order: NaN and +inf just above the largest finite value,
-    -inf just below the smallest (the metrics depend on the order only)."""
-    values = _finite(values)
-    finite = values[np.isfinite(values)]
-    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
-    span = max(1.0, high - low)
-    return np.where(values == np.inf, high + span, np.where(values == -np.inf, low - span, values))
-
-
 def detection_metrics(id_values: np.ndarray, ood_values: np.ndarray) -> dict[str, float]:
     """auROC, FPR at 95 % TPR and detection error of one indicator, OOD as positives, in percent;
     'non_finite' counts the NaN or infinite values (NaN ranks as most suspicious)."""
@@ -94,39 +78,42 @@ def _features(scores: Scores, names: Sequence[str]) -> np.ndarray:
     return np.column_stack([np.asarray(scores[n], dtype=np.float64) for n in names])
 
 
-def supervised_baseline(
-    id_scores: Scores, ood_scores: Scores, features: Sequence[str], seed: int = 0
-) -> dict[str, float]:
-    """The paper's supervised reference: a linear model (logistic regression on standardised
-    indicators) trained on half of the ID and half of the OOD samples, evaluated on the other
-    halves. Ideal and unrealistic (train and test OOD come from the same set)."""
-    from sklearn.linear_model import LogisticRegression
+def halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices: a random half of n samples (the smaller half) and the rest."""
+    if n < 4:
+        raise InputError(f"splitting into halves needs at least 4 samples, got {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[: n // 2]), np.sort(order[n // 2 :])
+
+
+def subset(scores: Scores, index: np.ndarray) -> Scores:
+    return {name: np.asarray(values)[index] for name, values in scores.items()}
+
+
+def fit_linear_svm(train_id: Scores, train_ood: Scores, features: Sequence[str]) -> Callable[[Scores], np.ndarray]:
+    """The paper's supervised reference: a linear SVM on the standardised indicators, trained
+    on ID (negative) and OOD (positive) samples. Returns its decision function. Ideal and
+    unrealistic: the OOD samples it is tested on come from the set it was trained on.
+
+    Non-finite values (NaN, inf) are clipped to the training range so the SVM sees numbers."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
 
-    rng = np.random.default_rng(seed)
-    id_x, ood_x = _features(id_scores, features), _features(ood_scores, features)
-    id_order, ood_order = rng.permutation(len(id_x)), rng.permutation(len(ood_x))
-    id_half, ood_half = len(id_x) // 2, len(ood_x) // 2
-    if min(id_half, ood_half) < 2:
-        raise InputError(f"the supervised baseline needs at least 4 ID and 4 OOD samples, got {len(id_x)} and {len(ood_x)}")
-    train_x = np.concatenate([id_x[id_order[:id_half]], ood_x[ood_order[:ood_half]]])
-    train_y = np.r_[np.zeros(id_half), np.ones(ood_half)]
-    test_id, test_ood = id_x[id_order[id_half:]], ood_x[ood_order[ood_half:]]
-    # Non-finite values (NaN, inf) are clipped to the training range so the linear model sees numbers.
+    if not features:
+        raise InputError("the supervised reference needs at least one indicator as a feature")
+    train_x = np.concatenate([_features(train_id, features), _features(train_ood, features)])
+    train_y = np.r_[np.zeros(len(train_x) - len(train_ood[features[0]])), np.ones(len(train_ood[features[0]]))]
     finite = np.where(np.isfinite(train_x), train_x, np.nan)
-    low, high = np.nanmin(finite, axis=0), np.nanmax(finite, axis=0)
-    low, high = np.nan_to_num(low, nan=0.0), np.nan_to_num(high, nan=0.0)
+    low = np.nan_to_num(np.nanmin(finite, axis=0), nan=0.0)
+    high = np.nan_to_num(np.nanmax(finite, axis=0), nan=0.0)
 
     def clean(x: np.ndarray) -> np.ndarray:
-        x = np.where(np.isnan(x), high, x)
-        return np.clip(x, low, high)
+        return np.clip(np.where(np.isnan(x), high, x), low, high)
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced"))
+    model = make_pipeline(StandardScaler(), LinearSVC(C=1.0, class_weight="balanced", max_iter=20000))
     model.fit(clean(train_x), train_y)
-    result = detection_metrics(model.decision_function(clean(test_id)), model.decision_function(clean(test_ood)))
-    result.update({"train_id": id_half, "train_ood": ood_half, "test_id": len(test_id), "test_ood": len(test_ood)})
-    return result
+    return lambda scores: model.decision_function(clean(_features(scores, features)))
 
 
 def rank_methods(auroc_by_method: Mapping[str, float]) -> dict[str, float]:
@@ -134,57 +121,6 @@ def rank_methods(auroc_by_method: Mapping[str, float]) -> dict[str, float]:
     names = list(auroc_by_method)
     ranks = rankdata([-auroc_by_method[n] for n in names], method="average")
     return {name: float(rank) for name, rank in zip(names, ranks)}
-
-
-@dataclass
-class SetResult:
-    """Metrics of every method against one OOD set."""
-
-    name: str
-    size: int
-    metrics: dict[str, dict[str, float]]  # method -> {"auroc", "fpr95", ...}
-    ranks: dict[str, float]  # method -> rank among all methods (individual + supervised + 1C-Sum)
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "size": self.size, "metrics": self.metrics, "ranks": self.ranks}
-
-
-def evaluate_set(
-    id_scores: Scores, ood_scores: Scores, name: str, supervised: bool = True, seed: int = 0
-) -> SetResult:
-    """Every indicator present in both score dicts, plus the supervised baseline, against one set."""
-    methods = [m for m in ordered_methods(id_scores) if m in ood_scores]
-    if not methods:
-        raise InputError(f"OOD set {name!r}: no indicator is present in both the ID and the OOD scores")
-    metrics = {m: detection_metrics(id_scores[m], ood_scores[m]) for m in methods}
-    if supervised:
-        features = [m for m in methods if m != SUMMARY]
-        metrics[SUPERVISED] = supervised_baseline(id_scores, ood_scores, features, seed)
-        metrics = {m: metrics[m] for m in ordered_methods(metrics)}
-    ranks = rank_methods({m: v["auroc"] for m, v in metrics.items()})
-    size = len(next(iter(ood_scores.values())))
-    return SetResult(name=name, size=size, metrics=metrics, ranks=ranks)
-
-
-def average_ranks(results: Sequence[SetResult]) -> dict[str, float]:
-    """Mean over sets of each method's rank (methods present in every set)."""
-    if not results:
-        return {}
-    common = set(results[0].ranks).intersection(*(r.ranks for r in results[1:]))
-    return {m: float(np.mean([r.ranks[m] for r in results])) for m in ordered_methods(common)}
-
-
-def summary_rank_among_indicators(results: Sequence[SetResult]) -> dict[str, float]:
-    """1C-Sum's rank among the individual indicators only (supervised left out), per set and
-    on average: the quantity the paper's 'second best after the supervised model' refers to."""
-    per_set = {}
-    for result in results:
-        if SUMMARY not in result.metrics:
-            continue
-        competing = {m: v["auroc"] for m, v in result.metrics.items() if m != SUPERVISED}
-        per_set[result.name] = rank_methods(competing)[SUMMARY]
-    average = float(np.mean(list(per_set.values()))) if per_set else math.nan
-    return {"per_set": per_set, "average": average}
 
 
 def threshold_quality(values: np.ndarray, is_ood: np.ndarray, threshold: float) -> dict[str, float]:

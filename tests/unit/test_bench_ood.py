@@ -1,7 +1,8 @@
 """`ood-monitor bench ood`: the offline OOD sets, the paper's protocol and the report files.
 
-The protocol is checked on scores whose answer is known; the data sets on their shape and
-content; the whole command once, small, on the bundled demo models (real data, real Scorer).
+The protocol and the tables are checked on scores whose answer is known; the data sets on
+their shape and content; the whole command once, small, on the trained models of
+monitor/assets/ood_models (real data, real Scorer).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from monitor.cli import main as cli_main
 from monitor.errors import InputError
-from monitor.evaluation import datasets, protocol
+from monitor.evaluation import datasets, intervals, protocol, tables
 from monitor.names import SUMMARY
 
 # --- protocol on known scores -------------------------------------------------------------
@@ -41,33 +42,33 @@ def test_ranks_put_best_auroc_first_and_share_ties():
     assert ranks == {"B": 1.0, "A": 2.5, "C": 2.5, "D": 4.0}
 
 
-def _separable(rng, n, shift):
-    return rng.normal(0.0, 1.0, n), rng.normal(shift, 1.0, n)
+def test_halves_split_every_sample_once_and_reproducibly():
+    train, test = protocol.halves(11, seed=3)
+    assert len(train) == 5 and len(test) == 6
+    assert sorted(np.r_[train, test].tolist()) == list(range(11))
+    np.testing.assert_array_equal(protocol.halves(11, seed=3)[0], train)
+    assert not np.array_equal(protocol.halves(11, seed=4)[0], train)
+    with pytest.raises(InputError, match="at least 4"):
+        protocol.halves(3, seed=0)
 
 
-def test_evaluate_set_ranks_indicators_the_summary_and_the_supervised_baseline():
+def test_linear_svm_reference_combines_indicators_and_survives_undefined_values():
     rng = np.random.default_rng(0)
     n = 400
     # Two indicators, each informative for half of the OOD samples: a linear model on both
-    # (the supervised baseline) separates better than either one alone.
-    id_scores = {"MP": rng.normal(0, 1, n), "ANG": rng.normal(0, 1, n), "NORM": rng.normal(0, 1, n)}
-    ood_mp = np.r_[rng.normal(4, 1, n // 2), rng.normal(0, 1, n // 2)]
-    ood_ang = np.r_[rng.normal(0, 1, n // 2), rng.normal(4, 1, n // 2)]
-    ood_scores = {"MP": ood_mp, "ANG": ood_ang, "NORM": rng.normal(0, 1, n)}
-    id_scores[SUMMARY] = id_scores["MP"] + id_scores["ANG"]
-    ood_scores[SUMMARY] = ood_scores["MP"] + ood_scores["ANG"]
+    # separates better than either one alone.
+    def draw(ood: bool):
+        mp = np.r_[rng.normal(4, 1, n // 2), rng.normal(0, 1, n // 2)] if ood else rng.normal(0, 1, n)
+        ang = np.r_[rng.normal(0, 1, n // 2), rng.normal(4, 1, n // 2)] if ood else rng.normal(0, 1, n)
+        return {"MP": mp, "ANG": ang, "NORM": rng.normal(0, 1, n)}
 
-    result = protocol.evaluate_set(id_scores, ood_scores, "mixed", seed=0)
-
-    assert list(result.metrics) == ["MP", "NORM", "ANG", protocol.SUPERVISED, SUMMARY]
-    assert 45 < result.metrics["NORM"]["auroc"] < 55  # uninformative: chance level
-    assert result.metrics[protocol.SUPERVISED]["auroc"] > max(result.metrics[m]["auroc"] for m in ("MP", "ANG"))
-    assert result.metrics[protocol.SUPERVISED]["test_id"] == n // 2
-    assert result.ranks[protocol.SUPERVISED] == 1.0
-    assert result.ranks["NORM"] == 5.0
-    # Among the individual indicators only, the sum of the two informative ones comes first.
-    assert protocol.summary_rank_among_indicators([result])["average"] == 1.0
-    assert protocol.average_ranks([result, result]) == result.ranks
+    train_id, train_ood, test_id, test_ood = draw(False), draw(True), draw(False), draw(True)
+    train_ood["ANG"][:3] = np.nan  # undefined values are clipped, not a crash
+    svm = protocol.fit_linear_svm(train_id, train_ood, ["MP", "ANG", "NORM"])
+    combined = protocol.detection_metrics(svm(test_id), svm(test_ood))["auroc"]
+    alone = max(protocol.detection_metrics(test_id[m], test_ood[m])["auroc"] for m in ("MP", "ANG"))
+    assert combined > alone + 5
+    assert 45 < protocol.detection_metrics(test_id["NORM"], test_ood["NORM"])["auroc"] < 55
 
 
 def test_mixed_stream_has_the_asked_share_drawn_evenly_with_small_sets_topped_up():
@@ -140,7 +141,70 @@ def test_score_images_batches_a_score_function_and_keeps_order():
         protocol.score_images(score, images, batch_size=0)
 
 
-# --- the command, small, on the bundled models --------------------------------------------------
+# --- tables on scores whose answer is known ------------------------------------------------------
+
+
+def _set_scores(rng, n, shifts):
+    """Every row of the extended table: N(0, 1) on ID, N(shift, 1) on OOD (shift 0 = chance)."""
+    rows = tables.EXTENDED_ROWS
+    return tables.SetScores(
+        id={r: rng.normal(0, 1, n) for r in rows},
+        ood={r: rng.normal(shifts.get(r, 0.0), 1, n) for r in rows},
+    )
+
+
+def test_tables_give_means_spreads_intervals_and_ranks_that_match_the_scores():
+    rng = np.random.default_rng(0)
+    sets = ["A", "B", "Uniform"]
+    # 1C-Sum clearly best of the sample-free rows, the supervised reference better still,
+    # DSS second on one set only; every other row at chance.
+    shifts = {SUMMARY: 2.5, tables.SUPERVISED: 4.0}
+    runs = {
+        arch: [{s: _set_scores(rng, 300, {**shifts, "DSS": 2.0 if s == "A" else 0.0}) for s in sets} for _ in range(3)]
+        for arch in ("one", "two")
+    }
+    near = {"one": _set_scores(rng, 300, {"ANG": 3.0, tables.SUPERVISED: 5.0})}
+    paper = tables.compute_table(tables.PAPER, runs, sets, draws=200, seed=1, near=near)
+    extended = tables.compute_table(tables.EXTENDED, runs, sets, draws=200, seed=1)
+
+    assert paper["sets"] == ["A", "B"] and extended["sets"] == sets  # no Uniform in the paper's protocol
+    assert len(paper["rows"]) == 20 and "IN-DSS-EXT" not in paper["rows"]
+    assert len(extended["rows"]) == 21
+    entry = paper["architectures"]["one"]["auroc"]["A"][SUMMARY]
+    # Mean and spread are those of the per-seed auROCs, each computed directly.
+    direct = [intervals.auroc_draws(run["A"].id[SUMMARY], run["A"].ood[SUMMARY])[0] for run in runs["one"]]
+    assert entry["per_model"] == pytest.approx(direct)
+    assert entry["value"] == pytest.approx(np.mean(direct))
+    assert entry["spread"] == pytest.approx(np.std(direct, ddof=1))
+    assert entry["low"] < entry["value"] < entry["high"]
+    # True auROC of a 2.5-sigma shift: Phi(2.5 / sqrt 2) = 96.1 %, inside the interval.
+    assert entry["low"] < 96.1 < entry["high"]
+    ranks = paper["pooled"]["average_rank"]
+    assert ranks[tables.SUPERVISED] == {"value": 1.0, "low": 1.0, "high": 1.0}
+    assert ranks[SUMMARY]["value"] == 2.0 and ranks[SUMMARY]["high"] == 2.0
+    # DSS: rank 3 on A, a chance-level rank on B; its interval is not a point.
+    assert ranks["DSS"]["low"] < ranks["DSS"]["high"]
+    goal = tables.goal(paper)
+    assert goal["met"] and set(goal["per_architecture"]) == {"one", "two"}
+    assert paper["architectures"]["one"]["summary_best_share"] == 1.0
+    # The held-out-classes column has its own model: ANG first after the reference.
+    assert paper["near_ood"]["one"]["rank"]["ANG"]["value"] == 2.0
+
+
+def test_goal_is_not_met_when_another_sample_free_row_ranks_better():
+    rng = np.random.default_rng(1)
+    runs = {"one": [{"A": _set_scores(rng, 200, {"ANG": 3.0, SUMMARY: 1.0})}]}
+    table = tables.compute_table(tables.PAPER, runs, ["A"], draws=50)
+    goal = tables.goal(table)
+    assert not goal["met"] and goal["per_architecture"]["one"]["best_sample_free"] == "ANG"
+    assert table["architectures"]["one"]["summary_best_share"] == 0.0
+    # One model: no spread to report.
+    assert table["architectures"]["one"]["auroc"]["A"]["ANG"]["spread"] is None or np.isnan(
+        table["architectures"]["one"]["auroc"]["A"]["ANG"]["spread"]
+    )
+
+
+# --- the command, small, on the trained models ----------------------------------------------------
 
 
 def test_bench_ood_command_writes_json_markdown_and_plots(tmp_path, capsys):
@@ -148,30 +212,35 @@ def test_bench_ood_command_writes_json_markdown_and_plots(tmp_path, capsys):
     assert code == 0
     result = json.loads((tmp_path / "ood.json").read_text())
 
-    names = [r["name"] for r in result["results"]]
-    assert names == list(datasets.FAR_OOD)
-    for entry in result["results"]:
-        assert entry["size"] == min(60, {"LFW faces": 100}.get(entry["name"], 60))
-        for method in ("ODIN", "ANG++", "DSS-EXT", SUMMARY, "supervised"):
-            assert 0.0 <= entry["metrics"][method]["auroc"] <= 100.0
-        assert sorted(entry["ranks"].values())[0] >= 1.0
-    assert len(result["average_rank"]) == 21  # 19 indicators, supervised, 1C-Sum
+    assert [s["name"] for s in result["sets"]] == list(datasets.FAR_OOD)
+    assert len(result["models"]) == 12 and result["settings"]["draws"] == 100
+    for model in result["models"]:
+        assert model["accuracy_on_id_sample"] > 0.6, model
+    paper, extended = result["tables"]["paper"], result["tables"]["extended"]
+    assert len(paper["rows"]) == 20 and "Uniform" not in paper["sets"]
+    assert len(extended["rows"]) == 21 and "Uniform" in extended["sets"]
+    assert set(paper["architectures"]) == {"resnet", "densenet", "wrn"}
+    for table in (paper, extended):
+        for arch in table["architectures"].values():
+            assert arch["models"] == 3
+            for row, rank in arch["average_rank"].items():
+                assert 1.0 <= rank["low"] <= rank["value"] <= rank["high"] <= len(table["rows"]), row
+        for name in table["sets"]:
+            cell = table["pooled"]["auroc"][name][SUMMARY]
+            assert 0.0 <= cell["low"] <= cell["value"] <= cell["high"] <= 100.0
+        assert set(table["near_ood"]) == {"resnet", "densenet", "wrn"}
     # 1C-Sum is standardised on uniform noise: noise is where it must be far from Fashion-MNIST.
-    uniform = result["results"][names.index("Uniform")]
-    assert uniform["metrics"][SUMMARY]["auroc"] > 90.0
-    assert result["model"]["test_accuracy_on_id_sample"] > 0.8
-    assert result["near_ood"]["held_out_names"] and result["near_ood"]["result"]["size"] == 60
+    assert extended["pooled"]["auroc"]["Uniform"][SUMMARY]["value"] > 90.0
+    assert isinstance(result["goals"]["paper"]["met"], bool)
     assert result["stream"]["ood_share"] == pytest.approx(0.10, abs=0.01)
-    assert "precision" in result["stream"]["thresholds"][SUMMARY]["two_means"]
     assert result["machine"]["torch"] == torch.__version__
-    assert isinstance(result["goals"]["summary_rank_among_indicators"]["met"], bool)
 
     markdown = (tmp_path / "ood.md").read_text()
     assert f"`ood-monitor bench ood --quick --limit 60 --output-dir {tmp_path}`" in markdown
-    assert "| **1C-Sum** |" in markdown and "near-OOD" in markdown
-    for png in ("ood_auroc_heatmap.png", "ood_average_rank.png"):
+    assert "| **1C-Sum** |" in markdown and "Held-out classes" in markdown
+    for png in ("ood_average_rank.png", "ood_auroc_intervals.png", "ood_auroc_heatmap.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "average rank" in capsys.readouterr().out
+    assert "pooled average rank" in capsys.readouterr().out
     compared = json.loads((tmp_path / "class_thresholds.json").read_text())
     assert {"global", "per_class"} <= set(compared["indicators"][SUMMARY]["proportion"])
     assert "| 1C-Sum | proportion | global |" in (tmp_path / "class_thresholds.md").read_text()
@@ -183,3 +252,10 @@ def test_bench_ood_refuses_bad_arguments_with_a_clear_message(tmp_path, capsys):
     assert "--limit" in capsys.readouterr().err
     assert cli_main(["bench", "ood", "--sets", "CIFAR", "--output-dir", str(tmp_path), "--no-progress"]) == 2
     assert "unknown OOD set" in capsys.readouterr().err
+    assert cli_main(["bench", "ood", "--architectures", "vgg", "--output-dir", str(tmp_path)]) == 2
+    assert "--architectures" in capsys.readouterr().err
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    assert cli_main(["bench", "ood", "--quick", "--models-dir", str(empty), "--output-dir", str(tmp_path),
+                     "--no-progress"]) == 2
+    assert "deploy/train_ood_models.py" in capsys.readouterr().err
