@@ -130,6 +130,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     ood.add_argument("--sets", nargs="+", metavar="NAME", help="far-OOD sets to use (default: all)")
     ood.add_argument("--architectures", nargs="+", metavar="NAME",
                      help="architectures to evaluate: resnet, densenet, wrn (default: all)")
+    ood.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                     help="training seeds of the models to evaluate (default: 0 1 2)")
     ood.add_argument("--models-dir", metavar="DIR", help="trained models (default: monitor/assets/ood_models)")
     ood.add_argument("--draws", type=int, metavar="B", help="bootstrap draws (default 1000; 100 with --quick)")
     ood.add_argument("--no-near-ood", action="store_true", help="skip the held-out-classes split")

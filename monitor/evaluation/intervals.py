@@ -73,15 +73,20 @@ def auroc_draws(
     ordered = values[order]
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # first index of each tie group
     is_ood = order >= n_id
-    out = np.empty(len(id_counts))
-    for begin in range(0, len(id_counts), _CHUNK):
-        weights = np.concatenate([id_counts[begin : begin + _CHUNK], ood_counts[begin : begin + _CHUNK]], axis=1)
-        weights = weights[:, order].astype(np.float64)
-        id_group = np.add.reduceat(np.where(is_ood, 0.0, weights), starts, axis=1)
-        ood_group = np.add.reduceat(np.where(is_ood, weights, 0.0), starts, axis=1)
-        below = np.cumsum(id_group, axis=1) - id_group  # ID weight strictly below each group
-        pairs = id_group.sum(axis=1) * ood_group.sum(axis=1)
-        out[begin : begin + _CHUNK] = 100.0 * (ood_group * (below + 0.5 * id_group)).sum(axis=1) / pairs
+    ties = len(starts) < len(values)
+    counts = np.concatenate([id_counts, ood_counts], axis=1).astype(np.int64)
+    out = np.empty(len(counts))
+    for begin in range(0, len(counts), _CHUNK):
+        weights = counts[begin : begin + _CHUNK][:, order]
+        id_weight = np.where(is_ood, 0, weights)
+        ood_weight = weights - id_weight
+        if ties:  # sum the weights of each group of equal values
+            id_weight = np.add.reduceat(id_weight, starts, axis=1)
+            ood_weight = np.add.reduceat(ood_weight, starts, axis=1)
+        below = np.cumsum(id_weight, axis=1) - id_weight  # ID weight strictly below each value (group)
+        pairs = id_weight.sum(axis=1) * ood_weight.sum(axis=1)
+        wins = (ood_weight * (2 * below + id_weight)).sum(axis=1)  # twice: a tie counts one half
+        out[begin : begin + _CHUNK] = 50.0 * wins / pairs
     return out
 
 

@@ -70,6 +70,7 @@ def model_specs(architectures: list[str] | None = None, seeds: tuple[int, ...] =
     first = [ModelSpec(a, seeds[0]) for a in keys]
     holdout = [ModelSpec(a, HOLDOUT_SEED, fashion_mnist.HOLDOUT_CLASSES) for a in keys]
     rest = [ModelSpec(a, s) for s in seeds[1:] for a in keys]
+    # The held-out-classes variants are trained with one seed whichever seeds are asked for.
     return first + holdout + rest
 
 

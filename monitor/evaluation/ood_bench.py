@@ -230,10 +230,10 @@ def run_ood_benchmark(options: OodOptions, scorer_factory: Callable | None = Non
         by_architecture.setdefault(run.spec.architecture, []).append(test_halves(run, options.seed))
     near = {run.spec.architecture: test_halves(run, options.seed)[NEAR] for run in near_runs}
     set_names = [s.name for s in sets.far]
-    computed = {
-        spec.key: tables.compute_table(spec, by_architecture, set_names, options.draws, options.seed, near=near)
-        for spec in tables.TABLES
-    }
+    if options.progress:
+        print(f"bootstrap: {options.draws} draws of {len(runs)} models x {len(set_names)} sets ...", file=sys.stderr, flush=True)
+    resampled = tables.resample(by_architecture, set_names, options.draws, options.seed, near=near)
+    computed = {spec.key: tables.compute_table(spec, resampled) for spec in tables.TABLES}
     n_id = len(sets.in_distribution)
     output: dict = {
         "settings": {
@@ -304,6 +304,9 @@ def options_from_args(args: argparse.Namespace) -> OodOptions:
         raise InputError(f"--architectures: unknown {unknown}; available: {', '.join(models.ARCHITECTURES)}")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be a positive integer, not {args.batch_size}")
+    unknown = [seed for seed in args.seeds or () if seed not in models.SEEDS]
+    if unknown:
+        raise InputError(f"--seeds: no models trained with seed(s) {unknown}; available: {list(models.SEEDS)}")
     if args.draws is not None and args.draws < 10:
         raise InputError(f"--draws must be at least 10, not {args.draws}")
     id_count, ood_count = (QUICK_ID, QUICK_OOD) if args.quick else (FULL_ID, FULL_OOD)
@@ -321,6 +324,7 @@ def options_from_args(args: argparse.Namespace) -> OodOptions:
         progress=not args.no_progress,
         models_dir=Path(args.models_dir) if args.models_dir else models.MODELS_DIR,
         architectures=args.architectures,
+        seeds=tuple(dict.fromkeys(args.seeds)) if args.seeds else models.SEEDS,
         draws=args.draws or (QUICK_DRAWS if args.quick else FULL_DRAWS),
         calibration_samples=QUICK_CALIBRATION if args.quick else OodOptions.calibration_samples,
         min_class_samples=QUICK_MIN_CLASS_SAMPLES if args.quick else OodOptions.min_class_samples,
@@ -344,7 +348,7 @@ def command_line(args: argparse.Namespace, flags: Sequence[tuple[str, str]]) -> 
     return " ".join(shlex.quote(w) for w in words)
 
 
-OOD_FLAGS = (("quick", "--quick"), ("limit", "--limit"), ("sets", "--sets"), ("architectures", "--architectures"),
+OOD_FLAGS = (("quick", "--quick"), ("limit", "--limit"), ("sets", "--sets"), ("architectures", "--architectures"), ("seeds", "--seeds"),
              ("no_near_ood", "--no-near-ood"), ("no_odin", "--no-odin"), ("draws", "--draws"), ("seed", "--seed"),
              ("models_dir", "--models-dir"), ("output_dir", "--output-dir"))
 

@@ -87,47 +87,77 @@ def _summary_best(spec: TableSpec, point_ranks: np.ndarray, draw_ranks: np.ndarr
     return {"best_sample_free": best, "summary_best_share": share}
 
 
-def compute_table(
-    spec: TableSpec,
+@dataclass
+class Resampled:
+    """Point and bootstrap auROCs of every row (EXTENDED_ROWS order) for every model and set,
+    computed once and shared by both tables."""
+
+    rows: list[str]
+    sets: list[str]
+    draws: int
+    point: dict[str, np.ndarray]  # architecture -> [S models, T sets, M rows]
+    mean_draws: dict[str, np.ndarray]  # architecture -> [B, T, M]: seed-resampled mean over its models
+    near_point: dict[str, np.ndarray]  # architecture -> [M]
+    near_draws: dict[str, np.ndarray]  # architecture -> [B, M]
+
+
+def resample(
     runs: Mapping[str, Sequence[Mapping[str, SetScores]]],
     sets: Sequence[str],
     draws: int,
     seed: int = 0,
-    level: float = intervals.DEFAULT_LEVEL,
     near: Mapping[str, SetScores] | None = None,
-) -> dict:
+) -> Resampled:
     """runs: architecture -> one {set name -> SetScores} per trained model (seed), every
     architecture with the same sets; near: architecture -> SetScores of its held-out-classes
-    model (its own ID set), shown beside the table, not in the average rank."""
-    sets = spec.sets(sets)
+    model (its own ID set), shown beside the tables, not in the average rank."""
     if not runs or not sets:
-        raise InputError(f"table {spec.key!r}: no models or no sets to evaluate")
-    rows = list(spec.rows)
+        raise InputError("the tables need at least one model and one OOD set")
+    rows, sets = list(EXTENDED_ROWS), list(sets)
     rng = np.random.default_rng(seed)
-    result: dict = {
-        "key": spec.key, "title": spec.title, "rows": rows, "sets": sets, "draws": draws, "level": level,
-        "architectures": {},
-    }
-    arch_point, arch_draws, arch_rank_point, arch_rank_draws = [], [], [], []
+    result = Resampled(rows, sets, draws, {}, {}, {}, {})
     for architecture, models in runs.items():
-        # point [S, T, M]; resampled [S, T, B, M] (S models, T sets, B draws, M rows)
         point = np.empty((len(models), len(sets), len(rows)))
-        resampled = np.empty((len(models), len(sets), draws, len(rows)))
+        resampled = np.empty((len(models), len(sets), draws, len(rows)))  # [S, T, B, M]
         for s, model in enumerate(models):
             for t, name in enumerate(sets):
                 scores = model[name]
                 point[s, t], resampled[s, t] = intervals.paired_auroc_draws(scores.id, scores.ood, rows, draws, rng)
         picks = intervals.seed_draws(len(models), draws, rng)  # [B, S]
-        mean_draws = np.mean(
+        result.point[architecture] = point
+        result.mean_draws[architecture] = np.mean(
             [resampled[picks[:, k], :, np.arange(draws), :] for k in range(len(models))], axis=0
-        )  # [B, T, M]
+        )
+    for architecture, scores in (near or {}).items():
+        result.near_point[architecture], result.near_draws[architecture] = intervals.paired_auroc_draws(
+            scores.id, scores.ood, rows, draws, rng
+        )
+    return result
+
+
+def compute_table(spec: TableSpec, resampled: Resampled, level: float = intervals.DEFAULT_LEVEL) -> dict:
+    """The table `spec` (its rows, its sets) from the shared resamples."""
+    sets = spec.sets(resampled.sets)
+    if not sets:
+        raise InputError(f"table {spec.key!r}: none of its sets was evaluated")
+    rows = list(spec.rows)
+    m_index = [resampled.rows.index(r) for r in rows]
+    t_index = [resampled.sets.index(s) for s in sets]
+    result: dict = {
+        "key": spec.key, "title": spec.title, "rows": rows, "sets": sets, "draws": resampled.draws, "level": level,
+        "architectures": {},
+    }
+    arch_point, arch_draws, arch_rank_point, arch_rank_draws = [], [], [], []
+    for architecture, all_point in resampled.point.items():
+        point = all_point[:, t_index][:, :, m_index]  # [S, T, M]
+        mean_draws = resampled.mean_draws[architecture][:, t_index][:, :, m_index]  # [B, T, M]
         mean, spread = intervals.mean_and_spread(point, axis=0)  # [T, M]
         low, high = intervals.percentile_interval(mean_draws, level, axis=0)
         rank_point = intervals.rank_rows(mean).mean(axis=0)  # [M]
         rank_draws = intervals.rank_rows(mean_draws).mean(axis=1)  # [B, M]
         rank_low, rank_high = intervals.percentile_interval(rank_draws, level, axis=0)
         result["architectures"][architecture] = {
-            "models": len(models),
+            "models": len(point),
             "auroc": {
                 name: {
                     row: _entry(mean[t, m], low[t, m], high[t, m], spread=float(spread[t, m]),
@@ -139,14 +169,13 @@ def compute_table(
             "average_rank": {row: _entry(rank_point[m], rank_low[m], rank_high[m]) for m, row in enumerate(rows)},
             **_summary_best(spec, rank_point, rank_draws),
         }
-        arch_point.append(point.reshape(-1, len(sets), len(rows)))
+        arch_point.append(point)
         arch_draws.append(mean_draws)
         arch_rank_point.append(rank_point)
         arch_rank_draws.append(rank_draws)
 
     # Pooled: every architecture weighs the same.
-    per_arch_mean = np.stack([p.mean(axis=0) for p in arch_point])  # [A, T, M]
-    pooled_mean = per_arch_mean.mean(axis=0)
+    pooled_mean = np.mean([p.mean(axis=0) for p in arch_point], axis=0)  # [T, M]
     all_models = np.concatenate(arch_point)  # [all models, T, M]
     _, pooled_spread = intervals.mean_and_spread(all_models, axis=0)
     pooled_draws = np.mean(arch_draws, axis=0)  # [B, T, M]
@@ -166,13 +195,13 @@ def compute_table(
         "average_rank": {row: _entry(rank_point[m], rank_low[m], rank_high[m]) for m, row in enumerate(rows)},
         **_summary_best(spec, rank_point, rank_draws),
     }
-    if near:
+    if resampled.near_point:
         result["near_ood"] = {}
-        for architecture, scores in near.items():
-            point, resampled = intervals.paired_auroc_draws(scores.id, scores.ood, rows, draws, rng)
-            low, high = intervals.percentile_interval(resampled, level, axis=0)
+        for architecture, all_point in resampled.near_point.items():
+            point, draws = all_point[m_index], resampled.near_draws[architecture][:, m_index]
+            low, high = intervals.percentile_interval(draws, level, axis=0)
             ranks = intervals.rank_rows(point)
-            rank_low, rank_high = intervals.percentile_interval(intervals.rank_rows(resampled), level, axis=0)
+            rank_low, rank_high = intervals.percentile_interval(intervals.rank_rows(draws), level, axis=0)
             result["near_ood"][architecture] = {
                 "auroc": {row: _entry(point[m], low[m], high[m]) for m, row in enumerate(rows)},
                 "rank": {row: _entry(ranks[m], rank_low[m], rank_high[m]) for m, row in enumerate(rows)},

@@ -127,7 +127,8 @@ def odin_perturbation(
     temperature: float = ODIN_TEMPERATURE,
     epsilon: float = ODIN_EPSILON,
 ) -> Tensor:
-    """x' = x - eps * sign(grad_x CE(z(x) / T, k)), k = argmax z(x) (eq. 9, ODIN's sign).
+    """x' = x - eps * sign(grad_x CE(z(x) / T, k)), k = argmax z(x): ODIN's convention (Liang et al.);
+    the paper's eq. 9 prints a "+" step without the temperature (see docs/indicators.md).
 
     forward maps pixel-space images to logits (normalisation included), so the gradient is
     taken in pixel space, before normalisation. x' is not clipped to [0, 1] (as in ODIN).
