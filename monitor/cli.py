@@ -125,7 +125,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "extended one (see docs/evaluation.md).",
     )
     ood.add_argument("--quick", action="store_true",
-                     help="small sets (300 ID, 150 per OOD set), 100 bootstrap draws: a smoke run")
+                     help="small sets (300 ID, 150 per OOD set; default 2000 and 1000), 100 bootstrap draws: a smoke run")
     ood.add_argument("--limit", type=int, metavar="N", help="at most N images per set (ID and each OOD set)")
     ood.add_argument("--sets", nargs="+", metavar="NAME", help="far-OOD sets to use (default: all)")
     ood.add_argument("--architectures", nargs="+", metavar="NAME",
@@ -139,6 +139,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     ood.add_argument("--batch-size", type=int, default=250, metavar="B", help="scoring batch size (default 250)")
     ood.add_argument("--seed", type=int, help="seed of the subsets, noise and splits (default 0)")
     ood.add_argument("--device", default=None, help="cpu, cuda (default: CUDA when available)")
+    ood.add_argument("--threads", type=int, default=1, metavar="N",
+                     help="torch CPU threads (default 1: the models are small, and on a shared machine "
+                     "several threads mostly wait for each other)")
     ood.add_argument("--output-dir", default="docs/benchmarks", metavar="DIR", help="default: docs/benchmarks")
     ood.add_argument("--no-progress", action="store_true", help="no progress bars")
     ood.set_defaults(run=_lazy("monitor.evaluation.ood_bench:main"))

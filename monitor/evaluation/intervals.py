@@ -74,7 +74,8 @@ def auroc_draws(
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # first index of each tie group
     is_ood = order >= n_id
     ties = len(starts) < len(values)
-    counts = np.concatenate([id_counts, ood_counts], axis=1).astype(np.int64)
+    # int32 weights (counts up to the sample size) halve the memory traffic; sums in int64.
+    counts = np.concatenate([id_counts, ood_counts], axis=1).astype(np.int32)
     out = np.empty(len(counts))
     for begin in range(0, len(counts), _CHUNK):
         weights = counts[begin : begin + _CHUNK][:, order]
@@ -84,8 +85,8 @@ def auroc_draws(
             id_weight = np.add.reduceat(id_weight, starts, axis=1)
             ood_weight = np.add.reduceat(ood_weight, starts, axis=1)
         below = np.cumsum(id_weight, axis=1) - id_weight  # ID weight strictly below each value (group)
-        pairs = id_weight.sum(axis=1) * ood_weight.sum(axis=1)
-        wins = (ood_weight * (2 * below + id_weight)).sum(axis=1)  # twice: a tie counts one half
+        pairs = id_weight.sum(axis=1, dtype=np.int64) * ood_weight.sum(axis=1, dtype=np.int64)
+        wins = (ood_weight * (2 * below + id_weight)).sum(axis=1, dtype=np.int64)  # twice: a tie counts one half
         out[begin : begin + _CHUNK] = 50.0 * wins / pairs
     return out
 

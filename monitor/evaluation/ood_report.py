@@ -221,7 +221,9 @@ def plot_ranks(result: dict, path: Path) -> Path:
             value = np.array([e["value"] for e in ranks])
             error = np.array([[e["value"] - e["low"] for e in ranks], [e["high"] - e["value"] for e in ranks]])
             colour = "black" if label == "pooled" else ARCH_COLOURS[index % len(ARCH_COLOURS)]
-            ax.errorbar(value, y + offsets[index], xerr=error, fmt="o" if label == "pooled" else ".",
+            # A rank's point value (the rank of the mean auROC) may lie just outside its percentile
+            # interval: the bar then starts at the point.
+            ax.errorbar(value, y + offsets[index], xerr=np.maximum(error, 0), fmt="o" if label == "pooled" else ".",
                         color=colour, label=label, markersize=5 if label == "pooled" else 4, capsize=2, linewidth=1)
         ax.set_yticks(y, order)
         for tick in ax.get_yticklabels():
