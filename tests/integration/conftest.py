@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Iterator
 
 import pytest
@@ -13,6 +14,15 @@ def pytest_collection_modifyitems(config, items):
                 if item.nodeid.startswith("tests/integration/") and item.get_closest_marker("integration") is None]
     if unmarked:
         raise pytest.UsageError("integration tests without the integration marker: " + ", ".join(unmarked[:5]))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The container image test's figures (build time, image size, each step) at the end of the run,
+    where a CI log shows them (tests/integration/test_deploy_image.py)."""
+    figures = getattr(sys.modules.get("tests.integration.test_deploy_image"), "FIGURES", None)
+    if figures:
+        terminalreporter.write_sep("-", "container image (deploy/Containerfile)")
+        terminalreporter.write_line(", ".join(f"{key} {value}" for key, value in figures.items()))
 
 
 # --- store -----------------------------------------------------------------------------------------
