@@ -10,8 +10,8 @@ the same machine rebuilds only what changed.
 
 Then, inside the image, on this machine's network: `ood-monitor --version` as the non-root user,
 `ood-monitor db upgrade` against the PostgreSQL server here, `ood-monitor score` on the bundled
-samples (the same rows as outside the image), and `ood-monitor run` against a Tansu broker for a known
-number of messages, counting the stored rows and asking the probes and the image's health check. The
+samples (the same rows as outside the image), and `ood-monitor run --role scoring` (two worker processes)
+against a Tansu broker for a known number of messages, counting the stored rows and asking the probes and the image's health check. The
 image holds no configured secret and runs as a non-root user.
 
 Build time, image size and the time of every step are printed, and written to
@@ -368,7 +368,8 @@ def _run_daemon_until_stored(buildah, container, config_mount, url, port, count,
     log_path = tmp_path / "run.log"
     started = time.monotonic()
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(buildah.run_args(container, ["ood-monitor", "run"], volumes=(config_mount,)),
+        process = subprocess.Popen(buildah.run_args(container, ["ood-monitor", "run", "--role", "scoring"],
+                                                    env={"MONITOR_STREAM__WORKERS": "2"}, volumes=(config_mount,)),
                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
     rows = StoredRows(url)
@@ -383,8 +384,13 @@ def _run_daemon_until_stored(buildah, container, config_mount, url, port, count,
         _timed("run_until_stored", started)
         assert rows.count("samples") == count - broken and rows.count("rejects") == broken
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-        assert re.search(rf"^ood_monitor_messages_total {count}\.0$", metrics, re.M), metrics[:2000]
+
+        def metrics_count_every_message() -> bool:  # the workers report to the supervisor every half second
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            return bool(re.search(rf"^ood_monitor_messages_total {count}\.0$", text, re.M)
+                        and re.search(r"^ood_monitor_workers 2\.0$", text, re.M))
+
+        wait_until(metrics_count_every_message, 30, "/metrics to count every message of both workers")
         health = run_in(buildah, container, ["python", "/opt/ood-monitor/healthcheck.py"], volumes=(config_mount,),
                         timeout=120)
         assert health.returncode == 0, health.stderr

@@ -130,23 +130,32 @@ def settings_of(config_text: str, environment: dict[str, str] | None = None):
 
 def probe_paths() -> set[str]:
     """The routes every role serves on [web] host:port for orchestrators and Prometheus."""
-    from monitor.stream.operability import DaemonState, operability_router
+    from monitor.service.http import probes_router
 
-    return {route.path for route in operability_router(DaemonState()).routes}
+    return {route.path for route in probes_router(None).routes}
 
 
 def exported_metric_names() -> set[str]:
-    """Every sample name a scoring process's /metrics can carry, read from the Prometheus text its
-    registry serves: each `# TYPE` line names a family (a counter's with its _total), and a histogram's
+    """Every sample name a process's /metrics can carry, read from the Prometheus text of the real
+    registries: a scoring worker's, the scheduler's, and the supervisor's own (which also carries its
+    workers' families). Each `# TYPE` line names a family (a counter's with its _total), and a histogram's
     or summary's samples add their suffixes (a labelled family without children has no sample line)."""
+    from prometheus_client import generate_latest
+
+    from monitor.service.scheduler import JobMetrics
+    from monitor.service.supervisor import Supervisor
+    from monitor.settings import Settings
     from monitor.stream.operability import StreamMetrics
 
+    supervisor = Supervisor(Settings(), workers=1, scheduler=False, web=False, install_signal_handlers=False)
+    registries = [StreamMetrics().registry, JobMetrics().registry, supervisor.registry]
     suffixes = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("", "_sum", "_count")}
     names = set()
-    for line in StreamMetrics().text().decode().splitlines():
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split()
-            names.update(name + suffix for suffix in suffixes.get(kind, ("",)))
+    for registry in registries:
+        for line in generate_latest(registry).decode().splitlines():
+            if line.startswith("# TYPE "):
+                _, _, name, kind = line.split()
+                names.update(name + suffix for suffix in suffixes.get(kind, ("",)))
     return names
 
 
@@ -162,10 +171,14 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())
 
 
+def at_defaults(text: str) -> str:
+    """Compose's ${VAR:-default} interpolation with no variable set: the defaults."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text)
+
+
 def compose_path(relative: str) -> Path:
     """A path of the compose file (relative to its folder), with ${VAR:-default} at its default."""
-    resolved = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", relative)
-    return (COMPOSE.parent / resolved).resolve()
+    return (COMPOSE.parent / at_defaults(relative)).resolve()
 
 
 def ood_monitor_services(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -180,7 +193,7 @@ def service_environment(service: dict[str, Any]) -> dict[str, str]:
     for env_file in service.get("env_file") or []:
         path = env_file["path"] if isinstance(env_file, dict) else env_file
         environment.update(read_env_file(compose_path(path), strip_quotes=True))
-    environment.update({key: str(value) for key, value in (service.get("environment") or {}).items()})
+    environment.update({key: at_defaults(str(value)) for key, value in (service.get("environment") or {}).items()})
     return environment
 
 

@@ -107,11 +107,8 @@ def test_compose_runs_every_role_as_its_own_service_with_a_command_the_code_acce
     assert {args.command for args in roles.values()} >= ROLES | {"produce"}
     assert (roles["migrate"].command, roles["migrate"].db_action) == ("db", "upgrade")
     scoring = roles["scoring"]
-    assert scoring.command == "run"
-    if hasattr(scoring, "role"):
-        assert scoring.role == "scoring", "the scoring service runs the scoring role only"
-    else:  # `run` alone is all-in-one: its scheduler must be off, the scheduler service runs the jobs
-        assert service_environment(services["scoring"])["MONITOR_JOBS__ENABLED"] == "false"
+    assert (scoring.command, scoring.role) == ("run", "scoring"), "the scoring service runs the scoring role only"
+    assert "MONITOR_STREAM__WORKERS" in service_environment(services["scoring"])
     assert roles["scheduler"].command == "scheduler" and roles["web"].command == "web"
 
 
@@ -259,11 +256,8 @@ def test_kubernetes_commands_configuration_and_secrets_are_what_the_code_reads(r
         migration, _ = roles["ood-monitor-db-upgrade"]
         assert (migration.command, migration.db_action) == ("db", "upgrade")
         scoring, container = roles["ood-monitor-scoring"]
-        assert scoring.command == "run"
-        if hasattr(scoring, "role"):
-            assert scoring.role == "scoring"
-        else:  # `run` alone is all-in-one: its scheduler must be off, the scheduler Deployment runs the jobs
-            assert container_environment(container, rendered)["MONITOR_JOBS__ENABLED"] == "false"
+        assert (scoring.command, scoring.role) == ("run", "scoring")
+        assert "MONITOR_STREAM__WORKERS" in container_environment(container, rendered)
         assert roles["ood-monitor-scheduler"][0].command == "scheduler"
         assert roles["ood-monitor-web"][0].command == "web"
 
@@ -339,7 +333,9 @@ def test_gpu_overlay_puts_scoring_on_a_gpu_with_the_cuda_image(rendered_overlays
         (container,) = pod_spec(rendered.one("Deployment", "ood-monitor-scoring"))["containers"]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert container["image"] == f"{IMAGE_NAME}:{version}-cuda"
-        assert container_environment(container, rendered)["MONITOR_MODEL__DEVICE"] == "cuda"
+        environment = container_environment(container, rendered)
+        assert environment["MONITOR_MODEL__DEVICE"] == "cuda"
+        assert settings_of(rendered.config_text(), environment).stream.workers == 2  # two share each GPU
         for other in ("ood-monitor-web", "ood-monitor-scheduler"):
             (container,) = pod_spec(rendered.one("Deployment", other))["containers"]
             assert container["image"] == f"{IMAGE_NAME}:{version}"

@@ -62,7 +62,7 @@ def test_promtool_unit_tests_fail_when_an_alert_misbehaves(promtool, tmp_path):
 def test_every_alert_the_deployment_needs_is_there_and_unit_tested():
     alerts = {rule["alert"] for rule in rules() if "alert" in rule}
     assert {"OodMonitorConsumerLagGrowing", "OodMonitorRejectRateHigh", "OodMonitorFlaggedShareFarFromExpected",
-            "OodMonitorNothingStored"} <= alerts
+            "OodMonitorNothingStored", "OodMonitorJobFailed", "OodMonitorWorkersRestarting"} <= alerts
     tested = {case["alertname"] for test in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
               for case in test.get("alert_rule_test", [])}
     assert tested == alerts, f"alerts without a promtool test: {sorted(alerts - tested)}"
