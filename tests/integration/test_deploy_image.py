@@ -383,7 +383,16 @@ def _run_daemon_until_stored(buildah, container, config_mount, url, port, count,
         wait_until(stored, 600, f"{count} rows stored by the daemon in the image", interval=0.5)
         _timed("run_until_stored", started)
         assert rows.count("samples") == count - broken and rows.count("rejects") == broken
-        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+        readiness: list = []
+
+        def ready() -> bool:  # the second worker may still be loading the model when the first is done
+            readiness[:] = [httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)]
+            return readiness[0].status_code == 200
+
+        try:
+            wait_until(ready, 120, "/readyz to say ready")
+        except TimeoutError as error:
+            raise AssertionError(f"{error}: {readiness[0].text}") from None
 
         def metrics_count_every_message() -> bool:  # the workers report to the supervisor every half second
             text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
