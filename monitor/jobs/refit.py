@@ -5,10 +5,10 @@ Window: the last `refit_window_samples` samples of the model, or those of the la
 current label in the window steers the fit (monitor.thresholds.fit_threshold). Too few
 samples: the active threshold stays and the run is recorded as skipped with the reason.
 With at least `min_labels_for_weights` labels of each kind, the 1C-Sum weights are re-fitted
-too (paper section 5) and stored as the model's active weights. When the thresholded
-indicator is 1C-Sum, the threshold is fitted on the window's 1C-Sum recomputed with those
-new weights, and the two are stored together: the daemon never judges samples with weights
-and a threshold that were fitted on different scales.
+too (paper section 5). When the thresholded indicator is 1C-Sum, the threshold is fitted on the
+window's 1C-Sum recomputed with those new weights. Threshold and weights are one policy, stored
+in one transaction (Store.add_threshold) and read in one query by the stream, which scores and
+judges each batch by one policy version: never weights and a threshold fitted on different scales.
 """
 
 from __future__ import annotations
@@ -107,7 +107,6 @@ def refit(context: JobContext, *, model_id: int | None = None, fitted_by: str | 
         return RefitResult(model_id, indicator, None, previous, f"{refusal}; {kept}{unchanged}")
 
     method_parameters_used = ThresholdParameters.from_json(fit.parameters)
-    weights_message, weights_id = reweighting.message, None
     # [thresholds] activation: the shadow evaluation says whether the fit waits for an admin.
     evaluation = hold = None
     reasons: list[str] = []
@@ -116,21 +115,24 @@ def refit(context: JobContext, *, model_id: int | None = None, fitted_by: str | 
                 previous.value, float(fit.threshold), rel_tol=1e-9, abs_tol=1e-12)):
         evaluation = _shadow(context, model_id, indicator, float(fit.threshold), window, reweighting)
         hold, reasons = proposals.holds(context.settings, evaluation)
+    weights = None
     if reweighting.fitted is not None:
-        stored = store.add_summary_weights(model_id, SummaryWeightsDocument.from_json(
-            {**json_value(reweighting.fitted.to_dict()), "members": list(reweighting.members)}),
-            activate=not hold)
-        weights_id = stored.id
-        weights_message = f"1C-Sum weights #{stored.id} {reweighting.fitted.reason}"
+        weights = SummaryWeightsDocument.from_json(
+            {**json_value(reweighting.fitted.to_dict()), "members": list(reweighting.members)})
     parameters = replace(method_parameters_used, window=window_description(jobs), used_labels=fit.used_labels,
-                         details=json_value(fit.details),
-                         summary_weights_id=weights_id if indicator == SUMMARY else None)
+                         details=json_value(fit.details))
     counts = ThresholdCounts.from_json(fit.counts())
+    # The threshold and the weights are one policy: stored in one transaction, so the stream
+    # never scores with one and judges with the other's predecessor.
     row = store.add_threshold(ThresholdRecord(
         model_id=model_id, indicator=indicator, method=fit.method, value=float(fit.threshold),
         parameters=parameters, counts=counts, window_start=window.start, window_end=window.end,
         fitted_by=fitted_by or f"scheduler {context.runner}",
-    ), activate=not hold)
+    ), weights=weights, activate=not hold)
+    weights_message, weights_id = reweighting.message, None
+    if weights is not None:
+        weights_id = row.summary_weights_id
+        weights_message = f"1C-Sum weights #{weights_id} {reweighting.fitted.reason}"
     if hold:
         proposal = proposals.propose(context, row, evaluation, reasons, weights_id)
         message = (f"threshold #{row.id} proposed (proposal #{proposal.id}, waiting for an admin until "

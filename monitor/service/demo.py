@@ -124,7 +124,7 @@ class BatchPrinter:
             self.rejected += len(rejected)
             values = batch.scores.get(self.indicator)
             top = f"max {self.indicator} {max(values):7.2f}" if values is not None and len(values) else " " * 19
-            threshold = f"threshold {batch.threshold.value:.2f}" if batch.threshold else "no threshold"
+            threshold = f"threshold {batch.policy.threshold:.2f}" if batch.policy else "no threshold"
             print(f"{time.strftime('%H:%M:%S')} batch {self.batches:4d}: {len(images):3d} scored "
                   f"{flags:2d} flagged {len(rejected):2d} rejected | {top} ({threshold}) | totals "
                   f"{self.scored} scored, {self.flagged} flagged, {self.rejected} rejected", file=self.out)

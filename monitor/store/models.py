@@ -204,6 +204,8 @@ class Threshold(Base):
     active: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime]
     fitted_by: Mapped[str] = mapped_column(String(200))
+    # The 1C-Sum weights stored with it in one transaction: the two are one policy (see Store.active_policy).
+    summary_weights_id: Mapped[int | None] = mapped_column(ForeignKey("summary_weights.id"))
 
 
 class SummaryWeights(Base):

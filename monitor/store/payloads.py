@@ -199,8 +199,9 @@ class ThresholdParameters(Payload):
     """`thresholds.parameters`: the method's own parameters and how the fit was made.
 
     p (proportion), q and initial_quantile (extreme-value), min_samples: the fit's. window,
-    used_labels, details (the fit's figures), summary_weights_id (the 1C-Sum weights it was
-    fitted with): the refit job's. source: where a threshold that was not fitted came from.
+    used_labels, details (the fit's figures): the refit job's. source: where a threshold that was
+    not fitted came from. summary_weights_id: written by fits stored before the column
+    thresholds.summary_weights_id linked each threshold to its weights; read, no longer written.
     """
 
     WHAT: ClassVar[str] = "threshold parameters"

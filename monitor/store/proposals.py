@@ -23,7 +23,6 @@ from monitor.store.models import (
     Alert,
     PROPOSAL_STATUSES,
     Sample,
-    SummaryWeights,
     Threshold,
     ThresholdProposal,
     current_label_of_sample,
@@ -193,13 +192,11 @@ class ProposalsAggregate:
                     previous = connection.execute(select(Threshold.id, Threshold.value).where(
                         Threshold.model_id == proposal.model_id, Threshold.indicator == proposal.indicator,
                         Threshold.active.is_(True))).first()
-                    self._activate(connection, proposal.threshold_id, proposal.model_id, proposal.indicator)
-                    if proposal.summary_weights_id is not None:
-                        connection.execute(update(SummaryWeights).where(
-                            SummaryWeights.model_id == proposal.model_id, SummaryWeights.active.is_(True)
-                        ).values(active=False))
-                        connection.execute(update(SummaryWeights).where(
-                            SummaryWeights.id == proposal.summary_weights_id).values(active=True))
+                    # The proposed threshold comes with the weights stored with it: one policy.
+                    weights_id = connection.execute(select(Threshold.summary_weights_id).where(
+                        Threshold.id == proposal.threshold_id)).scalar_one()
+                    self._activate(connection, proposal.threshold_id, proposal.model_id, proposal.indicator,
+                                   weights_id)
                 connection.execute(update(ThresholdProposal).where(ThresholdProposal.id == proposal_id).values(
                     status=DECISIONS[decision], decided_at=now, decided_by=by, decision_note=note or None))
                 if decision == "approve":  # the alert row commits with the activation; redelivery publishes it

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple
 
 import numpy as np
@@ -239,6 +240,30 @@ class ThresholdRow:
     active: bool
     created_at: datetime
     fitted_by: str
+    summary_weights_id: int | None = None  # the 1C-Sum weights that belong to it (see Policy)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a batch is scored and judged by, read in one query and never half-applied: the active
+    threshold of (model, indicator) and the 1C-Sum weights stored with it. `version` is the
+    threshold's id, which every score row records (`threshold_id`); `weights` None means the
+    uniform 1C-Sum weights (no label-fitted weights were stored with the threshold)."""
+
+    version: int
+    model_id: int
+    indicator: str
+    threshold: float
+    summary_weights_id: int | None = None
+    weights: Mapping[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.weights is not None:  # frozen all the way down: the scorer and the judge share it
+            object.__setattr__(self, "weights", MappingProxyType(dict(self.weights)))
+
+    def describe(self) -> str:
+        weights = f"1C-Sum weights #{self.summary_weights_id}" if self.summary_weights_id else "uniform 1C-Sum weights"
+        return f"{self.indicator} > {self.threshold:.6g} (policy #{self.version}, {weights})"
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ from monitor.store.records import (
     JobRunRow,
     LabelRow,
     ModelRow,
+    Policy,
     PurgeResult,
     QueuePage,
     RateBucket,
@@ -821,8 +822,12 @@ class Store(ProposalsAggregate):
 
     # --- thresholds and 1C-Sum weights -----------------------------------------------------
 
-    def add_threshold(self, record: ThresholdRecord, *, activate: bool = True) -> ThresholdRow:
-        """Store a fitted threshold; with `activate` it replaces the active one atomically."""
+    def add_threshold(self, record: ThresholdRecord, *, weights: SummaryWeightsDocument | None = None,
+                      activate: bool = True) -> ThresholdRow:
+        """Store a threshold and the 1C-Sum weights that go with it, in one transaction: the two are
+        one policy (see `active_policy`). Without `weights` the threshold keeps the model's active
+        weights, the ones the scores it was fitted on were made with. With `activate` the new policy
+        replaces the active one atomically."""
         row = {
             "model_id": record.model_id,
             "indicator": record.indicator,
@@ -836,23 +841,37 @@ class Store(ProposalsAggregate):
             "created_at": utc_now(),
             "fitted_by": record.fitted_by,
         }
+        if weights is not None and not isinstance(weights, SummaryWeightsDocument):
+            raise InputError(f"threshold: weights must be a SummaryWeightsDocument, got {type(weights).__name__}")
         with self._writing() as connection:
             self._lock_model(connection, record.model_id)
+            if weights is None:
+                row["summary_weights_id"] = connection.execute(
+                    select(SummaryWeights.id).where(SummaryWeights.model_id == record.model_id,
+                                                    SummaryWeights.active.is_(True))
+                ).scalar_one_or_none()
+            else:
+                row["summary_weights_id"] = connection.execute(
+                    insert(SummaryWeights).returning(SummaryWeights.id),
+                    [{"model_id": record.model_id, "weights": weights, "created_at": row["created_at"],
+                      "active": False}],
+                ).scalar_one()
             threshold_id = connection.execute(insert(Threshold).returning(Threshold.id), [row]).scalar_one()
             if activate:
-                self._activate(connection, threshold_id, record.model_id, record.indicator)
+                self._activate(connection, threshold_id, record.model_id, record.indicator, row["summary_weights_id"])
             return self._threshold(connection, threshold_id)
 
     def activate_threshold(self, threshold_id: int) -> ThresholdRow:
         """Make a stored threshold the active one of its model and indicator (e.g. a rollback)."""
         with self._writing() as connection:
             found = connection.execute(
-                select(Threshold.model_id, Threshold.indicator).where(Threshold.id == threshold_id)
+                select(Threshold.model_id, Threshold.indicator, Threshold.summary_weights_id)
+                .where(Threshold.id == threshold_id)
             ).first()
             if found is None:
                 raise InputError(f"threshold: no threshold with id {threshold_id}")
             self._lock_model(connection, found.model_id)
-            self._activate(connection, threshold_id, found.model_id, found.indicator)
+            self._activate(connection, threshold_id, found.model_id, found.indicator, found.summary_weights_id)
             return self._threshold(connection, threshold_id)
 
     def _lock_model(self, connection: Connection, model_id: int) -> None:
@@ -864,13 +883,24 @@ class Store(ProposalsAggregate):
             raise InputError(f"no monitored model with id {model_id}")
 
     @staticmethod
-    def _activate(connection: Connection, threshold_id: int, model_id: int, indicator: str) -> None:
+    def _activate(connection: Connection, threshold_id: int, model_id: int, indicator: str,
+                  weights_id: int | None) -> None:
+        """The threshold becomes the active one of its model and indicator, and its weights (if
+        any) the model's active weights, which a threshold stored later without weights keeps."""
         connection.execute(
             update(Threshold)
             .where(Threshold.model_id == model_id, Threshold.indicator == indicator, Threshold.active.is_(True))
             .values(active=False)
         )
         connection.execute(update(Threshold).where(Threshold.id == threshold_id).values(active=True))
+        if weights_id is not None:
+            connection.execute(
+                update(SummaryWeights)
+                .where(SummaryWeights.model_id == model_id, SummaryWeights.active.is_(True),
+                       SummaryWeights.id != weights_id)
+                .values(active=False)
+            )
+            connection.execute(update(SummaryWeights).where(SummaryWeights.id == weights_id).values(active=True))
 
     @staticmethod
     def _threshold(connection: Connection, threshold_id: int) -> ThresholdRow:
@@ -902,31 +932,38 @@ class Store(ProposalsAggregate):
         with self._reading() as connection:
             return [ThresholdRow(**row._mapping) for row in connection.execute(statement)]
 
-    def add_summary_weights(
-        self, model_id: int, weights: SummaryWeightsDocument, *, activate: bool = True
-    ) -> SummaryWeightsRow:
-        """Store label-fitted 1C-Sum weights; with `activate` they replace the active set atomically."""
-        with self._writing() as connection:
-            self._lock_model(connection, model_id)
-            if activate:
-                connection.execute(
-                    update(SummaryWeights)
-                    .where(SummaryWeights.model_id == model_id, SummaryWeights.active.is_(True))
-                    .values(active=False)
-                )
-            row = connection.execute(
-                insert(SummaryWeights).returning(*SummaryWeights.__table__.c),
-                [{"model_id": model_id, "weights": weights, "created_at": utc_now(), "active": activate}],
-            ).one()
-        return SummaryWeightsRow(**row._mapping)
+    def active_policy(self, model_id: int, indicator: str) -> Policy | None:
+        """The active threshold of (model, indicator) with its 1C-Sum weights, in one query: a
+        policy written in one transaction is read whole or not at all. None: no active threshold."""
+        _indicator_column(indicator)
+        statement = (
+            select(Threshold.id, Threshold.value, Threshold.summary_weights_id, SummaryWeights.weights)
+            .select_from(Threshold.__table__.outerjoin(
+                SummaryWeights.__table__, SummaryWeights.id == Threshold.summary_weights_id))
+            .where(Threshold.model_id == model_id, Threshold.indicator == indicator, Threshold.active.is_(True))
+        )
+        with self._reading() as connection:
+            row = connection.execute(statement).first()
+        if row is None:
+            return None
+        return Policy(version=row.id, model_id=model_id, indicator=indicator, threshold=float(row.value),
+                      summary_weights_id=row.summary_weights_id,
+                      weights=row.weights.weights if row.weights is not None else None)
 
     def active_summary_weights(self, model_id: int) -> SummaryWeightsRow | None:
+        """The model's weights of its latest activated policy (those a new threshold keeps)."""
         with self._reading() as connection:
             row = connection.execute(
                 select(SummaryWeights.__table__).where(
                     SummaryWeights.model_id == model_id, SummaryWeights.active.is_(True)
                 )
             ).first()
+        return SummaryWeightsRow(**row._mapping) if row else None
+
+    def get_summary_weights(self, weights_id: int) -> SummaryWeightsRow | None:
+        with self._reading() as connection:
+            row = connection.execute(
+                select(SummaryWeights.__table__).where(SummaryWeights.id == weights_id)).first()
         return SummaryWeightsRow(**row._mapping) if row else None
 
     # --- alerts, rejects, reports, job runs ------------------------------------------------

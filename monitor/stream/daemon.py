@@ -27,7 +27,7 @@ from monitor.stream.operability import DaemonState  # noqa: E402
 from monitor.stream.pipeline import (  # noqa: E402
     PipelineParts,
     ScorerAdapter,
-    ThresholdSource,
+    PolicySource,
     build_pipeline,
     image_decoder,
     install_default_threshold,
@@ -138,7 +138,7 @@ class Daemon:
         self.report = report
         self._open_store = open_store
         self.head: Step | None = None
-        self.thresholds: ThresholdSource | None = None
+        self.policies: PolicySource | None = None
         self.ready = threading.Event()
 
     # --- start-up ------------------------------------------------------------------------------
@@ -195,8 +195,8 @@ class Daemon:
         self.store.save_calibration(self.model_row.fingerprint, self.scorer.calibration.to_dict())
         install_default_threshold(self.store, self.model_row.id, settings.stream.indicator,
                                   settings.stream.default_threshold)
-        self.thresholds = ThresholdSource(self.store, self.model_row.id, settings.stream.indicator,
-                                          settings.stream.threshold_refresh_s, scorer=self.scorer)
+        self.policies = PolicySource(self.store, self.model_row.id, settings.stream.indicator,
+                                     settings.stream.threshold_refresh_s)
         self.state.model_loaded = True
 
         self.producer = make_producer(settings.kafka)
@@ -217,7 +217,7 @@ class Daemon:
                                  ImageLimits(max_bytes=settings.imaging.max_bytes,
                                              max_pixels=settings.imaging.max_pixels),
                                  apply_exif_orientation=settings.imaging.apply_exif_orientation),
-            scorer=ScorerAdapter(self.scorer), current_threshold=self.thresholds, write=write,
+            scorer=ScorerAdapter(self.scorer), current_policy=self.policies, write=write,
             producer=self.producer, commit=lambda offsets: self.source.commit(offsets),
             model_id=self.model_row.id, model_name=self.classifier.name, indicator=settings.stream.indicator,
             dead_letter_topic=settings.kafka.dead_letter_topic,

@@ -76,7 +76,7 @@ class StreamMetrics:
                 self._recent.pop(0)
             total = sum(count for count, _ in self._recent)
             self.flagged_share.set(sum(f for _, f in self._recent) / total)
-        self.threshold.set(batch.threshold.value if batch.threshold else float("nan"))
+        self.threshold.set(batch.policy.threshold if batch.policy else float("nan"))
         self.last_stored.set(time.time())
 
     def text(self) -> bytes:

@@ -10,9 +10,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from monitor.errors import InputError
 from monitor.imaging import ImageLimits, ImageRejected, decode_image, sniff_format, stack_images
 from monitor.store.payloads import ThresholdParameters
-from monitor.store.records import ThresholdRecord
+from monitor.store.records import Policy, ThresholdRecord
 from monitor.stream.messages import UNREADABLE, InboundMessage
 from monitor.stream.steps import (
     Batch,
@@ -23,13 +24,14 @@ from monitor.stream.steps import (
     DecodeStep,
     InlineStep,
     JudgeStep,
+    PolicyRefused,
+    PolicyStep,
     Producer,
     PublishStep,
     ScoreStep,
     Shutdown,
     Step,
     StoreStep,
-    Threshold,
     WorkerStep,
 )
 
@@ -60,12 +62,32 @@ def image_decoder(input_shape: Sequence[int], limits: ImageLimits, *,
 
 
 class ScorerAdapter:
-    """monitor.Scorer as a BatchScorer: stack on the model's device, return NumPy arrays."""
+    """monitor.Scorer as a BatchScorer: apply the batch's policy's 1C-Sum weights, stack on the
+    model's device, return NumPy arrays. Called from one thread (the scoring one) at a time."""
 
     def __init__(self, scorer: Any):
         self.scorer = scorer
+        self._applied: tuple[int | None] | None = None  # the weights set on the scorer: (summary_weights_id,)
 
-    def __call__(self, pixels: Sequence[Any]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def _apply(self, policy: Policy | None) -> None:
+        wanted = (policy.summary_weights_id if policy is not None and policy.weights is not None else None,)
+        if wanted == self._applied:
+            return
+        self.scorer.reset_summary_weights()
+        self._applied = (None,)
+        if wanted[0] is None:
+            log.info("1C-Sum weights: uniform (policy #%s)", policy.version if policy else None)
+            return
+        try:
+            self.scorer.set_summary_weights(policy.weights)
+        except InputError as error:
+            self.scorer.reset_summary_weights()
+            raise PolicyRefused(f"1C-Sum weights #{policy.summary_weights_id}: {error}") from error
+        self._applied = wanted
+        log.info("1C-Sum weights #%s applied (policy #%s)", policy.summary_weights_id, policy.version)
+
+    def __call__(self, pixels: Sequence[Any], policy: Policy | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        self._apply(policy)
         batch = stack_images(list(pixels))
         if getattr(self.scorer, "device", None) is not None:
             batch = batch.to(self.scorer.device, non_blocking=True)
@@ -74,55 +96,36 @@ class ScorerAdapter:
                 scored.predicted.numpy())
 
 
-class ThresholdSource:
-    """The active threshold of (model, indicator), re-read from the store every `refresh_s`; with a
-    `scorer`, the active label-fitted 1C-Sum weights are applied to it as they change.
+class PolicySource:
+    """The active policy of (model, indicator), re-read from the store (one query) every `refresh_s`.
 
-    A database that cannot be read keeps the last known threshold (logged), so judging goes on.
+    A database that cannot be read keeps the last known policy (logged), so scoring and judging go on.
     """
 
     def __init__(self, store: Any, model_id: int, indicator: str, refresh_s: float,
-                 clock: Callable[[], float] = time.monotonic, scorer: Any = None):
+                 clock: Callable[[], float] = time.monotonic):
         self.store = store
         self.model_id = model_id
         self.indicator = indicator
         self.refresh_s = refresh_s
         self.clock = clock
-        self.scorer = scorer
-        self.current: Threshold | None = None
-        self.weights_id: int | None = None
+        self.current: Policy | None = None
         self._read_at: float | None = None
 
-    def _refresh_weights(self) -> None:
-        row = self.store.active_summary_weights(self.model_id)
-        if row is None or row.id == self.weights_id:
-            return
-        weights = row.weights.weights
+    def refresh(self) -> Policy | None:
         try:
-            self.scorer.set_summary_weights({name: float(value) for name, value in weights.items()
-                                             if name in self.scorer.summary_members})
-        except Exception as error:  # noqa: BLE001 - bad weights must not stop scoring; keep the old ones
-            log.error("1C-Sum weights #%s not applied: %s", row.id, error)
-        else:
-            log.info("1C-Sum weights #%s applied", row.id)
-        self.weights_id = row.id
-
-    def refresh(self) -> Threshold | None:
-        try:
-            row = self.store.active_threshold(self.model_id, self.indicator)
-            if self.scorer is not None:
-                self._refresh_weights()
+            found = self.store.active_policy(self.model_id, self.indicator)
         except Exception as error:  # noqa: BLE001 - the store may be down; keep judging with what we have
-            log.warning("could not read the active threshold, keeping %s: %s", self.current, error)
+            log.warning("could not read the active policy, keeping %s: %s",
+                        self.current.describe() if self.current else "none", error)
             return self.current
-        found = Threshold(float(row.value), row.id, row.indicator) if row is not None else None
         if found != self.current:
-            log.info("active threshold for %s: %s", self.indicator,
-                     f"{found.value:.6g} (#{found.threshold_id})" if found else "none (nothing is flagged)")
+            log.info("active policy: %s", found.describe() if found else
+                     f"none for {self.indicator} (nothing is flagged)")
         self.current = found
         return found
 
-    def __call__(self) -> Threshold | None:
+    def __call__(self) -> Policy | None:
         now = self.clock()
         if self._read_at is None or now - self._read_at >= self.refresh_s:
             self._read_at = now
@@ -146,7 +149,7 @@ class PipelineParts:
 
     decode: Callable[[InboundMessage], Decoded]
     scorer: BatchScorer
-    current_threshold: Callable[[], Threshold | None]
+    current_policy: Callable[[], Policy | None]
     write: Callable[..., Any]
     producer: Producer
     commit: Callable[[dict[tuple[str, int], int]], None]
@@ -169,8 +172,8 @@ class PipelineParts:
 
 def build_pipeline(parts: PipelineParts, shutdown: Shutdown,
                    observers: Sequence[Callable[[Batch], None]] = ()) -> Step:
-    """decode (thread pool) -> batch -> [score on a worker thread] -> judge -> [store -> publish on
-    a worker thread] -> commit; the head step. Results move between threads in order, and every
+    """decode (thread pool) -> batch -> attach the policy -> [score on a worker thread] -> judge ->
+    [store -> publish on a worker thread] -> commit; the head step. Results move between threads in order, and every
     commit happens on the caller's (the consumer's) thread. With `decode_threads = 0` every step
     runs on the caller's thread, one after the other."""
     commit = CommitStep(parts.commit, observers)
@@ -184,12 +187,14 @@ def build_pipeline(parts: PipelineParts, shutdown: Shutdown,
                       on_failure=parts.on_store_failure)
     threaded = parts.decode_threads > 0
     background = (WorkerStep if threaded else InlineStep)(commit, lambda batch: publish.process(store.process(batch)))
-    judge = JudgeStep(background, parts.current_threshold, parts.indicator)
+    judge = JudgeStep(background, parts.indicator)
     # Threaded, scoring runs on its own thread: the consumer thread keeps polling, parsing and handing
     # messages to the decoders while the model works (torch and the compiled kernels release the GIL).
     score = ScoreStep(judge, parts.scorer).process
     scoring = WorkerStep(judge, score, name="score") if threaded else InlineStep(judge, score)
-    batch = BatchStep(scoring, parts.batch_size, parts.max_batch_wait_s)
+    # The policy is read on the caller's thread and travels with the batch: scoring (its weights)
+    # and judging (its threshold) cannot see two different versions.
+    batch = BatchStep(PolicyStep(scoring, parts.current_policy), parts.batch_size, parts.max_batch_wait_s)
     if not threaded:
         return InlineStep(batch, parts.decode)
     return DecodeStep(batch, parts.decode, parts.decode_threads, max_pending=max(2 * parts.batch_size, 16))

@@ -6,7 +6,7 @@ in flight through, `discard()` drops what is in flight (it will be consumed agai
 resources. Committing offsets is the last step, so an offset is committed only after its message's
 row is stored and its dead-letter or alert message is acknowledged: a property of the chain's shape.
 
-    DecodeStep -> BatchStep -> ScoreStep -> JudgeStep -> [StoreStep -> PublishStep] -> CommitStep
+    DecodeStep -> BatchStep -> PolicyStep -> ScoreStep -> JudgeStep -> [StoreStep -> PublishStep] -> CommitStep
 
 The bracketed steps run on a worker thread (WorkerStep) while the next batch is decoded and scored;
 commits stay on the consumer's thread and in order.
@@ -28,7 +28,7 @@ import numpy as np
 from kafka.errors import MessageSizeTooLargeError
 
 from monitor.errors import InputError
-from monitor.store.records import ImageBlob, RejectRecord, ScoredSample, WriteResult
+from monitor.store.records import ImageBlob, Policy, RejectRecord, ScoredSample, WriteResult
 from monitor.stream.messages import (
     DEAD_LETTER_KIND,
     InboundMessage,
@@ -140,21 +140,12 @@ class Decoded:
 
 
 @dataclass
-class Threshold:
-    """The threshold a batch is judged by: value, the stored row it came from, and its indicator."""
-
-    value: float
-    threshold_id: int
-    indicator: str
-
-
-@dataclass
 class Batch:
     items: list[Decoded]
     opened_at: float
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     predicted: np.ndarray | None = None
-    threshold: Threshold | None = None
+    policy: Policy | None = None  # attached before scoring; the batch is scored and judged by it
     flagged: np.ndarray | None = None
     scored_at: datetime | None = None
     score_seconds: float = 0.0
@@ -290,9 +281,15 @@ class BatchStep:
 
 
 class BatchScorer(Protocol):
-    """Scores a stack of images [N, C, H, W]: (indicator name -> float64 [N], predicted class [N])."""
+    """Scores a stack of images [N, C, H, W] with a policy's 1C-Sum weights (None: uniform):
+    (indicator name -> float64 [N], predicted class [N]). Raises PolicyRefused when the weights
+    do not fit the model."""
 
-    def __call__(self, pixels: Sequence[Any]) -> tuple[dict[str, np.ndarray], np.ndarray]: ...
+    def __call__(self, pixels: Sequence[Any], policy: Policy | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]: ...
+
+
+class PolicyRefused(Exception):
+    """The scorer cannot apply a policy's 1C-Sum weights (they name other members than its own)."""
 
 
 class ForwardStep:
@@ -320,6 +317,19 @@ UNSCORABLE = "unscorable"
 """Reject reason of an image the decoder accepted but the Scorer refused (an InputError)."""
 
 
+class PolicyStep(ForwardStep):
+    """Attach the active policy to a batch before it is scored: the batch is scored with its 1C-Sum
+    weights and judged by its threshold, so a policy replaced meanwhile is never half-applied."""
+
+    def __init__(self, next_step: Step, current_policy: Callable[[], Policy | None]):
+        self.next_step = next_step
+        self.current_policy = current_policy
+
+    def submit(self, batch: Batch) -> None:
+        batch.policy = self.current_policy() if batch.images else None
+        self.next_step.submit(batch)
+
+
 class ScoreStep(ForwardStep):
     """Score the batch's images in one pass on the model's device.
 
@@ -332,11 +342,11 @@ class ScoreStep(ForwardStep):
         self.next_step = next_step
         self.scorer = scorer
 
-    def _one_by_one(self, images: list[Decoded]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def _one_by_one(self, images: list[Decoded], policy: Policy | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
         scored: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
         for item in images:
             try:
-                scored.append(self.scorer([item.pixels]))
+                scored.append(self.scorer([item.pixels], policy))
             except InputError as error:
                 log.warning("%s/%s/%s: the scorer refused the image: %s", item.message.topic,
                             item.message.partition, item.message.offset, error)
@@ -352,11 +362,20 @@ class ScoreStep(ForwardStep):
         images = batch.images
         if images:
             started = time.perf_counter()
+            pixels = [item.pixels for item in images]
             try:
-                batch.scores, batch.predicted = self.scorer([item.pixels for item in images])
+                try:
+                    batch.scores, batch.predicted = self.scorer(pixels, batch.policy)
+                except PolicyRefused as error:
+                    # Scores made with other weights must not be judged by this policy's threshold.
+                    log.error("policy #%s not applied (%s): scoring with uniform 1C-Sum weights and "
+                              "flagging nothing until a policy that fits the model is stored",
+                              batch.policy.version if batch.policy else None, error)
+                    batch.policy = None
+                    batch.scores, batch.predicted = self.scorer(pixels, None)
             except InputError as error:
                 log.warning("the scorer refused a batch (%s); scoring its images one by one", error)
-                batch.scores, batch.predicted = self._one_by_one(images)
+                batch.scores, batch.predicted = self._one_by_one(images, batch.policy)
             batch.score_seconds = time.perf_counter() - started
         batch.scored_at = utc_now()
         return batch
@@ -366,22 +385,21 @@ class ScoreStep(ForwardStep):
 
 
 class JudgeStep(ForwardStep):
-    """Compare the chosen indicator with the active threshold: above it, a sample is flagged."""
+    """Compare the chosen indicator with the threshold of the batch's policy (the one it was scored
+    with): above it, a sample is flagged. No policy: nothing is flagged."""
 
-    def __init__(self, next_step: Step, current_threshold: Callable[[], Threshold | None], indicator: str):
+    def __init__(self, next_step: Step, indicator: str):
         self.next_step = next_step
-        self.current_threshold = current_threshold
         self.indicator = indicator
 
     def submit(self, batch: Batch) -> None:
         count = len(batch.images)
-        batch.threshold = self.current_threshold() if count else None
         values = batch.scores.get(self.indicator)
-        if batch.threshold is None or values is None:
+        if batch.policy is None or values is None:
             batch.flagged = np.zeros(count, dtype=bool)
         else:
             with np.errstate(invalid="ignore"):
-                batch.flagged = np.asarray(values, dtype=np.float64) > batch.threshold.value  # NaN: not flagged
+                batch.flagged = np.asarray(values, dtype=np.float64) > batch.policy.threshold  # NaN: not flagged
         self.next_step.submit(batch)
 
 
@@ -419,7 +437,7 @@ class StoreStep(ForwardStep):
 
     def records(self, batch: Batch) -> tuple[list[ScoredSample], list[RejectRecord]]:
         samples = []
-        threshold = batch.threshold
+        policy = batch.policy
         for index, item in enumerate(batch.images):
             message = item.message
             scores = {name: float(values[index]) for name, values in batch.scores.items()}
@@ -434,7 +452,7 @@ class StoreStep(ForwardStep):
                 scored_at=batch.scored_at or utc_now(), predicted_class=int(batch.predicted[index]),
                 scores=scores, flagged=flagged, score=scores.get(self.indicator),
                 score_indicator=self.indicator if self.indicator in scores else None,
-                threshold_id=threshold.threshold_id if threshold else None,
+                threshold_id=policy.version if policy else None,
                 produced_at=message.produced_at, image=image,
             ))
         rejects = [
@@ -503,9 +521,9 @@ class PublishStep(ForwardStep):
                     continue
                 judged = (stored.score, stored.indicator or self._indicator(batch), stored.threshold,
                           stored.threshold_id, stored.sample_id)
-            elif sample.flagged and batch.threshold is not None:
-                judged = (sample.score, batch.threshold.indicator, batch.threshold.value,
-                          batch.threshold.threshold_id, sample_ids.get(sample.position))
+            elif sample.flagged and batch.policy is not None:
+                judged = (sample.score, batch.policy.indicator, batch.policy.threshold,
+                          batch.policy.version, sample_ids.get(sample.position))
             else:
                 continue
             score, indicator, threshold, threshold_id, sample_id = judged
@@ -518,7 +536,7 @@ class PublishStep(ForwardStep):
 
     @staticmethod
     def _indicator(batch: Batch) -> str | None:
-        return batch.threshold.indicator if batch.threshold is not None else None
+        return batch.policy.indicator if batch.policy is not None else None
 
     def _send(self, topic: str, document: dict[str, Any]) -> Any:
         return self.producer.send(topic, encode_json(document), key=message_key(document))

@@ -142,6 +142,7 @@ def _threshold_row(t: Threshold) -> ThresholdRow:
         id=t.id, model_id=t.model_id, indicator=t.indicator, method=t.method, value=t.value,
         parameters=t.parameters, counts=t.counts, window_start=t.window_start,
         window_end=t.window_end, active=t.active, created_at=t.created_at, fitted_by=t.fitted_by,
+        summary_weights_id=t.summary_weights_id,
     )
 
 

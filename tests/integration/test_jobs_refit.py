@@ -89,7 +89,9 @@ def test_labels_move_the_threshold_as_the_label_rule_says(store):
     # values standardised with the model's noise statistics and re-weighted with the new weights.
     weights = store.active_summary_weights(model.id)
     assert weights is not None and after.summary_weights_id == weights.id
-    assert after.threshold.parameters.summary_weights_id == weights.id
+    assert after.threshold.summary_weights_id == weights.id  # one policy: the threshold names its weights
+    policy = store.active_policy(model.id, "1C-Sum")
+    assert (policy.version, policy.summary_weights_id) == (after.threshold.id, weights.id)
     members = store_members(store, model.id, weights.weights.weights)
     means, stds = calibration["means"], calibration["stds"]
     reweighted = sum(weight * (members[name] - means[name]) / stds[name]

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import func, insert, inspect, select
 
 from monitor.cli import main
 from monitor.errors import MonitorError
 from monitor.store import Store, ThresholdRecord, connect, ensure_schema_current
 from monitor.store.migrate import current_revision, downgrade, head_revision, upgrade
-from monitor.store.models import Base
+from monitor.store.models import Base, SummaryWeights, Threshold
+from monitor.store.payloads import ThresholdParameters
 from tests.integration.store_samples import png_blob, scored
 from tests.services import POSTGRES_HOST, POSTGRES_PORT, postgres_database, postgres_url
-from tests.store_data import job_failed_alert, register_model
+from tests.store_data import job_failed_alert, register_model, summary_weights
 
 pytestmark = pytest.mark.integration  # the store fixtures run on the real PostgreSQL too
 
@@ -80,6 +82,52 @@ def test_upgrade_keeps_data_and_downgrade_to_base_removes_it(fresh_url):
         assert store.count_samples() == 0 and store.list_models() == []
         model = register_model(store, "cnn", "sha256:1")
         assert store.write([scored(0, model.id)]).samples_inserted == 1
+    finally:
+        engine.dispose()
+
+
+def test_upgrading_to_the_policy_link_keeps_each_threshold_with_its_weights(fresh_url):
+    """0004 -> 0005 with data: the active threshold keeps the weights the stream applied with it,
+    older ones the weights their fit recorded, else the newest stored before them."""
+    engine = connect(fresh_url)
+    try:
+        upgrade(engine, "0004")
+        store = Store(engine)
+        weighted, plain = register_model(store, "cnn", "sha256:1"), register_model(store, "mlp", "sha256:2")
+        day = datetime(2026, 11, 1, tzinfo=timezone.utc)
+        weights_table, thresholds_table = SummaryWeights.__table__, Threshold.__table__
+        with engine.begin() as connection:  # rows as the writer before revision 0005 stored them
+            first, second = (connection.execute(insert(weights_table).returning(weights_table.c.id), [{
+                "model_id": weighted.id, "weights": summary_weights({"MP": scale, "ANG": 1.0}),
+                "created_at": day + timedelta(days=offset), "active": active}]).scalar_one()
+                for scale, offset, active in ((2.0, 0, False), (3.0, 5, True)))
+
+            def threshold(model_id, offset, active, recorded=None):
+                return connection.execute(insert(thresholds_table).returning(thresholds_table.c.id), [{
+                    "model_id": model_id, "indicator": "1C-Sum", "method": "two-means", "value": 1.0 + offset,
+                    "parameters": ThresholdParameters(summary_weights_id=recorded), "counts": None,
+                    "active": active, "created_at": day + timedelta(days=offset, hours=1), "fitted_by": "scheduler"}]
+                ).scalar_one()
+
+            recorded = threshold(weighted.id, 6, False, recorded=first)  # its fit named the first weights
+            between = threshold(weighted.id, 1, False)
+            before_any = threshold(weighted.id, -1, False)
+            current = threshold(weighted.id, 7, True)
+            unweighted = threshold(plain.id, 2, True)
+
+        upgrade(engine)
+        assert current_revision(engine) == "0005"
+        links = {row.id: row.summary_weights_id for row in store.threshold_history(weighted.id)}
+        assert links == {recorded: first, between: first, before_any: None, current: second}
+        policy = store.active_policy(weighted.id, "1C-Sum")
+        assert (policy.version, policy.summary_weights_id, dict(policy.weights)) == (current, second, {"MP": 3.0, "ANG": 1.0})
+        policy = store.active_policy(plain.id, "1C-Sum")
+        assert (policy.version, policy.summary_weights_id, policy.weights) == (unweighted, None, None)
+
+        downgrade(engine, "0004")  # and back: the link goes, the rows stay
+        assert "summary_weights_id" not in {column["name"] for column in inspect(engine).get_columns("thresholds")}
+        with engine.connect() as connection:
+            assert connection.execute(select(func.count()).select_from(thresholds_table)).scalar_one() == 5
     finally:
         engine.dispose()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import numpy as np
@@ -237,15 +238,29 @@ def test_threshold_input_is_validated(store, model):
         store.add_threshold(ThresholdRecord(model_id=model.id + 99, indicator="MP", method="two-means", value=1.0))
 
 
-def test_summary_weights_replace_the_active_set(store, model):
-    assert store.active_summary_weights(model.id) is None
-    first = store.add_summary_weights(model.id, summary_weights({"MP": 1.0, "ANG": 0.5}))
-    second = store.add_summary_weights(model.id, summary_weights({"MP": 0.8, "ANG": 0.9}))
+def test_a_threshold_and_its_weights_are_one_policy(store, model):
+    assert store.active_policy(model.id, "1C-Sum") is None and store.active_summary_weights(model.id) is None
+    record = ThresholdRecord(model_id=model.id, indicator="1C-Sum", method="two-means", value=2.0)
+    first = store.add_threshold(record, weights=summary_weights({"MP": 1.0, "ANG": 0.5}))
+    second = store.add_threshold(replace(record, value=3.0), weights=summary_weights({"MP": 0.8, "ANG": 0.9}))
 
-    active = store.active_summary_weights(model.id)
-    assert active.id == second.id and active.weights.weights == {"MP": 0.8, "ANG": 0.9}
-    assert active.weights.members == ("MP", "ANG")
-    assert first.id != second.id
+    policy = store.active_policy(model.id, "1C-Sum")
+    assert (policy.version, policy.threshold, policy.summary_weights_id) == (second.id, 3.0, second.summary_weights_id)
+    assert dict(policy.weights) == {"MP": 0.8, "ANG": 0.9} and first.summary_weights_id != second.summary_weights_id
+    with pytest.raises(TypeError):
+        policy.weights["MP"] = 5.0  # immutable: the scorer and the judge share it
+    assert store.get_summary_weights(second.summary_weights_id).weights.members == ("MP", "ANG")
+
+    # A threshold stored without weights keeps the active ones; another indicator too.
+    plain = store.add_threshold(replace(record, value=4.0))
+    other = store.add_threshold(replace(record, indicator="MP", value=0.5))
+    assert plain.summary_weights_id == other.summary_weights_id == second.summary_weights_id
+
+    # Rolling back to the first threshold brings its weights back with it.
+    store.activate_threshold(first.id)
+    policy = store.active_policy(model.id, "1C-Sum")
+    assert (policy.version, dict(policy.weights)) == (first.id, {"MP": 1.0, "ANG": 0.5})
+    assert store.active_summary_weights(model.id).id == first.summary_weights_id
 
 
 # --- rates and percentiles ---------------------------------------------------------------------

@@ -16,7 +16,8 @@ from monitor.stream.local import LocalBroker, LocalProducer
 from monitor.stream.messages import InboundMessage
 from monitor.service.http import probes_router
 from monitor.stream.operability import DaemonState
-from monitor.stream.steps import Batch, Decoded, Threshold
+from monitor.store.records import Policy
+from monitor.stream.steps import Batch, Decoded
 from tests.services import wait_until
 
 
@@ -60,7 +61,7 @@ def test_metrics_count_images_rejects_flags_and_batch_latency():
     batch = Batch(items=[Decoded(message, pixels=1), Decoded(message, pixels=1),
                          Decoded(message, reject_reason="truncated")], opened_at=0.0)
     batch.flagged = np.array([True, False])
-    batch.threshold = Threshold(1.5, 3, "1C-Sum")
+    batch.policy = Policy(version=3, model_id=1, indicator="1C-Sum", threshold=1.5)
     state.metrics.observe_batch(batch, replays=1, now=0.25)
     state.lag_value = 17
     text = _client(state).get("/metrics").text

@@ -8,12 +8,12 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from monitor.classifiers import Preprocessing
-from monitor.imaging import ImageLimits
+from monitor.imaging import ImageLimits, decode_image
 from monitor.store import ThresholdRecord
 from monitor.stream.local import LocalBroker, LocalConsumer, LocalProducer
 from monitor.stream.messages import original_value
-from monitor.stream.pipeline import PipelineParts, ScorerAdapter, ThresholdSource, build_pipeline, image_decoder
-from monitor.stream.steps import Batch, BatchAbandoned, Shutdown
+from monitor.stream.pipeline import PipelineParts, PolicySource, ScorerAdapter, build_pipeline, image_decoder
+from monitor.stream.steps import Batch, BatchAbandoned, PolicyRefused, Shutdown
 from tests.store_data import register_model, summary_weights
 from tests.unit.stream_parts import INPUT_SHAPE, corpus, png, sqlite_store, tiny_scorer
 
@@ -44,7 +44,7 @@ class Harness:
                                      Preprocessing(input_shape=INPUT_SHAPE, mean=(0.5,), std=(0.25,)))
         self.consumer = LocalConsumer(self.broker, [TOPIC], GROUP)
         self.shutdown = Shutdown()
-        self.thresholds = ThresholdSource(store, self.model.id, "1C-Sum", threshold_refresh_s)
+        self.policies = PolicySource(store, self.model.id, "1C-Sum", threshold_refresh_s)
         self.batches: list[Batch] = []
         self.commits: list[dict] = []
         self.write_calls = 0
@@ -59,7 +59,7 @@ class Harness:
 
         self.parts = PipelineParts(
             decode=image_decoder(INPUT_SHAPE, ImageLimits(max_bytes=2000)), scorer=ScorerAdapter(scorer),
-            current_threshold=self.thresholds, write=counting_write, producer=LocalProducer(self.broker),
+            current_policy=self.policies, write=counting_write, producer=LocalProducer(self.broker),
             commit=commit, model_id=self.model.id, model_name="tiny", indicator="1C-Sum", dead_letter_topic=DLQ,
             alerts_topic=ALERTS, group_id=GROUP, batch_size=batch_size, max_batch_wait_s=60.0, decode_threads=decode_threads,
             retry_initial_s=0.0, retry_max_s=0.0)
@@ -218,17 +218,17 @@ def test_alerts_topic_outage_is_retried_before_the_commit(scorer, store):
     assert harness.committed()[0] == 1 or harness.committed()[1] == 1
 
 
-def test_threshold_source_keeps_the_last_value_when_the_store_is_unreadable(scorer, store):
+def test_policy_source_keeps_the_last_policy_when_the_store_is_unreadable(scorer, store):
     harness = Harness(scorer, store)
     store.add_threshold(ThresholdRecord(model_id=harness.model.id, indicator="1C-Sum", method="manual", value=1.5))
-    assert harness.thresholds().value == 1.5
+    assert harness.policies().threshold == 1.5
 
     class Broken:
-        def active_threshold(self, *_):
+        def active_policy(self, *_):
             raise OperationalError("SELECT", {}, Exception("down"))
 
-    harness.thresholds.store = Broken()
-    assert harness.thresholds().value == 1.5
+    harness.policies.store = Broken()
+    assert harness.policies().threshold == 1.5
 
 
 def test_abandoned_pending_work_is_not_committed_on_discard(scorer, store):
@@ -241,14 +241,28 @@ def test_abandoned_pending_work_is_not_committed_on_discard(scorer, store):
     assert harness.commits == [] and _count(store, "samples") == 0
 
 
-def test_label_fitted_summary_weights_are_applied_to_the_scorer(scorer, store):
+def test_a_policy_s_weights_are_applied_to_the_scorer_and_weights_it_cannot_apply_flag_nothing(scorer, store):
     harness = Harness(scorer, store)
-    source = ThresholdSource(store, harness.model.id, "1C-Sum", 0.0, scorer=scorer)
+    source = PolicySource(store, harness.model.id, "1C-Sum", 0.0)
+    adapter = ScorerAdapter(scorer)
     member = scorer.summary_members[0]
-    store.add_summary_weights(harness.model.id, summary_weights({member: 0.25}))
+    record = ThresholdRecord(model_id=harness.model.id, indicator="1C-Sum", method="two-means", value=1.0)
+    store.add_threshold(record, weights=summary_weights({member: 0.25}))
     try:
-        source()
+        adapter([decode_image(png(seed=1), INPUT_SHAPE)], source())
         assert scorer.summary_weights[member] == 0.25
+        adapter([decode_image(png(seed=1), INPUT_SHAPE)], None)  # no policy: uniform weights
+        assert scorer.summary_weights[member] == 1.0
+
+        # Weights for members this model does not have: the policy is refused, not half-applied.
+        store.add_threshold(record, weights=summary_weights({"NOT-A-MEMBER": 2.0}))
+        with pytest.raises(PolicyRefused, match="NOT-A-MEMBER"):
+            adapter([decode_image(png(seed=1), INPUT_SHAPE)], source())
+        assert set(scorer.summary_weights.values()) == {1.0}
+        harness.send(png(seed=2), key="after")
+        harness.drain()
+        with store.engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT flagged, threshold_id FROM samples").all() == [(False, None)]
     finally:
         scorer.reset_summary_weights()
 
