@@ -51,7 +51,7 @@ class _Batch:
         self.rejected = [type("R", (), {"reject_reason": "corrupt"})()] * rejected
         self.opened_at = 0.0
         self.score_seconds = 0.01
-        self.threshold = None
+        self.policy = None
 
 
 def _value(families, sample_name, **labels):
