@@ -2,8 +2,8 @@
 
 Every replica runs the same scheduler. Fire times are aligned on a fixed anchor
 (2000-01-01T00:00Z + k * interval), so all replicas agree on them. A replica that fires takes
-the job's lock (monitor.jobs.leader); if another replica holds it, or already started a run
-at or after this fire time, it does nothing. So each fire time yields one run, and when a
+the job's lock (Store.job_lock, monitor.store.locks); if another replica holds it, or already
+started a run at or after this fire time, it does nothing. So each fire time yields one run, and when a
 replica dies (its lock freed by the database or the kernel) the others carry on at the next
 fire time. Missed fire times are coalesced into one run.
 
@@ -33,7 +33,6 @@ from monitor.jobs import queries
 from monitor.clock import iso_utc
 from monitor.jobs.alerts import AlertPublisher, AlertSink
 from monitor.store.payloads import JobFailedAlert
-from monitor.jobs.leader import job_lock
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +122,7 @@ def run_job(context: JobContext, name: str, *, scheduled_for: datetime | None = 
     its options this way).
     """
     function = function or _job_functions()[name]
-    with job_lock(context.engine, name) as held:
+    with context.store.job_lock(name) as held:
         if not held:
             log.info("job %s: another process is running it; nothing to do here", name)
             return None

@@ -38,6 +38,7 @@ from monitor.clock import utc_now
 from monitor.errors import InputError, MonitorError
 from monitor.names import INDICATORS
 from monitor.store.engine import DEFAULT_CONNECT_TIMEOUT_S, WRITE_OPTION, connect, safe_url
+from monitor.store.locks import job_lock
 from monitor.store.models import (
     INDICATOR_COLUMNS,
     JOB_OUTCOMES,
@@ -1063,6 +1064,11 @@ class Store(ProposalsAggregate):
         with self._reading() as connection:
             row = connection.execute(select(Report.__table__).where(Report.id == report_id)).first()
         return ReportRow(**row._mapping) if row else None
+
+    def job_lock(self, job_name: str):
+        """Context manager: try to take the lock of `job_name` without waiting; yields whether this
+        process holds it (monitor.store.locks; one replica at a time runs a scheduled job)."""
+        return job_lock(self.engine, job_name)
 
     def start_job_run(self, job: str, *, started_at: datetime | None = None, runner: str | None = None) -> JobRunRow:
         if not job:

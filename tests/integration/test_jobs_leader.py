@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.jobs.leader import job_lock
+from monitor.store.locks import job_lock
 from monitor.jobs.scheduler import SCHEDULE_ANCHOR
 from tests.services import ROOT, TansuBroker, free_port, postgres_database, wait_until
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 HOLDER = """
 import sys
-from monitor.jobs.leader import job_lock
+from monitor.store.locks import job_lock
 from monitor.store import connect
 with job_lock(connect(sys.argv[1]), "refit") as held:
     print("held" if held else "refused", flush=True)
