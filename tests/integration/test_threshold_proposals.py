@@ -9,7 +9,7 @@ import pytest
 from monitor.jobs import proposals
 from monitor.jobs.refit import refit
 from monitor.store.proposals import ProposalConflict
-from monitor.stream.pipeline import ThresholdSource
+from monitor.stream.pipeline import PolicySource
 from tests.store_data import register_model
 from tests.integration.jobs_data import NOW, RecordingPublisher, add_threshold, context_for, mixture, write_scores
 
@@ -30,9 +30,9 @@ def _setup(store, active_value: float, activation: str, **thresholds):
     return model, active, ids, publisher, context
 
 
-def _daemon_threshold(store, model_id):
-    """The threshold the scoring daemon judges with: its own reader of the active threshold."""
-    return ThresholdSource(store, model_id, INDICATOR, refresh_s=0.0).refresh()
+def _daemon_policy(store, model_id):
+    """The policy the scoring daemon scores and judges with: its own reader of the active policy."""
+    return PolicySource(store, model_id, INDICATOR, refresh_s=0.0).refresh()
 
 
 def test_a_proposed_refit_changes_nothing_until_an_admin_approves_it_in_one_step(store):
@@ -44,7 +44,7 @@ def test_a_proposed_refit_changes_nothing_until_an_admin_approves_it_in_one_step
     proposal = result.proposal
     assert proposal.status == "waiting" and proposal.threshold_id == result.threshold.id
     assert store.active_threshold(model.id, INDICATOR).id == active, "the active threshold stays"
-    assert _daemon_threshold(store, model.id).threshold_id == active
+    assert _daemon_policy(store, model.id).version == active
     assert not store.get_threshold(proposal.threshold_id).active
     # The shadow evaluation compares both on the window: 8.5 flags about 31 OOD samples, the
     # two-means cut near 4 flags all 100 and no ID sample.
@@ -62,8 +62,8 @@ def test_a_proposed_refit_changes_nothing_until_an_admin_approves_it_in_one_step
     assert decided.status == "approved" and decided.decided_by == "admin" and decided.decision_note == "looks right"
     assert decided.decided_at == NOW + timedelta(hours=1)
     assert store.active_threshold(model.id, INDICATOR).id == proposal.threshold_id
-    judged_by = _daemon_threshold(store, model.id)
-    assert judged_by.threshold_id == proposal.threshold_id and judged_by.value == decided.value
+    judged_by = _daemon_policy(store, model.id)
+    assert judged_by.version == proposal.threshold_id and judged_by.threshold == decided.value
     [alert] = store.list_alerts(kind="threshold_activated")
     activated = alert.payload.payload
     assert activated.proposal_id == proposal.id and activated.previous_threshold_id == active
@@ -83,7 +83,7 @@ def test_a_rejected_proposal_never_activates(store):
     with pytest.raises(ProposalConflict, match="rejected"):
         proposals.decide(store, proposal.id, "approve", by="admin", note=None, now=NOW)
     assert store.active_threshold(model.id, INDICATOR).id == active
-    assert _daemon_threshold(store, model.id).threshold_id == active
+    assert _daemon_policy(store, model.id).version == active
     assert store.list_alerts(kind="threshold_activated") == []
 
 
@@ -97,7 +97,7 @@ def test_an_expired_proposal_never_activates(store):
 
     assert store.get_proposal(proposal.id).status == "expired"
     assert store.active_threshold(model.id, INDICATOR).id == active
-    assert _daemon_threshold(store, model.id).threshold_id == active
+    assert _daemon_policy(store, model.id).version == active
 
 
 def test_the_refit_expires_old_proposals_and_a_newer_one_replaces_the_waiting_one(store):
