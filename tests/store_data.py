@@ -4,14 +4,18 @@ hand-written dictionaries."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from functools import lru_cache
+from importlib import resources
 
 from monitor.classifiers import Preprocessing
 from monitor.clock import iso_utc, utc_now
 from monitor.store.payloads import AlertDocument, DriftTest, JobFailedAlert, ReportSummary, SummaryWeightsDocument, Window
 
-FASHION_PREPROCESSING = Preprocessing(input_shape=(1, 28, 28), mean=(0.286,), std=(0.353,))
+# The bundled demo model's own description: what the daemon registers for it, class names included.
+FASHION_PREPROCESSING = Preprocessing.from_dict(json.loads(
+    resources.files("monitor.assets").joinpath("demo_fashion_resnet.json").read_text())["preprocessing"])
 
 
 def register_model(store, name: str = "classifier", fingerprint: str = "weights-1",

@@ -130,6 +130,13 @@ class ModelPreprocessing(Payload):
     std: tuple[float, ...]
     class_names: tuple[str, ...] | None = None
 
+    def class_label(self, index: int) -> str:
+        """How pages and reports name a predicted class: "Shirt (6)" when the model knows its
+        class names, else "class 6"."""
+        if self.class_names is not None and 0 <= index < len(self.class_names):
+            return f"{self.class_names[index]} ({index})"
+        return f"class {index}"
+
 
 @dataclass(frozen=True)
 class NoiseCalibration(Payload):

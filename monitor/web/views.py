@@ -105,6 +105,7 @@ class SampleReport:
     window_start: datetime
     window_end: datetime
     threshold: ThresholdRow | None
+    class_label: str  # the predicted class by name where the model knows its class names
 
 
 def sample_report(connection: Connection, sample_id: int, window_hours: float) -> SampleReport:
@@ -127,7 +128,11 @@ def sample_report(connection: Connection, sample_id: int, window_hours: float) -
             if row.id == sample.threshold_id:
                 threshold = row
                 break
-    return SampleReport(sample=sample, readings=readings, window_start=start, window_end=end, threshold=threshold)
+    model = next((row for row in queries.list_models(connection) if row.id == sample.model_id), None)
+    class_label = (model.preprocessing.class_label(sample.predicted_class) if model is not None
+                   else f"class {sample.predicted_class}")
+    return SampleReport(sample=sample, readings=readings, window_start=start, window_end=end, threshold=threshold,
+                        class_label=class_label)
 
 
 @dataclass(frozen=True)

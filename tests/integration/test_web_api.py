@@ -7,6 +7,7 @@ use their own samples so they do not depend on each other's order.
 
 from __future__ import annotations
 
+import html
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -21,7 +22,7 @@ from monitor.web import create_app
 from monitor.web.auth import CSRF_HEADER, SESSION_COOKIE, hash_secret
 from tests.integration.conftest import STORE_BACKENDS, empty_all_tables
 from tests.web_data import PASSWORDS, TOKENS, bearer, seed_store, web_settings
-from tests.store_data import register_model, report_summary
+from tests.store_data import FASHION_PREPROCESSING, register_model, report_summary
 
 pytestmark = pytest.mark.integration
 
@@ -291,6 +292,18 @@ def test_the_sample_page_labels_with_a_form_post_that_carries_csrf(web):
     assert "Label saved" in shown.text and "odd texture" in shown.text
     history = client.get(f"/api/samples/{sample}/labels", headers=bearer("viewer-bot")).json()["history"]
     assert [(h["label"], h["labelled_by"]) for h in history] == [("OOD", "lena")]
+
+
+def test_pages_name_the_predicted_class_where_the_model_knows_its_class_names(web):
+    client, store, seeded = web
+    login(client, "vera")
+    sample = seeded.flagged_ids[3]
+    predicted = client.get(f"/api/samples/{sample}", headers=bearer("viewer-bot")).json()["predicted_class"]
+    name = FASHION_PREPROCESSING.class_names[predicted]
+    assert f'<dd id="predicted-class">{html.escape(name)} ({predicted})</dd>' in client.get(f"/samples/{sample}").text
+    queue = client.get("/queue").text
+    assert f'<span class="class-label">{html.escape(name)} ({predicted})</span>' in queue
+    assert ">class " not in queue
 
 
 def test_a_viewer_sees_no_label_buttons_and_cannot_post_the_form(web):
