@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from monitor.clock import iso_utc
+from monitor.errors import InputError
 from monitor.shadow import ShadowEvaluation, ShadowSamples, guard_reasons, shadow_evaluation
 from monitor.store.payloads import (
     NoiseCalibration,
@@ -123,6 +124,22 @@ def what_if(store: Any, model_id: int, indicator: str, candidate: ClassThreshold
     return evaluate(store, model_id, indicator, candidate, window)
 
 
+def what_if_fit(store: Any, jobs_settings: Any, model_id: int, indicator: str, method: str,
+                window: Window) -> tuple[ClassThresholds, str]:
+    """The threshold `method` would fit on the window's values of `indicator` with their current
+    labels (the `[jobs]` parameters and min_samples of a re-fit), and the fit in words; nothing is
+    stored. NotEnoughData (a MonitorError) when the window is too small for the method."""
+    from monitor.jobs.refit import method_parameters  # the refit job imports this module
+    from monitor.thresholds import METHODS, fit_threshold
+
+    if method not in METHODS:
+        raise InputError(f"method: {method!r} is not one of {', '.join(METHODS)}")
+    scores = store.window_scores(model_id, indicator, since=window.since, last=window.last)
+    fit = fit_threshold(scores.values, method, scores.labels, min_samples=jobs_settings.min_samples,
+                        **method_parameters(jobs_settings, method))
+    return ClassThresholds(float(fit.threshold)), fit.explain()
+
+
 def summary_values(fitted: Any, members: tuple[str, ...], calibration: NoiseCalibration) -> CandidateValues:
     """1C-Sum recomputed with re-fitted weights; NaN where a member value is missing."""
 
@@ -138,4 +155,4 @@ def summary_values(fitted: Any, members: tuple[str, ...], calibration: NoiseCali
 
 
 __all__ = ["MAX_IDS", "Window", "active_policy", "decide", "document", "evaluate", "holds", "propose",
-           "summary_values", "what_if"]
+           "summary_values", "what_if", "what_if_fit"]

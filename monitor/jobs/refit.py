@@ -58,11 +58,12 @@ class RefitResult:
         return self.threshold is not None
 
 
-def method_parameters(jobs_settings: Any) -> dict[str, float]:
-    """The keyword parameters of fit_threshold for the configured method."""
-    if jobs_settings.refit_method == "proportion":
+def method_parameters(jobs_settings: Any, method: str | None = None) -> dict[str, float]:
+    """The keyword parameters of fit_threshold for `method` (default the configured one)."""
+    method = method or jobs_settings.refit_method
+    if method == "proportion":
         return {"p": jobs_settings.expected_share}
-    if jobs_settings.refit_method == "extreme-value":
+    if method == "extreme-value":
         return {"q": jobs_settings.extreme_value_q}
     return {}
 

@@ -1,13 +1,15 @@
 """The JSON API: everything the pages show and do, for scripts (bearer token) and the pages' own script.
 
-Roles: viewer reads, labeller also labels, admin also undoes other operators' labels and
-lists the configured accounts. Errors are JSON `{"detail": ...}`; a bad parameter answers
+Roles: viewer reads, labeller also labels, admin also undoes other operators' labels,
+approves or rejects threshold proposals, asks what a threshold would change, and lists the
+configured accounts. Errors are JSON `{"detail": ...}`; a bad parameter answers
 422 with `parameter` naming it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -18,11 +20,16 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, ValidationError
 
+from monitor.clock import utc_now
+from monitor.errors import InputError, MonitorError
+from monitor.jobs import proposals
 from monitor.store.payloads import AlertDocument, Payload
+from monitor.store.proposals import ProposalConflict, ProposalRow
 from monitor.store.records import LABEL_ID, LABEL_OOD, MAX_NOTE_LENGTH
 from monitor.web import queries, views
 from monitor.web.app import REPORT_CSP, api_principal, image_response, state_of
 from monitor.web.auth import Principal
+from monitor.thresholds import METHODS, ClassThresholds
 from monitor.web.filters import (
     RowId,
     parse_indicator,
@@ -104,6 +111,42 @@ class LabelIn(BaseModel):
     label: Literal[LABEL_ID, LABEL_OOD] = Field(description="ID: the model may be trusted on it; OOD: it may not.")
     note: str | None = Field(default=None, max_length=MAX_NOTE_LENGTH,
                              description="Optional free text kept with the label.")
+
+
+class DecisionIn(BaseModel):
+    note: str | None = Field(default=None, max_length=MAX_NOTE_LENGTH,
+                             description="Optional free text kept with the decision.")
+
+
+class WhatIfIn(BaseModel):
+    """A candidate threshold: a value, or a method fitted on the window as a re-fit would."""
+
+    model: int | None = Field(default=None, ge=1, description="Model id; default the newest.")
+    indicator: str | None = Field(default=None, description="Indicator; default the monitored one ([stream] indicator).")
+    value: float | None = Field(default=None, allow_inf_nan=False, description="The candidate threshold.")
+    method: Literal[METHODS] | None = Field(default=None, description="Or: fit one on the window by this method.")
+    window_hours: float | None = Field(default=None, gt=0, le=24 * 366, description="Window ending now, in hours.")
+
+
+def _body_after(role_dependency, model: type[BaseModel]):
+    """A request body read only once the caller is known to have the role (see label_body)."""
+
+    async def read(request: Request, principal: Principal = Depends(role_dependency)):
+        raw = await request.body()
+        try:
+            return model.model_validate_json(raw or b"{}")
+        except ValidationError as error:
+            raise RequestValidationError([{**problem, "loc": ("body", *problem["loc"])}
+                                          for problem in error.errors()]) from None
+
+    return read
+
+
+def proposal_json(proposal: ProposalRow) -> dict:
+    """A proposal as the API and the pages' script see it: its status as it stands now."""
+    body = jsonable_encoder(proposal)
+    body["status"] = proposal.status_at(utc_now())
+    return body
 
 
 @router.get("/me", summary="Who is calling, with which role")
@@ -291,7 +334,98 @@ def thresholds(
     body = jsonable_encoder(data)
     for row in body["history"]:
         row["labels_used"] = views.labels_used(next(r for r in data.history if r.id == row["id"]))
+    waiting = state.store.waiting_proposal(chosen.id, data.indicator, now=utc_now()) if chosen else None
+    body["proposal"] = proposal_json(waiting) if waiting else None
     return JSONResponse(body)
+
+
+@router.get("/proposals", summary="Threshold proposals, newest first, with their shadow evaluations")
+def list_proposals(
+    request: Request,
+    model: int | None = Query(None, description="Model id; default every model."),
+    limit: str | None = Query(None, description="At most this many, 1 to 500 (default 50)."),
+    principal: Principal = Depends(viewer),
+):
+    count, _ = parse_page_window(limit, None)
+    rows = state_of(request).store.list_proposals(_model_param(request), limit=count)
+    return JSONResponse([proposal_json(row) for row in rows])
+
+
+@router.get("/proposals/{proposal_id}", summary="One threshold proposal with its shadow evaluation and decision")
+def get_proposal(request: Request, proposal_id: RowId, principal: Principal = Depends(viewer)):
+    found = state_of(request).store.get_proposal(proposal_id)
+    if found is None:
+        raise HTTPException(status_code=404, detail=f"proposal {proposal_id} not found")
+    return JSONResponse(proposal_json(found))
+
+
+def decide_or_answer(request: Request, proposal_id: int, decision: str, principal: Principal,
+                     note: str | None) -> ProposalRow:
+    """Decide a proposal for an admin: 404 when there is none, 409 when it no longer waits."""
+    store = state_of(request).store
+    if store.get_proposal(proposal_id) is None:
+        raise HTTPException(status_code=404, detail=f"proposal {proposal_id} not found")
+    try:
+        return proposals.decide(store, proposal_id, decision, by=principal.name, note=note, now=utc_now())
+    except ProposalConflict as conflict:
+        raise HTTPException(status_code=409, detail=str(conflict)) from None
+
+
+_DECISION_BODY = {"requestBody": {"required": False, "content": {
+    "application/json": {"schema": DecisionIn.model_json_schema()}}}}
+
+
+@router.post("/proposals/{proposal_id}/approve", openapi_extra=_DECISION_BODY,
+             summary="Approve a waiting proposal: its threshold becomes active (admin)")
+def approve_proposal(request: Request, proposal_id: RowId, principal: Principal = Depends(admin),
+                     body: DecisionIn = Depends(_body_after(admin, DecisionIn))):
+    return JSONResponse(proposal_json(decide_or_answer(request, proposal_id, "approve", principal, body.note)))
+
+
+@router.post("/proposals/{proposal_id}/reject", openapi_extra=_DECISION_BODY,
+             summary="Reject a waiting proposal: its threshold never becomes active (admin)")
+def reject_proposal(request: Request, proposal_id: RowId, principal: Principal = Depends(admin),
+                    body: DecisionIn = Depends(_body_after(admin, DecisionIn))):
+    return JSONResponse(proposal_json(decide_or_answer(request, proposal_id, "reject", principal, body.note)))
+
+
+def what_if_evaluation(request: Request, model_id: int, indicator: str, hours: float, value: float | None,
+                       method: str | None):
+    """(candidate, how it was found, the stored form of its shadow evaluation) on the window of
+    `hours` ending now; nothing is saved. MonitorError (InputError, NotEnoughData) says why not."""
+    state = state_of(request)
+    if (value is None) == (method is None):
+        raise InputError("give either a threshold value or a method, not both")
+    window = proposals.Window(since=utc_now() - timedelta(hours=hours))
+    if value is not None:
+        candidate, how = ClassThresholds(value), f"typed in: {value:.6g}"
+    else:
+        candidate, how = proposals.what_if_fit(state.store, state.settings.jobs, model_id, indicator, method, window)
+    evaluation = proposals.what_if(state.store, model_id, indicator, candidate, window)
+    return candidate, how, proposals.document(evaluation)
+
+
+@router.post("/thresholds/what-if", summary="What a threshold value or method would change; nothing is saved (admin)",
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": WhatIfIn.model_json_schema()}}}})
+def what_if(request: Request, principal: Principal = Depends(admin),
+            body: WhatIfIn = Depends(_body_after(admin, WhatIfIn))):
+    state = state_of(request)
+    with state.engine.connect() as connection:
+        try:
+            chosen = views.pick_model(queries.list_models(connection), body.model)
+        except views.NotFound as error:
+            raise _not_found(error) from None
+    if chosen is None:
+        raise HTTPException(status_code=404, detail="no model has been scored yet")
+    indicator = parse_indicator("indicator", body.indicator, "") or state.settings.stream.indicator
+    hours = body.window_hours or state.settings.web.window_hours
+    try:
+        candidate, how, evaluation = what_if_evaluation(request, chosen.id, indicator, hours, body.value, body.method)
+    except MonitorError as error:
+        raise HTTPException(status_code=422, detail=str(error)) from None
+    return JSONResponse({"model": chosen.id, "indicator": indicator, "window_hours": hours,
+                         "candidate": candidate.to_dict(), "how": how, "evaluation": evaluation.to_json()})
 
 
 @router.get("/alerts", summary="Alerts, newest first")

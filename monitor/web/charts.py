@@ -22,6 +22,7 @@ class ThresholdMark:
     value: float
     label: str
     active: bool = False
+    proposed: bool = False  # waiting for an admin, or asked about in the what-if form
 
 
 def _nice_ceiling(value: float) -> float:
@@ -177,10 +178,10 @@ def histogram_chart(
             f'<text class="axis" x="{x_of(value):.1f}" y="{HEIGHT - MARGIN_BOTTOM + 16}" '
             f'text-anchor="middle">{_format_number(value)}</text>'
         )
-    # Inactive first so the active threshold is drawn on top.
-    for rank, mark in enumerate(sorted(marks, key=lambda m: m.active)):
+    # Inactive first, then proposed ones, so the active threshold is drawn on top.
+    for rank, mark in enumerate(sorted(marks, key=lambda m: (m.active, m.proposed))):
         x = x_of(mark.value)
-        css = "threshold active" if mark.active else "threshold"
+        css = "threshold active" if mark.active else "threshold proposed" if mark.proposed else "threshold"
         label_y = MARGIN_TOP + 12 + 14 * (rank % 4)
         anchor = "end" if x > MARGIN_LEFT + plot_w * 0.8 else "start"
         offset = -4 if anchor == "end" else 4

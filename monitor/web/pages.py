@@ -11,11 +11,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from monitor.errors import InputError
+from monitor.clock import utc_now
+from monitor.errors import InputError, MonitorError
 from monitor.names import INDICATORS
-from monitor.store.records import check_label
+from monitor.store.records import MAX_NOTE_LENGTH, check_label
+from monitor.thresholds import METHODS
 from monitor.web import charts, queries, views
-from monitor.web.api import report_file_response
+from monitor.web.api import decide_or_answer, report_file_response, what_if_evaluation
 from monitor.web.app import client_address, image_response, state_of
 from monitor.web.auth import CSRF_FIELD, LOGIN_CSRF_COOKIE, SESSION_COOKIE, Principal, csrf_matches
 from monitor.web.filters import (
@@ -23,6 +25,7 @@ from monitor.web.filters import (
     SORT_CHOICES,
     FilterError,
     RowId,
+    parse_float,
     parse_indicator,
     parse_int,
     parse_queue_filters,
@@ -317,24 +320,107 @@ async def undo_form(request: Request, sample_id: RowId):
 # --- thresholds ---------------------------------------------------------------------------------
 
 
+_DONE = {"approved": "Proposal approved: its threshold is active now.",
+         "rejected": "Proposal rejected: the active threshold stays."}
+
+
 @router.get("/thresholds", response_class=HTMLResponse)
 def thresholds_page(request: Request):
     principal = page_principal(request)
-    reject_unknown(request.query_params, ("model", "indicator", "window_hours"))
+    reject_unknown(request.query_params, ("model", "indicator", "window_hours", "done"))
+    return _thresholds(request, principal, request.query_params,
+                       notice=_DONE.get(request.query_params.get("done", "")))
+
+
+def _thresholds(request: Request, principal: Principal, params, *, what_if: dict | None = None,
+                what_if_error: str | None = None, notice: str | None = None, status_code: int = 200) -> HTMLResponse:
+    """The thresholds page: the histogram with the fitted thresholds, a waiting proposal with its
+    shadow evaluation, and (after the what-if form) the evaluation of the candidate asked about."""
     state = state_of(request)
-    hours = parse_window_hours("window_hours", request.query_params.get("window_hours"), state.settings.web.window_hours)
-    indicator = parse_indicator("indicator", request.query_params.get("indicator"), "") or None
+    hours = parse_window_hours("window_hours", params.get("window_hours"), state.settings.web.window_hours)
+    indicator = parse_indicator("indicator", params.get("indicator"), "") or None
+    also_drawn = [what_if["candidate"].global_threshold] if what_if else []
     with state.engine.connect() as connection:
-        models, model = _models_and_choice(connection, request)
-        data = views.thresholds_view(connection, model, indicator, state.settings.stream.indicator, hours)
+        models, model = _models_and_choice_of(connection, params.get("model"))
+        data = views.thresholds_view(connection, model, indicator, state.settings.stream.indicator, hours,
+                                     also_drawn=also_drawn)
+    proposal = state.store.waiting_proposal(model.id, data.indicator, now=utc_now()) if model else None
     marks = [
-        charts.ThresholdMark(value=row.value, label=f"{row.method} #{row.id}" + (" (active)" if row.active else ""),
-                             active=row.active)
+        charts.ThresholdMark(
+            value=row.value, active=row.active, proposed=bool(proposal and row.id == proposal.threshold_id),
+            label=(f"proposed {row.method} #{row.id}" if proposal and row.id == proposal.threshold_id
+                   else f"{row.method} #{row.id}" + (" (active)" if row.active else "")))
         for row in data.shown_on_chart
     ]
+    if what_if:
+        marks.append(charts.ThresholdMark(value=what_if["candidate"].global_threshold, label="what if", proposed=True))
     chart = charts.histogram_chart(data.histogram.edges, data.histogram.counts, marks, data.indicator)
-    return render(request, "thresholds.html", principal, active="thresholds", data=data, chart=chart, models=models,
-                  windows=WINDOW_CHOICES, hours=hours, labels_used=views.labels_used, indicators=INDICATORS)
+    return render(request, "thresholds.html", principal, status_code=status_code, active="thresholds", data=data,
+                  chart=chart, models=models, windows=WINDOW_CHOICES, hours=hours, labels_used=views.labels_used,
+                  indicators=INDICATORS, proposal=proposal, can_decide=principal.can("admin"), methods=METHODS,
+                  what_if=what_if, what_if_error=what_if_error, notice=notice,
+                  what_if_value=params.get("value", ""), what_if_method=params.get("method", ""))
+
+
+def _models_and_choice_of(connection, model_text: str | None):
+    models = queries.list_models(connection)
+    requested = parse_int("model", model_text or None, minimum=1)
+    try:
+        return models, views.pick_model(models, requested)
+    except views.NotFound as error:
+        raise HTTPException(status_code=404, detail=str(error)) from None
+
+
+async def _admin_form(request: Request) -> tuple[Principal, dict]:
+    principal = await run_in_threadpool(page_principal, request, "admin")
+    form = await request.form()
+    if not csrf_matches(principal.csrf, str(form.get(CSRF_FIELD) or "")):
+        raise HTTPException(status_code=403, detail="missing or wrong CSRF token; reload the page and try again")
+    return principal, {key: str(value) for key, value in form.items()}
+
+
+def _thresholds_url(form: dict, **extra) -> str:
+    params = {key: form[key] for key in ("model", "indicator", "window_hours") if form.get(key)}
+    return "/thresholds?" + urlencode({**params, **extra})
+
+
+@router.post("/thresholds/proposals/{proposal_id}/decide")
+async def decide_form(request: Request, proposal_id: RowId):
+    principal, form = await _admin_form(request)
+    decision = form.get("decision", "")
+    if decision not in ("approve", "reject"):
+        raise HTTPException(status_code=400, detail=f"decision: {decision!r} is not approve or reject")
+    note = form.get("note", "").strip() or None
+    if note is not None and len(note) > MAX_NOTE_LENGTH:
+        raise HTTPException(status_code=400, detail=f"note: at most {MAX_NOTE_LENGTH} characters")
+    await run_in_threadpool(decide_or_answer, request, proposal_id, decision, principal, note)
+    return RedirectResponse(_thresholds_url(form, done="approved" if decision == "approve" else "rejected"),
+                            status_code=303)
+
+
+@router.post("/thresholds/what-if", response_class=HTMLResponse)
+async def what_if_form(request: Request):
+    principal, form = await _admin_form(request)
+    return await run_in_threadpool(_what_if_page, request, principal, form)
+
+
+def _what_if_page(request: Request, principal: Principal, form: dict) -> HTMLResponse:
+    state = state_of(request)
+    value_text, method = form.get("value", "").strip(), form.get("method", "").strip() or None
+    try:
+        value = parse_float("value", value_text or None)
+        hours = parse_window_hours("window_hours", form.get("window_hours"), state.settings.web.window_hours)
+        indicator = parse_indicator("indicator", form.get("indicator"), "") or state.settings.stream.indicator
+        with state.engine.connect() as connection:
+            _, model = _models_and_choice_of(connection, form.get("model"))
+        if model is None:
+            raise InputError("no model has been scored yet")
+        candidate, how, evaluation = what_if_evaluation(request, model.id, indicator, hours, value, method)
+    except (FilterError, MonitorError) as error:
+        return _thresholds(request, principal, form, what_if_error=str(error), status_code=400)
+    params = {**form, "indicator": indicator}
+    return _thresholds(request, principal, params,
+                       what_if={"candidate": candidate, "how": how, "evaluation": evaluation.to_json()})
 
 
 # --- reports and alerts -------------------------------------------------------------------------

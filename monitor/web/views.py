@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
+from typing import Callable, Sequence
 
 from sqlalchemy import Connection
 
@@ -149,7 +149,7 @@ class ThresholdsView:
 
 def thresholds_view(
     connection: Connection, model: ModelRow | None, indicator: str | None, default_indicator: str,
-    window_hours: float, bins: int = 40,
+    window_hours: float, bins: int = 40, also_drawn: Sequence[float] = (),
 ) -> ThresholdsView:
     start, end = queries.window_bounds(window_hours)
     if model is None:
@@ -163,7 +163,7 @@ def thresholds_view(
     # The chart shows the thresholds of this indicator: the active one and the latest few before it.
     on_chart = [row for row in history if row.indicator == indicator][:6]
     histogram = queries.score_histogram(
-        connection, model.id, indicator, start, end, bins=bins, include=[row.value for row in on_chart]
+        connection, model.id, indicator, start, end, bins=bins, include=[row.value for row in on_chart] + list(also_drawn)
     )
     return ThresholdsView(
         model=model, indicator=indicator, indicators_fitted=fitted, window_start=start, window_end=end,
