@@ -4,6 +4,7 @@ in a thread on a free port over a seeded SQLite store."""
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,11 +35,26 @@ def screenshots() -> Path:
     return SCREENSHOTS
 
 
+@contextmanager
+def served(app):
+    """The app served for real over HTTP by uvicorn in a thread on a free port; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    wait_until(lambda: server.started and port_open("127.0.0.1", port), 20, f"the web app on port {port}")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def live_app(tmp_path_factory):
     """(base URL, store, seeded data) of the app served for real over HTTP."""
-    import uvicorn
-
     from monitor.store import Store, connect, upgrade
     from monitor.web import create_app
     from tests.web_data import seed_store, web_settings
@@ -49,14 +65,8 @@ def live_app(tmp_path_factory):
     store = Store(engine)
     seeded = seed_store(store, workdir / "reports")
     app = create_app(web_settings(workdir / "reports"), store, consumer_lag=lambda: 17)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    wait_until(lambda: server.started and port_open("127.0.0.1", port), 20, f"the web app on port {port}")
     try:
-        yield f"http://127.0.0.1:{port}", store, seeded
+        with served(app) as base:
+            yield base, store, seeded
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         store.close()
