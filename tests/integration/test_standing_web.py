@@ -66,6 +66,12 @@ ROUTES: dict[tuple[str, str], Row] = {
     ("POST", "/api/samples/{sample_id}/labels"): Row("labeller", (201,)),
     ("POST", "/api/samples/{sample_id}/labels/undo"): Row("labeller", (200, 409)),
     ("GET", "/api/thresholds"): Row("viewer"),
+    # The site's one proposal: the first allowed decision takes it, every later one is refused with 409.
+    ("GET", "/api/proposals"): Row("viewer"),
+    ("GET", "/api/proposals/{proposal_id}"): Row("viewer"),
+    ("POST", "/api/proposals/{proposal_id}/approve"): Row("admin", (200, 409)),
+    ("POST", "/api/proposals/{proposal_id}/reject"): Row("admin", (200, 409)),
+    ("POST", "/api/thresholds/what-if"): Row("admin"),
     ("GET", "/api/alerts"): Row("viewer"),
     ("GET", "/api/jobs"): Row("viewer"),
     ("GET", "/api/reports"): Row("viewer"),
@@ -81,7 +87,9 @@ ROUTES: dict[tuple[str, str], Row] = {
     ("GET", "/samples/{sample_id}/image"): Row("viewer"),
     ("POST", "/samples/{sample_id}/label"): Row("labeller", (303,)),
     ("POST", "/samples/{sample_id}/undo"): Row("labeller", (303,)),
-    ("GET", "/thresholds"): Row("viewer", query=("model", "indicator", "window_hours")),
+    ("GET", "/thresholds"): Row("viewer", query=("model", "indicator", "window_hours", "done")),
+    ("POST", "/thresholds/proposals/{proposal_id}/decide"): Row("admin", (303, 409)),
+    ("POST", "/thresholds/what-if"): Row("admin"),
     ("GET", "/reports"): Row("viewer"),
     ("GET", "/reports/{report_id}/file"): Row("viewer"),
     ("GET", "/openapi.json"): Row("viewer", api=True),  # the API's description, for its clients
@@ -137,7 +145,8 @@ class Site:
         return next(i for i in self.seeded.flagged_ids if i != self.seeded.no_image_flagged_id)
 
     def path(self, template: str, sample: int | None = None) -> str:
-        return template.format(sample_id=sample or self.read_sample, report_id=self.seeded.report_id)
+        return template.format(sample_id=sample or self.read_sample, report_id=self.seeded.report_id,
+                               proposal_id=self.seeded.extra["proposal_id"])
 
     def client(self) -> TestClient:
         return TestClient(self.app)
@@ -164,9 +173,31 @@ def site(tmp_path_factory) -> Site:
     upgrade(engine)
     store = Store(engine)
     seeded = seed_store(store, directory)
+    seeded.extra["proposal_id"] = _propose(store, seeded)
     app = create_app(web_settings(directory), store)
     yield Site(app, store, seeded)
     engine.dispose()
+
+
+def _propose(store: Store, seeded) -> int:
+    """A waiting threshold proposal, made by the refit job with [thresholds] activation = propose."""
+    from monitor.jobs.refit import refit
+    from tests.integration.jobs_data import RecordingPublisher, context_for
+
+    context = context_for(store, RecordingPublisher(), now=seeded.now, refit_method="proportion",
+                          refit_window_hours=48.0, min_samples=20, sections={"thresholds": {"activation": "propose"}})
+    result = refit(context)
+    assert result.proposal is not None, result.message
+    return result.proposal.id
+
+
+def _api_body(template: str) -> dict | None:
+    """What a state-changing API route is sent: a label, a what-if value, or nothing."""
+    return {"label": "OOD"} if template.endswith("/labels") else {"value": 4.0} if template.endswith("/what-if") else None
+
+
+# The fields every state-changing form is sent (each form reads its own; a decision rejects).
+FORM_FIELDS = {"label": "ID", "decision": "reject", "value": "4"}
 
 
 # --- the route table is the app's -------------------------------------------------------------------
@@ -188,14 +219,13 @@ def _call(site: Site, client: TestClient, method: str, template: str, identity: 
     if method == "GET":
         return client.get(path, headers=headers, follow_redirects=False)
     if api:
-        body = {"label": "OOD"} if template.endswith("/labels") else None
-        return client.post(path, json=body, headers=headers)
+        return client.post(path, json=_api_body(template), headers=headers)
     if template == "/login":
         form = client.get("/login")
         token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
         return client.post("/login", data={"username": "vera", "password": PASSWORDS["vera"][1], "csrf_token": token},
                            follow_redirects=False)
-    return client.post(path, data={"csrf_token": csrf, "label": "ID"}, follow_redirects=False)
+    return client.post(path, data={"csrf_token": csrf, **FORM_FIELDS}, follow_redirects=False)
 
 
 @pytest.mark.parametrize("identity", IDENTITIES)
@@ -245,9 +275,9 @@ def test_a_session_changes_state_only_with_its_own_csrf_token(site, method, temp
     path = site.path(template, sample)
     if template.startswith("/api/"):
         headers = {} if token is None else {CSRF_HEADER: token.encode("utf-8")}
-        answer = client.post(path, json={"label": "ID"} if template.endswith("/labels") else None, headers=headers)
+        answer = client.post(path, json=_api_body(template), headers=headers)
     else:
-        form = {"label": "ID"} if token is None else {"label": "ID", "csrf_token": token}
+        form = FORM_FIELDS if token is None else {**FORM_FIELDS, "csrf_token": token}
         answer = client.post(path, data=form, follow_redirects=False)
     if variant == "right":
         assert answer.status_code in ROUTES[(method, template)].ok
