@@ -23,6 +23,7 @@ import numpy as np
 
 from monitor.errors import MonitorError
 from monitor.jobs import proposals, queries
+from monitor.proposals import method_parameters
 from monitor.clock import iso_utc
 from monitor.jobs.scheduler import JobContext, JobOutcome
 from monitor.names import INDICATORS, SUMMARY, SUMMARY_MEMBERS_EXCLUDED
@@ -56,16 +57,6 @@ class RefitResult:
     @property
     def fitted(self) -> bool:
         return self.threshold is not None
-
-
-def method_parameters(jobs_settings: Any, method: str | None = None) -> dict[str, float]:
-    """The keyword parameters of fit_threshold for `method` (default the configured one)."""
-    method = method or jobs_settings.refit_method
-    if method == "proportion":
-        return {"p": jobs_settings.expected_share}
-    if method == "extreme-value":
-        return {"q": jobs_settings.extreme_value_q}
-    return {}
 
 
 def window_description(jobs_settings: Any) -> Window:

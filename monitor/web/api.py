@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from monitor.clock import utc_now
 from monitor.errors import InputError, MonitorError
-from monitor.jobs import proposals
+from monitor import proposals
 from monitor.store.payloads import AlertDocument, Payload
 from monitor.store.proposals import ProposalConflict, ProposalRow
 from monitor.store.records import LABEL_ID, LABEL_OOD, MAX_NOTE_LENGTH
