@@ -20,7 +20,6 @@ from tqdm import tqdm
 
 from monitor.clock import iso_utc as iso_utc
 from monitor.errors import InputError, MonitorError
-from monitor.jobs import queries
 from monitor.jobs.scheduler import JobContext, JobOutcome, latest_fire_time
 from monitor.names import INDICATORS
 from monitor.reports.drift import compare_indicators
@@ -65,17 +64,17 @@ def make_report(context: JobContext, start: datetime, end: datetime) -> ReportRe
     store = context.store
     indicator = context.settings.stream.indicator
     directory = _report_directory(Path(jobs.report_dir))
-    model_id = queries.latest_model_id(store, until=end)
+    model_id = store.latest_model_id(until=end)
     if model_id is None:
         return ReportResult(None, None, [], f"no scored samples before {iso_utc(end)}: no report")
     reference_start = start - timedelta(hours=jobs.reference_hours)
     steps = tqdm(total=4, desc="report data", unit="query", disable=not context.progress)
     bins = _volume(store, model_id, start, end)
     steps.update()
-    period = queries.indicator_window(store, model_id, list(INDICATORS), start=start, end=end,
+    period = store.indicator_window(model_id, list(INDICATORS), start=start, end=end,
                                       max_rows=MAX_VALUES_PER_WINDOW)
     steps.update()
-    reference = queries.indicator_window(store, model_id, list(INDICATORS), start=reference_start, end=start,
+    reference = store.indicator_window(model_id, list(INDICATORS), start=reference_start, end=start,
                                          max_rows=MAX_VALUES_PER_WINDOW)
     steps.update()
     present = [name for name in INDICATORS
@@ -85,8 +84,8 @@ def make_report(context: JobContext, start: datetime, end: datetime) -> ReportRe
         alpha=jobs.drift_alpha, min_effect=jobs.drift_min_effect, min_samples=jobs.drift_min_samples,
     )
     history = [row for row in reversed(store.threshold_history(model_id, limit=500)) if row.created_at < end]
-    top = queries.top_scored_samples(store, model_id, indicator, start, end, jobs.report_top_samples)
-    labels = queries.label_counts(store, model_id, start, end)
+    top = store.top_scored_samples(model_id, indicator, start, end, jobs.report_top_samples)
+    labels = store.label_counts(model_id, start, end)
     steps.update()
     steps.close()
     reference_total = _count(store, model_id, reference_start, start)
@@ -156,7 +155,7 @@ def _has_values(values) -> bool:
 
 
 def _count(store, model_id: int, start: datetime, end: datetime) -> int:
-    return sum(count.total for count in queries.flagged_counts(store, start, end) if count.model_id == model_id)
+    return sum(count.total for count in store.flagged_counts(start, end) if count.model_id == model_id)
 
 
 def _volume(store, model_id: int, start: datetime, end: datetime) -> list[VolumeBin]:

@@ -16,10 +16,10 @@ from datetime import timedelta
 
 from scipy.stats import binomtest
 
-from monitor.jobs import queries
 from monitor.clock import iso_utc
 from monitor.jobs.scheduler import JobContext, JobOutcome
 from monitor.store.payloads import OodRateAlert, Window
+from monitor.store.windows import FlaggedCount
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,10 @@ def check_rates(context: JobContext) -> list[RateCheck]:
     jobs = context.settings.jobs
     end = context.now()
     start = end - timedelta(seconds=jobs.rate_window_s)
-    counts = {count.model_id: count for count in queries.flagged_counts(context.store, start, end)}
+    counts = {count.model_id: count for count in context.store.flagged_counts(start, end)}
     # A model whose episode is open but that went quiet must still get its episode closed.
     for model_id in _models_with_open_episode(context):
-        counts.setdefault(model_id, queries.FlaggedCount(model_id, 0, 0))
+        counts.setdefault(model_id, FlaggedCount(model_id, 0, 0))
     checks = []
     for model_id, count in sorted(counts.items()):
         p_value = None
@@ -52,7 +52,7 @@ def check_rates(context: JobContext) -> list[RateCheck]:
         if count.total >= jobs.rate_min_samples:
             p_value = float(binomtest(count.flagged, count.total, jobs.expected_share, alternative="greater").pvalue)
             significant = p_value < jobs.rate_alpha
-        episode = queries.latest_rate_alert(context.store, model_id)
+        episode = context.store.latest_rate_alert(model_id)
         is_open = episode is not None and episode.state == OPEN
         transition = None
         if significant and not is_open:
@@ -78,7 +78,7 @@ def check_rates(context: JobContext) -> list[RateCheck]:
 def _models_with_open_episode(context: JobContext) -> list[int]:
     models = []
     for model in context.store.list_models():
-        episode = queries.latest_rate_alert(context.store, model.id)
+        episode = context.store.latest_rate_alert(model.id)
         if episode is not None and episode.state == OPEN:
             models.append(model.id)
     return models

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from monitor.errors import MonitorError
-from monitor.jobs import proposals, queries
+from monitor.jobs import proposals
 from monitor.proposals import method_parameters
 from monitor.clock import iso_utc
 from monitor.jobs.scheduler import JobContext, JobOutcome
@@ -71,7 +71,7 @@ def refit(context: JobContext, *, model_id: int | None = None, fitted_by: str | 
     store = context.store
     indicator = context.settings.stream.indicator
     if model_id is None:
-        model_id = queries.latest_model_id(store)
+        model_id = store.latest_model_id()
         if model_id is None:
             return RefitResult(None, indicator, None, None, "no scored samples yet: nothing to fit")
     elif store.get_model(model_id) is None:
@@ -202,7 +202,7 @@ def _fit_summary_weights(context: JobContext, model_id: int, window: Any) -> Rew
         return Reweighting("1C-Sum weights unchanged: no noise calibration stored for the model's weights")
     members = tuple(name for name in INDICATORS
                     if name in calibration.means and name not in SUMMARY_MEMBERS_EXCLUDED)
-    rows = queries.indicator_window(context.store, model_id, list(members), start=window.start,
+    rows = context.store.indicator_window(model_id, list(members), start=window.start,
                                     end=window.end + timedelta(microseconds=1))
     in_window = np.isin(rows.sample_ids, window.sample_ids)
     complete = in_window & np.all([np.isfinite(rows.values[name]) for name in members], axis=0)

@@ -29,7 +29,6 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from monitor.errors import MonitorError
-from monitor.jobs import queries
 from monitor.clock import iso_utc
 from monitor.jobs.alerts import AlertPublisher, AlertSink
 from monitor.store.payloads import JobFailedAlert
@@ -126,9 +125,9 @@ def run_job(context: JobContext, name: str, *, scheduled_for: datetime | None = 
         if not held:
             log.info("job %s: another process is running it; nothing to do here", name)
             return None
-        for interrupted in queries.close_interrupted_runs(context.store, name, INTERRUPTED, context.now()):
+        for interrupted in context.store.close_interrupted_runs(name, INTERRUPTED, context.now()):
             _alert_failure(context, name, interrupted.id, interrupted.started_at, INTERRUPTED)
-        if scheduled_for is not None and queries.run_started_since(context.store, name, scheduled_for):
+        if scheduled_for is not None and context.store.run_started_since(name, scheduled_for):
             log.debug("job %s: the run due at %s was made by another process", name, iso_utc(scheduled_for))
             return None
         started_at = context.now()

@@ -38,9 +38,13 @@ from monitor.store.records import (
     WriteResult,
 )
 from monitor.store.store import Store, StoreError
+from monitor.store.windows import FlaggedCount, IndicatorWindow, TopSample
 
 __all__ = [
     "DEFAULT_URL",
+    "FlaggedCount",
+    "IndicatorWindow",
+    "TopSample",
     "URL_ENVIRONMENT_VARIABLE",
     "LABEL_ID",
     "LABEL_OOD",

@@ -59,10 +59,12 @@ from monitor.store.payloads import (
     AlertDocument,
     ModelPreprocessing,
     NoiseCalibration,
+    OodRateAlert,
     ReportSummary,
     SummaryWeightsDocument,
 )
 from monitor.store.proposals import ProposalsAggregate
+from monitor.store.windows import WindowsAggregate
 from monitor.store.records import (
     LABEL_CODES,
     UNLABELLED,
@@ -95,7 +97,6 @@ from monitor.store.records import (
 log = logging.getLogger(__name__)
 
 QUEUE_SORTS = ("score", "time")
-DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
 
 
 class StoreError(MonitorError):
@@ -185,10 +186,11 @@ def _decode_cursor(cursor: str, sort: str) -> tuple[Any, int]:
         raise InputError(f"cursor: {cursor!r} is not a cursor of a {sort!r}-sorted queue page") from None
 
 
-class Store(ProposalsAggregate):
+class Store(ProposalsAggregate, WindowsAggregate):
     """The service's database. Build it with `Store.open(url)` (or around an existing engine).
 
-    Proposals (monitor.store.proposals) are an aggregate of their own, mixed in here."""
+    Proposals (monitor.store.proposals) and the jobs' sample windows (monitor.store.windows) are
+    aggregates of their own, mixed in here."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -639,29 +641,6 @@ class Store(ProposalsAggregate):
             rows = connection.execute(select(Label.__table__).where(Label.sample_id == sample_id).order_by(Label.id))
             return [LabelRow(**row._mapping) for row in rows]
 
-    def labels_for_window(
-        self, model_id: int, *, since: datetime | None = None, until: datetime | None = None
-    ) -> list[LabelRow]:
-        """The current label of every labelled sample of a model scored in [since, until)."""
-        conditions = [Sample.model_id == model_id]
-        if since is not None:
-            conditions.append(Sample.scored_at >= since)
-        if until is not None:
-            conditions.append(Sample.scored_at < until)
-        latest = (
-            select(func.max(Label.id).label("id"))
-            .join(Sample, Sample.id == Label.sample_id)
-            .where(*conditions)
-            .group_by(Label.sample_id)
-        ).subquery()
-        with self._reading() as connection:
-            rows = connection.execute(
-                select(Label.__table__).join(latest, Label.id == latest.c.id)
-                .where(Label.label.is_not(None))  # a cleared verdict leaves the sample unlabelled
-                .order_by(Label.sample_id)
-            )
-            return [LabelRow(**row._mapping) for row in rows]
-
     # --- windows for refitting and reports -------------------------------------------------
 
     def _window_conditions(self, model_id: int, since: datetime | None, until: datetime | None) -> list:
@@ -770,56 +749,6 @@ class Store(ProposalsAggregate):
             )
             for start, total, flagged in rows
         ]
-
-    def indicator_percentiles(
-        self,
-        model_id: int,
-        indicators: Sequence[str] | None = None,
-        percentiles: Sequence[float] = DEFAULT_PERCENTILES,
-        *,
-        last: int | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> dict[str, dict[float, float | None]]:
-        """Percentiles (0-100, linear interpolation) of each indicator over a window; None if no values.
-
-        PostgreSQL computes them in SQL (percentile_cont); SQLite has no percentile function,
-        so the window's columns are read and numpy computes the same interpolation.
-        """
-        _check_last(last)
-        names = list(indicators) if indicators is not None else list(INDICATORS)
-        columns = [_indicator_column(name) for name in names]
-        for q in percentiles:
-            if not 0 <= q <= 100:
-                raise InputError(f"percentiles: {q!r} is outside 0..100")
-        window = select(*columns).where(*self._window_conditions(model_id, since, until))
-        if last is not None:
-            window = window.order_by(Sample.scored_at.desc(), Sample.id.desc()).limit(last)
-        window = window.subquery()
-        fractions = [q / 100.0 for q in percentiles]
-        result: dict[str, dict[float, float | None]] = {}
-        with self._reading() as connection:
-            if self.dialect == "postgresql":
-                array = postgresql.array([literal(f) for f in fractions])
-                statement = select(
-                    *[func.percentile_cont(array).within_group(window.c[c.name]) for c in columns]
-                )
-                row = connection.execute(statement).one()
-                for name, values in zip(names, row):
-                    values = values or [None] * len(fractions)
-                    result[name] = {float(q): (None if v is None else float(v)) for q, v in zip(percentiles, values)}
-            else:
-                rows = _plain_rows(connection, select(window))
-                matrix = np.array(rows, dtype=np.float64).reshape(-1, len(columns))  # NULL -> NaN
-                for index, name in enumerate(names):
-                    column_values = matrix[:, index]
-                    column_values = column_values[~np.isnan(column_values)]
-                    if column_values.size == 0:
-                        result[name] = {float(q): None for q in percentiles}
-                    else:
-                        found = np.percentile(column_values, list(percentiles), method="linear")
-                        result[name] = {float(q): float(v) for q, v in zip(percentiles, found)}
-        return result
 
     # --- thresholds and 1C-Sum weights -----------------------------------------------------
 
@@ -1000,6 +929,16 @@ class Store(ProposalsAggregate):
         with self._reading() as connection:
             return [AlertRow(**row._mapping) for row in connection.execute(statement)]
 
+    def latest_rate_alert(self, model_id: int) -> OodRateAlert | None:
+        """The newest ood_rate alert of a model (its episode's state). The model is matched in Python:
+        JSON operators differ between SQLite and PostgreSQL; the scan stops at the first match."""
+        statement = select(Alert.payload).where(Alert.kind == OodRateAlert.KIND).order_by(Alert.id.desc())
+        with self._reading() as connection:
+            for document in connection.execution_options(yield_per=200).execute(statement).scalars():
+                if document.payload.model_id == model_id:
+                    return document.payload
+        return None
+
     def mark_alerts_published(self, alert_ids: Iterable[int], *, published_at: datetime | None = None) -> int:
         """Set published_at on alerts not yet published; returns how many changed."""
         ids = list(alert_ids)
@@ -1104,6 +1043,24 @@ class Store(ProposalsAggregate):
         statement = statement.order_by(JobRun.id.desc()).limit(limit)
         with self._reading() as connection:
             return [JobRunRow(**row._mapping) for row in connection.execute(statement)]
+
+    def close_interrupted_runs(self, job: str, reason: str, now: datetime) -> list[JobRunRow]:
+        """Mark as failed the runs of `job` still 'running'. Call only while holding the job's lock:
+        then no live process is running it, so those runs died with their process."""
+        with self._writing() as connection:
+            rows = connection.execute(
+                update(JobRun)
+                .where(JobRun.job == job, JobRun.outcome == "running")
+                .values(outcome="failed", error=reason, finished_at=now)
+                .returning(*JobRun.__table__.c)
+            ).all()
+        return sorted((JobRunRow(**row._mapping) for row in rows), key=lambda run: run.id)
+
+    def run_started_since(self, job: str, moment: datetime) -> bool:
+        """Whether a run of `job` started at or after `moment` (another replica ran this slot)."""
+        statement = select(JobRun.id).where(JobRun.job == job, JobRun.started_at >= moment).limit(1)
+        with self._reading() as connection:
+            return connection.execute(statement).first() is not None
 
     # --- retention -------------------------------------------------------------------------
 

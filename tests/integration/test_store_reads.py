@@ -183,15 +183,36 @@ def test_labels_are_validated(store, queue):
         store.add_label(queue[0], "OOD", "")
 
 
-def test_labels_for_a_window_are_the_current_ones(store, model, queue):
+def test_the_jobs_windows_see_the_current_labels(store, model, queue):
     store.add_label(queue[1], "OOD", "alice")
     store.add_label(queue[1], "ID", "bob")
     store.add_label(queue[15], "OOD", "alice")
+    end = T0 + timedelta(seconds=10)
 
-    current = store.labels_for_window(model.id, since=T0, until=T0 + timedelta(seconds=10))
+    window = store.indicator_window(model.id, ["MP", "1C-Sum"], start=T0, end=end)
+    labelled = store.indicator_window(model.id, ["MP"], start=T0, end=T0 + timedelta(days=1), labelled_only=True)
+    sampled = store.indicator_window(model.id, ["MP"], start=T0, end=end, max_rows=5)
 
-    assert [(label.sample_id, label.label) for label in current] == [(queue[1], "ID")]
-    assert len(store.labels_for_window(model.id)) == 2
+    assert window.sample_ids.tolist() == queue[:10]
+    assert window.labels.tolist() == [-1, 0] + [-1] * 8
+    assert window.values["1C-Sum"].tolist() == [scored(i, model.id).score for i in range(10)]
+    assert labelled.sample_ids.tolist() == [queue[1], queue[15]] and labelled.labels.tolist() == [0, 1]
+    assert len(sampled) == 5 and all(sample_id % 2 == 0 for sample_id in sampled.sample_ids.tolist())
+    assert store.label_counts(model.id, T0, end) == {"ID": 1, "OOD": 0, "unlabelled": 9}
+    with pytest.raises(InputError, match="unknown indicator 'mp'"):
+        store.indicator_window(model.id, ["mp"], start=T0, end=end)
+
+
+def test_the_jobs_windows_count_flags_and_find_the_top_samples(store, model, queue):
+    end = T0 + timedelta(seconds=10)
+
+    top = store.top_scored_samples(model.id, "1C-Sum", T0, end, 3)
+
+    assert [sample.sample_id for sample in top] == [queue[9], queue[8], queue[7]]
+    assert [sample.image is not None for sample in top] == [False, True, False]  # images on flagged ones
+    assert [(c.model_id, c.total, c.flagged) for c in store.flagged_counts(T0, end)] == [(model.id, 10, 5)]
+    assert store.flagged_counts(T0 - timedelta(days=1), T0) == []
+    assert store.latest_model_id() == model.id and store.latest_model_id(until=T0) is None
 
 
 # --- thresholds and weights --------------------------------------------------------------------
@@ -277,21 +298,6 @@ def test_ood_rate_per_bucket(store, model, threshold):
     assert buckets[0].rate == 0.25
 
 
-def test_percentiles_match_numpy_linear_interpolation(store, model):
-    rng = np.random.default_rng(4)
-    values = rng.normal(size=101)
-    store.write([scored(i, model.id, scores={"ANG++": float(v), "MP": None}) for i, v in enumerate(values)])
-
-    found = store.indicator_percentiles(model.id, ["ANG++", "MP"], [5, 50, 99])
-    last = store.indicator_percentiles(model.id, ["ANG++"], [50], last=11)
-
-    expected = np.percentile(values, [5, 50, 99])
-    assert list(found["ANG++"]) == [5.0, 50.0, 99.0]
-    assert np.allclose(list(found["ANG++"].values()), expected)
-    assert found["MP"] == {5.0: None, 50.0: None, 99.0: None}
-    assert last["ANG++"][50.0] == pytest.approx(float(np.median(values[-11:])))
-
-
 # --- alerts, reports, job runs, rejects -----------------------------------------------------------
 
 
@@ -322,6 +328,20 @@ def test_job_runs_record_start_and_outcome(store):
     assert [(r.id, r.runner) for r in store.list_job_runs(job="refit")] == [(run.id, "monitor-7:4242")]
     with pytest.raises(InputError, match="outcome"):
         store.finish_job_run(run.id, "great")
+
+
+def test_runs_left_running_are_closed_as_interrupted(store):
+    died = store.start_job_run("refit", started_at=T0)
+    finished = store.finish_job_run(store.start_job_run("refit", started_at=T0).id, "ok")
+    other = store.start_job_run("retention", started_at=T0)
+
+    closed = store.close_interrupted_runs("refit", "interrupted", T0 + timedelta(minutes=5))
+
+    assert [(run.id, run.outcome, run.error) for run in closed] == [(died.id, "failed", "interrupted")]
+    assert store.close_interrupted_runs("refit", "interrupted", T0) == []
+    outcomes = {run.id: run.outcome for run in store.list_job_runs()}
+    assert outcomes == {died.id: "failed", finished.id: "ok", other.id: "running"}
+    assert store.run_started_since("refit", T0) and not store.run_started_since("refit", T0 + timedelta(seconds=1))
 
 
 def test_reports_are_listed_newest_first(store):
@@ -363,7 +383,7 @@ def test_a_cleared_label_leaves_the_sample_unlabelled_everywhere(store, model, q
     labelled = store.flagged_queue(limit=100, labelled=True).items
     assert [item.score for item in labelled] == [6.0]
     assert 4.0 in [item.score for item in store.flagged_queue(limit=100, labelled=False).items]
-    assert [row.sample_id for row in store.labels_for_window(model.id)] == [queue[6]]
+    assert store.label_counts(model.id, T0, T0 + timedelta(days=1)) == {"ID": 1, "OOD": 0, "unlabelled": 19}
     window = store.window_scores(model.id, "1C-Sum")
     codes = dict(zip(window.sample_ids.tolist(), window.labels.tolist()))
     assert codes[queue[4]] == -1 and codes[queue[6]] == 0
