@@ -49,27 +49,40 @@ def _torch_threads_for(settings: Any, workers: int) -> None:
         settings.model.torch_threads = max(1, (os.cpu_count() or 1) // workers)
 
 
-def scoring_worker(settings: Any, connection: Any, index: int, workers: int, parent_pid: int) -> None:
-    """Child entry: one scoring pipeline until SIGTERM; exit status 2 when it cannot start."""
+def scoring_worker(settings: Any, connection: Any, index: int, workers: int, parent_pid: int,
+                   slot: Any = None, poison: dict | None = None) -> None:
+    """Child entry: one scoring pipeline until SIGTERM; exit status 2 when it cannot start. `slot`
+    and `poison`: see monitor.service.poison (the supervisor's news of poison arrive on `connection`)."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _child_logging(settings, f"scoring-{index}")
     from monitor.errors import MonitorError
     from monitor.service.database import open_store
+    from monitor.service.poison import DecodeGuard
     from monitor.service.status import StatusReporter
     from monitor.stream.daemon import Daemon
 
     _torch_threads_for(settings, workers)
-    daemon = Daemon(settings, install_signal_handlers=False,
+    guard = DecodeGuard(slot, settings.kafka.topics, poison) if slot is not None else None
+    daemon = Daemon(settings, install_signal_handlers=False, guard_decode=guard,
                     open_store=lambda: open_store(settings, upgrade=False))
     reporter = StatusReporter(connection, daemon.state, daemon.state.metrics.registry,
                               before=daemon.state.update_gauges)
-    daemon.report = reporter
+
+    def report(force: bool = False) -> None:
+        try:
+            while guard is not None and connection.poll():
+                guard.learn(connection.recv())
+        except (EOFError, OSError):  # the supervisor is gone: the kernel ends this process too
+            pass
+        reporter(force)
+
+    daemon.report = report
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
     try:
-        reporter(force=True)
+        report(force=True)
         daemon.setup()
-        reporter(force=True)
+        report(force=True)
         code = daemon.run()
     except MonitorError as error:
         log.error("cannot start: %s", error)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.service.children import EXIT_START_FAILED, scheduler_child, scoring_worker
+from monitor.service.poison import crashed_on, new_slot, poison_detail
 from monitor.service.status import Retired, Status, merge_families
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class Child:
     started_at: float = field(default_factory=time.monotonic)
     status: Status | None = None
     received_at: float | None = None
+    slot: Any = None  # what a scoring worker is decoding (monitor.service.poison)
 
     @property
     def name(self) -> str:
@@ -81,6 +83,7 @@ class Supervisor:
         self.exit_code = 0
         self.pending: dict[tuple[str, int], float] = {}  # child -> when to start it
         self.quick_deaths: dict[tuple[str, int], int] = {}
+        self.poison: dict[tuple[str, int, int], str] = {}  # positions that crashed a worker's decoder
         self.store = None
         self.http = None
         self.web_app_included = False
@@ -109,16 +112,19 @@ class Supervisor:
     # --- children ----------------------------------------------------------------------------------
 
     def _start(self, role: str, index: int) -> None:
-        receive, send = self.context.Pipe(duplex=False)
+        ours, theirs = self.context.Pipe()
+        slot = None
         if role == SCORING:
-            target, args = scoring_worker, (self.settings, send, index, self.workers, os.getpid())
+            slot = new_slot(self.context)
+            target, args = scoring_worker, (self.settings, theirs, index, self.workers, os.getpid(), slot,
+                                            dict(self.poison))
         else:
-            target, args = scheduler_child, (self.settings, send, os.getpid())
+            target, args = scheduler_child, (self.settings, theirs, os.getpid())
         process = self.context.Process(target=target, args=args, name=f"ood-monitor-{role}-{index}")
         process.start()
-        send.close()
+        theirs.close()
         with self.lock:
-            self.children[(role, index)] = Child(role, index, process, receive)
+            self.children[(role, index)] = Child(role, index, process, ours, slot=slot)
         log.info("started %s (pid %d)", self.children[(role, index)].name, process.pid)
         self._count_workers()
 
@@ -148,6 +154,10 @@ class Supervisor:
                 self.retired.add(child.status.families)
         self._count_workers()
         how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit status {code}"
+        if child.slot is not None:
+            position = crashed_on(child.slot, code, self.settings.kafka.topics)
+            if position is not None:
+                self._poisoned(position, poison_detail(code))
         if self.stopping:
             log.info("%s stopped (%s)", child.name, how)
             return
@@ -164,6 +174,16 @@ class Supervisor:
                   f" in {delay:g} s" if delay else "")
         self.restarts.labels(child.role).inc()
         self.pending[key] = time.monotonic() + delay
+
+    def _poisoned(self, position: tuple[str, int, int], detail: str) -> None:
+        log.error("%s/%d/%d: %s; every worker rejects it from now on", *position, detail)
+        self.poison[position] = detail
+        for child in list(self.children.values()):
+            if child.role == SCORING and not child.connection.closed:
+                try:
+                    child.connection.send({position: detail})
+                except (BrokenPipeError, ConnectionError, OSError):
+                    pass  # that worker is dying too; its replacement gets the list at start
 
     def _begin_stop(self) -> None:
         if self.stopping:  # a second request: the workers abandon their batch in flight at once

@@ -121,7 +121,8 @@ class Daemon:
 
     def __init__(self, settings: Settings, *, observers: Sequence[Callable[[Batch], None]] = (),
                  install_signal_handlers: bool = True, progress: bool = False,
-                 report: Callable[[], None] | None = None, open_store: Callable[[], Any] | None = None):
+                 report: Callable[[], None] | None = None, open_store: Callable[[], Any] | None = None,
+                 guard_decode: Callable[[Callable], Callable] | None = None):
         self.settings = settings
         self.observers = list(observers)
         self.install_signal_handlers = install_signal_handlers
@@ -137,6 +138,7 @@ class Daemon:
         self.alerts = None
         self.report = report
         self._open_store = open_store
+        self.guard_decode = guard_decode  # wraps the decoder (a worker notes what it decodes)
         self.head: Step | None = None
         self.policies: PolicySource | None = None
         self.ready = threading.Event()
@@ -212,11 +214,11 @@ class Daemon:
             self.state.store_ok()
             return result
 
+        decode = image_decoder(preprocessing.input_shape,
+                               ImageLimits(max_bytes=settings.imaging.max_bytes, max_pixels=settings.imaging.max_pixels),
+                               apply_exif_orientation=settings.imaging.apply_exif_orientation)
         parts = PipelineParts(
-            decode=image_decoder(preprocessing.input_shape,
-                                 ImageLimits(max_bytes=settings.imaging.max_bytes,
-                                             max_pixels=settings.imaging.max_pixels),
-                                 apply_exif_orientation=settings.imaging.apply_exif_orientation),
+            decode=self.guard_decode(decode) if self.guard_decode else decode,
             scorer=ScorerAdapter(self.scorer), current_policy=self.policies, write=write,
             producer=self.producer, commit=lambda offsets: self.source.commit(offsets),
             model_id=self.model_row.id, model_name=self.classifier.name, indicator=settings.stream.indicator,

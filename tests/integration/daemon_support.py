@@ -188,24 +188,50 @@ enabled = {"true" if jobs else "false"}
 class DaemonProcess:
     """`ood-monitor run --config FILE` as a real child process, its output in a log file."""
 
-    def __init__(self, config: Path, log: Path, port: int):
+    def __init__(self, config: Path, log: Path, port: int, *, args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None, command: tuple[str, ...] = ("-m", "monitor.cli")):
         self.config, self.log_path, self.port = config, log, port
+        self.args, self.env, self.command = tuple(args), dict(env or {}), tuple(command)
         self.process: subprocess.Popen | None = None
 
     @classmethod
-    def configured(cls, workdir: Path, name: str, **config) -> "DaemonProcess":
+    def configured(cls, workdir: Path, name: str, *, args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                   command: tuple[str, ...] = ("-m", "monitor.cli"), **config) -> "DaemonProcess":
         port = free_port()
         path = daemon_config(workdir / f"{name}.toml", port=port, **config)
-        return cls(path, workdir / f"{name}.log", port)
+        return cls(path, workdir / f"{name}.log", port, args=args, env=env, command=command)
 
     def start(self) -> "DaemonProcess":
         env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.env)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "monitor.cli", "run", "--config", str(self.config)], cwd=ROOT,
+                [sys.executable, *self.command, "run", "--config", str(self.config), *self.args], cwd=ROOT,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         return self
+
+    def readiness(self) -> dict | None:
+        """The supervisor's /readyz document (its `workers` list each child), None when it does not answer."""
+        import httpx
+
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def metric(self, name: str) -> float | None:
+        """One sample of the supervisor's /metrics (name with its labels, as printed), None when absent."""
+        import httpx
+
+        try:
+            text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return None
 
     def log_tail(self, size: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-size:] if self.log_path.exists() else ""

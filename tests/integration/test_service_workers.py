@@ -1,0 +1,221 @@
+"""Scoring workers under their supervisor, on the real brokers (Apache Kafka 0.9 and Tansu): a worker
+killed mid-batch and replaced, the supervisor killed, SIGTERM, a message that crashes a decoder. In
+each case nothing is lost, nothing is stored twice, no process is left behind, and no shared memory
+or temporary file is left over."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import create_topic
+from tests.integration.daemon_support import (
+    DaemonProcess,
+    PacedProducer,
+    StoredRows,
+    committed_offsets,
+    consume_all,
+    image_stream,
+    produce,
+)
+from tests.services import Kafka09Broker, wait_until
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+SHM = Path("/dev/shm")
+
+
+def _api(broker):
+    return (0, 9) if isinstance(broker, Kafka09Broker) else None
+
+
+def _supervised(broker, tmp_path: Path, name: str, workers: int = 2, **options) -> DaemonProcess:
+    topic = options.pop("topic")
+    scratch = tmp_path / f"{name}-tmp"
+    scratch.mkdir(exist_ok=True)
+    return DaemonProcess.configured(
+        tmp_path, name, args=("--role", "scoring", "--workers", str(workers)), env={"TMPDIR": str(scratch)},
+        bootstrap=broker.bootstrap, api_version=broker.api_version or "auto", topic=topic, group=f"g-{topic}",
+        store_url=f"sqlite:///{tmp_path / 'monitor.db'}", **options)
+
+
+def _shm() -> set[str]:
+    return set(os.listdir(SHM)) if SHM.is_dir() else set()
+
+
+def _assert_nothing_left(daemon: DaemonProcess, pids: set[int], shm_before: set[str]) -> None:
+    """No child process alive, no temporary file in the daemon's TMPDIR, nothing new in /dev/shm."""
+    wait_until(lambda: not any(_alive(pid) for pid in pids), 30, f"the worker processes {sorted(pids)} to end")
+    scratch = Path(daemon.env["TMPDIR"])
+    assert not list(scratch.iterdir()), f"left in TMPDIR: {list(scratch.iterdir())}"
+    ours = {name for name in _shm() - shm_before if name.startswith(("psm_", "sem.mp", "pym-", "mp-"))}
+    assert not ours, f"left in /dev/shm: {ours}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _worker_pids(daemon: DaemonProcess) -> set[int]:
+    readiness = daemon.readiness() or {}
+    return {row["pid"] for row in readiness.get("workers", []) if row["role"] == "scoring"}
+
+
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*") if Path(f"/proc/{parent}/task").exists() else []:
+            children = (task / "children").read_text().split() if (task / "children").exists() else []
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+    return found
+
+
+def _assert_exactly_once(rows: StoredRows, topic: str, produced) -> None:
+    stored = rows.positions(topic)
+    assert len(stored) == len(set(stored)), "a message was stored twice"
+    assert stored == sorted(produced), f"{len(set(produced) - set(stored))} message(s) lost"
+
+
+def _ends(positions) -> dict[int, int]:
+    ends: dict[int, int] = {}
+    for partition, offset in positions:
+        ends[partition] = max(ends.get(partition, 0), offset + 1)
+    return ends
+
+
+def _committed(broker, topic) -> dict[int, int]:
+    return {p: o for p, o in committed_offsets(broker.bootstrap, _api(broker), f"g-{topic}", topic,
+                                               PARTITIONS).items() if o}
+
+
+def _new_topic(broker, prefix: str) -> str:
+    topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    create_topic(broker, topic, PARTITIONS)
+    return topic
+
+
+def test_a_worker_killed_mid_batch_is_replaced_and_its_messages_replayed_once(broker, tmp_path, model_cache):
+    topic = _new_topic(broker, "wkill")
+    shm_before = _shm()
+    daemon = _supervised(broker, tmp_path, "wkill", topic=topic, cache_dir=model_cache).start()
+    rows = StoredRows(f"sqlite:///{tmp_path / 'monitor.db'}")
+    pids: set[int] = set()
+    try:
+        daemon.wait_ready(240)
+        first = wait_until(lambda: len(_worker_pids(daemon)) == 2 and _worker_pids(daemon), 30, "two workers")
+        stream = PacedProducer(broker.bootstrap, _api(broker), topic, image_stream(200, "wkill"), rate=100,
+                               hold_after=100).start()
+        wait_until(lambda: rows.total() >= 24, 120, "the first batches stored")
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)  # no chance to finish its batch or commit
+        stream.release()
+        produced = stream.join()
+        wait_until(lambda: rows.total() >= len(produced), 180, f"{len(produced)} rows stored")
+        _assert_exactly_once(rows, topic, produced)
+        wait_until(lambda: _committed(broker, topic) == _ends(produced), 60, "every offset committed")
+        assert daemon.metric('ood_monitor_worker_restarts_total{role="scoring"}') == 1
+        replaced = wait_until(lambda: len(_worker_pids(daemon)) == 2 and _worker_pids(daemon), 60, "a replacement")
+        assert victim not in replaced and daemon.alive()
+        assert wait_until(lambda: daemon.metric("ood_monitor_messages_total") == len(produced) or None, 30,
+                          "the messages counted over both workers, the dead one's included")
+        pids = first | replaced
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_exit(90) == 0
+        _assert_nothing_left(daemon, pids, shm_before)
+    finally:
+        daemon.kill()
+        rows.close()
+
+
+def test_a_killed_supervisor_leaves_no_worker_and_a_restart_replays(broker, tmp_path, model_cache):
+    topic = _new_topic(broker, "skill")
+    shm_before = _shm()
+    daemon = _supervised(broker, tmp_path, "skill", topic=topic, cache_dir=model_cache).start()
+    rows = StoredRows(f"sqlite:///{tmp_path / 'monitor.db'}")
+    try:
+        daemon.wait_ready(240)
+        wait_until(lambda: len(_worker_pids(daemon)) == 2, 30, "two workers")
+        family = _descendants(daemon.process.pid)  # the workers and anything they started
+        stream = PacedProducer(broker.bootstrap, _api(broker), topic, image_stream(160, "skill"), rate=80,
+                               hold_after=80).start()
+        wait_until(lambda: rows.total() >= 16, 120, "the first batches stored")
+        daemon.kill()  # SIGKILL: the supervisor cannot forward anything
+        wait_until(lambda: not any(_alive(pid) for pid in family), 30, "every child to die with the supervisor")
+        stored_at_kill = rows.total()
+        assert sum(_committed(broker, topic).values()) <= stored_at_kill  # never committed ahead of the store
+        stream.release()
+        produced = stream.join()
+        daemon.start()  # the same command again: what was not committed is consumed again
+        wait_until(lambda: rows.total() >= len(produced), 240, f"{len(produced)} rows stored")
+        _assert_exactly_once(rows, topic, produced)
+        pids = _worker_pids(daemon)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_exit(90) == 0
+        _assert_nothing_left(daemon, family | pids, shm_before)
+    finally:
+        daemon.kill()
+        rows.close()
+
+
+def test_sigterm_commits_everything_the_workers_stored(broker, tmp_path, model_cache):
+    topic = _new_topic(broker, "term")
+    shm_before = _shm()
+    daemon = _supervised(broker, tmp_path, "term", topic=topic, cache_dir=model_cache).start()
+    rows = StoredRows(f"sqlite:///{tmp_path / 'monitor.db'}")
+    try:
+        daemon.wait_ready(240)
+        pids = wait_until(lambda: len(_worker_pids(daemon)) == 2 and _worker_pids(daemon), 30, "two workers")
+        stream = PacedProducer(broker.bootstrap, _api(broker), topic, image_stream(400, "term"), rate=100).start()
+        wait_until(lambda: rows.total() >= 40, 120, "batches stored")
+        daemon.signal(signal.SIGTERM)  # mid-stream: the batches in flight are finished, then committed
+        assert daemon.wait_exit(90) == 0
+        stored = rows.positions(topic)
+        assert len(stored) == len(set(stored))
+        assert _committed(broker, topic) == _ends(stored), "a stored batch was left uncommitted"
+        stream.join()
+        _assert_nothing_left(daemon, pids, shm_before)
+    finally:
+        daemon.kill()
+        rows.close()
+
+
+def test_a_message_that_crashes_the_decoder_is_rejected_not_a_restart_loop(broker, tmp_path, model_cache):
+    topic = _new_topic(broker, "poison")
+    create_topic(broker, f"{topic}.dead-letter", 1)
+    shm_before = _shm()
+    daemon = _supervised(broker, tmp_path, "poison", topic=topic, cache_dir=model_cache,
+                         command=("tests/integration/crashing_decoder.py",)).start()
+    rows = StoredRows(f"sqlite:///{tmp_path / 'monitor.db'}")
+    try:
+        daemon.wait_ready(240)
+        messages = image_stream(40, "before") + [("poison", b"CRASH" + bytes(64))] + image_stream(40, "after")
+        produced = produce(broker.bootstrap, _api(broker), topic, messages)
+        wait_until(lambda: rows.total() >= len(produced), 240, f"{len(produced)} rows stored")
+        _assert_exactly_once(rows, topic, produced)
+        [(reason, detail)] = rows.rows("SELECT reason, detail FROM rejects")
+        assert reason == "corrupt" and "crashed the worker process (SIGSEGV)" in detail
+        [letter] = [json.loads(record.value) for record in
+                    consume_all(broker.bootstrap, _api(broker), f"{topic}.dead-letter", 1)]
+        assert letter["sample_key"] == "poison" and letter["reason"] == "corrupt"
+        assert daemon.metric('ood_monitor_worker_restarts_total{role="scoring"}') == 1  # once, not a loop
+        pids = _worker_pids(daemon)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_exit(90) == 0
+        _assert_nothing_left(daemon, pids, shm_before)
+    finally:
+        daemon.kill()
+        rows.close()
