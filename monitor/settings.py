@@ -162,8 +162,9 @@ class StreamSettings:
     store_retry_initial_s: float = setting(0.5, "First wait after a failed database write.", minimum=0.0)
     store_retry_max_s: float = setting(30.0, "Longest wait between database retries (the wait doubles).",
                                        minimum=0.0)
-    shutdown_grace_s: float = setting(20.0, "On SIGTERM, how long the batch in flight may take to be "
-                                            "stored before it is abandoned (it is then replayed).",
+    shutdown_grace_s: float = setting(20.0, "On SIGTERM, how long a worker may take to stop: its batch in "
+                                            "flight stored, published and committed, its clients closed. What "
+                                            "is still held up then is abandoned (and replayed).",
                                       minimum=0.0)
     http: bool = setting(True, "Serve /healthz, /readyz, /metrics (and, all-in-one, the web app) on [web] "
                                "host:port; the scheduler role serves its probes there too.")

@@ -15,6 +15,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from typing import Any, Callable
 
 
@@ -88,12 +89,14 @@ class Webhook:
                 self.on_result(delivered)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Deliver what is queued (up to `timeout`), then stop."""
+        """Deliver what is queued for up to `timeout` seconds in all, then stop: alerts still queued
+        then are not sent to the webhook (the alerts topic has them)."""
+        deadline = time.monotonic() + timeout
         try:
             self.queue.put(None, timeout=timeout)
         except queue.Full:
             pass
-        self.thread.join(timeout)
+        self.thread.join(max(0.0, deadline - time.monotonic()))
         self._stopped.set()
         self.client.close()
 
@@ -121,9 +124,9 @@ class AlertProducer:
         if self.webhook is not None:
             self.webhook.post(document)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 5.0) -> None:
         if self.webhook is not None:
-            self.webhook.close()
+            self.webhook.close(timeout_s)
 
 
 def alerts_publisher(settings: Any) -> "KafkaAlertPublisher":
@@ -162,8 +165,8 @@ class KafkaAlertPublisher:
             self.webhook.post({**payload, "kind": kind})
         self._topic_publisher().publish_alert(kind, payload)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 5.0) -> None:
         if self.webhook is not None:
-            self.webhook.close()
+            self.webhook.close(timeout_s)
         if self.producer is not None:
             self.producer.close(timeout=10)

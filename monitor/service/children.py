@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 EXIT_START_FAILED = 2  # a configuration, model or database problem: restarting would not help
+EXIT_OVERRUN = 3  # stopping outlasted [stream] shutdown_grace_s: ended there, the rest is consumed again
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -65,7 +66,7 @@ def scoring_worker(settings: Any, connection: Any, index: int, workers: int, par
     _torch_threads_for(settings, workers)
     guard = DecodeGuard(slot, settings.kafka.topics, poison) if slot is not None else None
     daemon = Daemon(settings, install_signal_handlers=False, guard_decode=guard,
-                    open_store=lambda: open_store(settings, upgrade=False))
+                    open_store=lambda: open_store(settings, upgrade=False), on_overrun=lambda: _exit_now(EXIT_OVERRUN))
     reporter = StatusReporter(connection, daemon.state, daemon.state.metrics.registry,
                               before=daemon.state.update_gauges)
 
@@ -92,9 +93,14 @@ def scoring_worker(settings: Any, connection: Any, index: int, workers: int, par
         code = 1
     reporter(force=True)
     connection.close()
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    """No interpreter teardown: torch's and kafka's threads may still be winding down."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)  # no interpreter teardown: torch's and kafka's threads may still be winding down
+    os._exit(code)
 
 
 def scheduler_child(settings: Any, connection: Any, parent_pid: int) -> None:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 SCORING, SCHEDULER = "scoring", "scheduler"
 RESTART_BACKOFF_S = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)  # after 0, 1, 2, ... quick deaths in a row
 QUICK_DEATH_S = 30.0  # a child that lived less than this and died counts towards the backoff
-STOP_MARGIN_S = 15.0  # beyond [stream] shutdown_grace_s: leaving the group, closing the clients
+STOP_MARGIN_S = 2.0  # beyond [stream] shutdown_grace_s, at which a worker ends itself: its exit
 
 
 def auto_workers(settings: Any) -> int:

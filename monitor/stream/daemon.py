@@ -37,6 +37,12 @@ from monitor.stream.steps import Batch, BatchAbandoned, Shutdown, Step  # noqa: 
 log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_MS = 100
+COMMIT_TIMEOUT_S = 30.0  # one commit attempt while running; at shutdown, what is left of the grace
+
+
+def close_reserve(grace_s: float) -> float:
+    """Of the shutdown grace, the part kept for closing the clients after the batch in flight."""
+    return min(5.0, grace_s / 4)
 
 
 # --- logging -------------------------------------------------------------------------------------
@@ -122,7 +128,8 @@ class Daemon:
     def __init__(self, settings: Settings, *, observers: Sequence[Callable[[Batch], None]] = (),
                  install_signal_handlers: bool = True, progress: bool = False,
                  report: Callable[[], None] | None = None, open_store: Callable[[], Any] | None = None,
-                 guard_decode: Callable[[Callable], Callable] | None = None):
+                 guard_decode: Callable[[Callable], Callable] | None = None,
+                 on_overrun: Callable[[], None] | None = None):
         self.settings = settings
         self.observers = list(observers)
         self.install_signal_handlers = install_signal_handlers
@@ -139,6 +146,8 @@ class Daemon:
         self.report = report
         self._open_store = open_store
         self.guard_decode = guard_decode  # wraps the decoder (a worker notes what it decodes)
+        self.on_overrun = on_overrun  # called when stopping outlasts the grace (a worker process exits)
+        self.stop_by: float | None = None  # monotonic time by which the process is to have stopped
         self.head: Step | None = None
         self.policies: PolicySource | None = None
         self.ready = threading.Event()
@@ -220,7 +229,7 @@ class Daemon:
         parts = PipelineParts(
             decode=self.guard_decode(decode) if self.guard_decode else decode,
             scorer=ScorerAdapter(self.scorer), current_policy=self.policies, write=write,
-            producer=self.producer, commit=lambda offsets: self.source.commit(offsets),
+            producer=self.producer, commit=lambda offsets: self.source.commit(offsets, self.time_left(COMMIT_TIMEOUT_S)),
             model_id=self.model_row.id, model_name=self.classifier.name, indicator=settings.stream.indicator,
             dead_letter_topic=settings.kafka.dead_letter_topic,
             alerts_topic=settings.kafka.alerts_topic if alerts_settings.on_flagged else None,
@@ -254,14 +263,34 @@ class Daemon:
     # --- running ---------------------------------------------------------------------------------
 
     def request_stop(self, grace_s: float | None = None) -> None:
+        """Stop consuming; the batch in flight has the grace less the time kept for closing the
+        clients, and each wait while closing gets what is left. With `on_overrun`, a stop that outlasts
+        the grace all the same (a native call that cannot be interrupted) ends there: nothing stored
+        is lost, what was not committed is consumed again."""
         grace = self.settings.stream.shutdown_grace_s if grace_s is None else grace_s
         if self.shutdown.stopping.is_set():
             log.warning("second stop request: abandoning the batch in flight (it will be consumed again)")
             self.shutdown.abandon_now()
         else:
             log.info("stopping: finishing the batch in flight (up to %.0f s)", grace)
-            self.shutdown.request(grace)
+            self.stop_by = time.monotonic() + grace
+            self.shutdown.request(grace - close_reserve(grace))
+            if self.on_overrun is not None:
+                watchdog = threading.Timer(grace, self._overrun)
+                watchdog.daemon = True
+                watchdog.start()
         self.state.stopping = True
+
+    def _overrun(self) -> None:
+        log.error("not stopped within the grace of %.0f s: exiting now; what was not committed will be "
+                  "consumed again", self.settings.stream.shutdown_grace_s)
+        self.on_overrun()
+
+    def time_left(self, default: float) -> float:
+        """Seconds a wait may take: `default` while running, what is left of the grace when stopping."""
+        if self.stop_by is None:
+            return default
+        return max(0.1, min(default, self.stop_by - time.monotonic()))
 
     def _signal(self, signum: int, _frame: Any) -> None:
         log.info("received %s", signal.Signals(signum).name)
@@ -291,9 +320,9 @@ class Daemon:
         self.shutdown.abandon_now()  # a retry still waiting on the worker thread gives up: nothing is committed
         for name, action in (
             ("pipeline", lambda: self.head and self.head.close()),
-            ("consumer", lambda: self.source and self.source.close()),
-            ("alerts", lambda: self.alerts and self.alerts.close()),
-            ("producer", lambda: self.producer and self.producer.close(timeout=10)),
+            ("consumer", lambda: self.source and self.source.close(self.time_left(10.0))),
+            ("alerts", lambda: self.alerts and self.alerts.close(self.time_left(5.0))),
+            ("producer", lambda: self.producer and self.producer.close(timeout=self.time_left(10.0))),
             ("store", lambda: self.store and self.store.close()),
             ("scorer", lambda: self.scorer and self.scorer.close()),
         ):

@@ -149,12 +149,14 @@ class KafkaSource:
                 self.consumer.resume(*paused)
             self._holding = False
 
-    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+    def commit(self, offsets: dict[tuple[str, int], int], timeout_s: float | None = None) -> None:
+        """Commit synchronously; with `timeout_s`, give up after it (KafkaTimeoutError)."""
         from kafka import OffsetAndMetadata, TopicPartition
 
         if offsets:
             self.consumer.commit({TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
-                                  for (topic, partition), offset in offsets.items()})
+                                  for (topic, partition), offset in offsets.items()},
+                                 timeout_ms=None if timeout_s is None else int(timeout_s * 1000))
 
     def lag(self) -> int | None:
         """Messages between this process's positions and the end of its partitions (checked <= 1/s)."""
@@ -174,8 +176,9 @@ class KafkaSource:
             log.debug("consumer lag unavailable: %s", error)
         return self._lag
 
-    def close(self) -> None:
-        self.consumer.close(autocommit=False)
+    def close(self, timeout_s: float | None = None) -> None:
+        """Leave the group and close; with `timeout_s`, no longer than that."""
+        self.consumer.close(autocommit=False, timeout_ms=None if timeout_s is None else int(timeout_s * 1000))
 
 
 def _kafka_frames(error: BaseException):

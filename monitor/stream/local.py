@@ -89,7 +89,7 @@ class LocalConsumer:
                 self.positions[(topic, partition)] = position
         return out
 
-    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+    def commit(self, offsets: dict[tuple[str, int], int], timeout_s: float | None = None) -> None:
         with self.broker._lock:
             for (topic, partition), offset in offsets.items():
                 key = (self.group_id, topic, partition)

@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import sqlite3
+import time
 import uuid
 from pathlib import Path
 
@@ -71,6 +74,10 @@ def _worker_pids(daemon: DaemonProcess) -> set[int]:
     return {row["pid"] for row in readiness.get("workers", []) if row["role"] == "scoring"}
 
 
+def _messages_counted(daemon: DaemonProcess) -> float:
+    return daemon.metric("ood_monitor_messages_total") or 0.0
+
+
 def _descendants(pid: int) -> set[int]:
     found, todo = set(), [pid]
     while todo:
@@ -120,8 +127,12 @@ def test_a_worker_killed_mid_batch_is_replaced_and_its_messages_replayed_once(br
         stream = PacedProducer(broker.bootstrap, _api(broker), topic, image_stream(200, "wkill"), rate=100,
                                hold_after=100).start()
         wait_until(lambda: rows.total() >= 24, 120, "the first batches stored")
+        counted = wait_until(lambda: _messages_counted(daemon) >= 24 and _messages_counted(daemon), 30,
+                             "the workers' reports of what they stored")
         victim = min(first)
         os.kill(victim, signal.SIGKILL)  # no chance to finish its batch or commit
+        wait_until(lambda: not _alive(victim), 30, "the worker to die")
+        stored_at_kill = rows.total()
         stream.release()
         produced = stream.join()
         wait_until(lambda: rows.total() >= len(produced), 180, f"{len(produced)} rows stored")
@@ -130,8 +141,10 @@ def test_a_worker_killed_mid_batch_is_replaced_and_its_messages_replayed_once(br
         assert daemon.metric('ood_monitor_worker_restarts_total{role="scoring"}') == 1
         replaced = wait_until(lambda: len(_worker_pids(daemon)) == 2 and _worker_pids(daemon), 60, "a replacement")
         assert victim not in replaced and daemon.alive()
-        assert wait_until(lambda: daemon.metric("ood_monitor_messages_total") == len(produced) or None, 30,
-                          "the messages counted over both workers, the dead one's included")
+        # The sum over the workers keeps what the dead one had reported (a counter never goes back),
+        # and adds everything stored after it died. Its counts since its last report died with it.
+        wait_until(lambda: _messages_counted(daemon) >= counted + len(produced) - stored_at_kill, 30,
+                   "the messages counted over both workers, the dead one's included")
         pids = first | replaced
         daemon.signal(signal.SIGTERM)
         assert daemon.wait_exit(90) == 0
@@ -217,5 +230,106 @@ def test_a_message_that_crashes_the_decoder_is_rejected_not_a_restart_loop(broke
         assert daemon.wait_exit(90) == 0
         _assert_nothing_left(daemon, pids, shm_before)
     finally:
+        daemon.kill()
+        rows.close()
+
+
+# --- SIGTERM while a wait would outlast the grace ------------------------------------------------
+# Every wait while stopping gets what is left of [stream] shutdown_grace_s; a worker still stuck
+# at its end (a native call that cannot be interrupted) ends there, and what it had not committed
+# is consumed again. The supervisor exits 0 within the grace (plus the workers' exit) in each case.
+
+GRACE_S = 6.0
+EXIT_SLACK_S = 4.0  # the supervisor's margin for its workers' exit (2 s), and the process's own
+
+
+def _stops_within_the_grace(daemon: DaemonProcess) -> float:
+    started = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    code = daemon.wait_exit(GRACE_S + 60)
+    took = time.monotonic() - started
+    assert code == 0, daemon.log_tail()
+    assert took <= GRACE_S + EXIT_SLACK_S, f"stopped after {took:.1f} s, the grace is {GRACE_S:g} s"
+    return took
+
+
+def _bounded(broker, tmp_path: Path, name: str, model_cache, **env) -> tuple[DaemonProcess, str]:
+    topic = _new_topic(broker, name)
+    scratch = tmp_path / f"{name}-tmp"
+    scratch.mkdir(exist_ok=True)
+    env = {"MONITOR_STREAM__SHUTDOWN_GRACE_S": str(GRACE_S), "TMPDIR": str(scratch),
+           **{key: str(value) for key, value in env.items()}}
+    daemon = DaemonProcess.configured(
+        tmp_path, name, args=("--role", "scoring", "--workers", "1"), env=env,
+        bootstrap=broker.bootstrap, api_version=broker.api_version or "auto", topic=topic, group=f"g-{topic}",
+        store_url=f"sqlite:///{tmp_path / 'monitor.db'}", cache_dir=model_cache)
+    return daemon, topic
+
+
+def test_sigterm_while_the_sqlite_file_is_locked_stops_within_the_grace(kafka09, tmp_path, model_cache):
+    daemon, topic = _bounded(kafka09, tmp_path, "locked", model_cache)
+    daemon.start()
+    rows = StoredRows(f"sqlite:///{tmp_path / 'monitor.db'}")
+    lock = sqlite3.connect(tmp_path / "monitor.db", isolation_level=None)
+    try:
+        daemon.wait_ready(240)
+        before = produce(kafka09.bootstrap, (0, 9), topic, image_stream(16, "before"))
+        wait_until(lambda: rows.total() >= len(before), 120, "the first messages stored")
+        pids = _worker_pids(daemon)
+        lock.execute("BEGIN EXCLUSIVE")  # another program holds the database: every write waits
+        produce(kafka09.bootstrap, (0, 9), topic, image_stream(16, "blocked"))
+        wait_until(lambda: "storing a batch failed" in daemon.log_tail(20000), 60, "a write held up by the lock")
+        _stops_within_the_grace(daemon)
+        lock.execute("ROLLBACK")
+        stored = rows.positions(topic)
+        assert sorted(stored) == sorted(before)
+        assert _committed(kafka09, topic) == _ends(before), "an offset was committed that was not stored"
+        _assert_nothing_left(daemon, pids, set())
+    finally:
+        lock.close()
+        daemon.kill()
+        rows.close()
+
+
+def test_sigterm_with_the_broker_stopped_stops_within_the_grace(kafka09, tmp_path, model_cache):
+    daemon, topic = _bounded(kafka09, tmp_path, "nobroker", model_cache)
+    daemon.start()
+    rows = StoredRows(f"sqlite:///{tmp_path / 'monitor.db'}")
+    try:
+        daemon.wait_ready(240)
+        before = produce(kafka09.bootstrap, (0, 9), topic, image_stream(16, "before"))
+        wait_until(lambda: rows.total() >= len(before), 120, "the messages stored")
+        pids = _worker_pids(daemon)
+        kafka09.stop_kafka()  # the consumer, its commits and the producer all wait on a broker that is gone
+        try:
+            _stops_within_the_grace(daemon)
+        finally:
+            kafka09.start()
+        _assert_nothing_left(daemon, pids, set())
+    finally:
+        daemon.kill()
+        rows.close()
+
+
+def test_sigterm_with_a_webhook_that_never_answers_stops_within_the_grace(kafka09, tmp_path, model_cache):
+    silent = socket.socket()  # accepts connections (the kernel's backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    daemon, topic = _bounded(kafka09, tmp_path, "webhook", model_cache,
+                             MONITOR_ALERTS__WEBHOOK_URL=f"http://127.0.0.1:{silent.getsockname()[1]}/alerts",
+                             MONITOR_ALERTS__WEBHOOK_TIMEOUT_S=120, MONITOR_STREAM__DEFAULT_THRESHOLD=-1e9)
+    daemon.start()
+    rows = StoredRows(f"sqlite:///{tmp_path / 'monitor.db'}")
+    try:
+        daemon.wait_ready(240)
+        produced = produce(kafka09.bootstrap, (0, 9), topic, image_stream(16, "flagged"))
+        wait_until(lambda: rows.total() >= len(produced), 120, "the messages stored")
+        assert rows.rows("SELECT count(*) FROM samples WHERE flagged")[0][0] == len(produced)  # all alerted
+        wait_until(lambda: _committed(kafka09, topic) == _ends(produced), 60, "the offsets committed")
+        pids = _worker_pids(daemon)
+        _stops_within_the_grace(daemon)  # the webhook still waits on its first alert
+        _assert_nothing_left(daemon, pids, set())
+    finally:
+        silent.close()
         daemon.kill()
         rows.close()
