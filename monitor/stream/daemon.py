@@ -102,7 +102,12 @@ def consume(source: Any, head: Step, shutdown: Shutdown, state: DaemonState | No
             pause = getattr(source, "pause", None)
             if pause is not None:
                 pause(hold)
+            revocations = getattr(source, "revocations", 0)
             messages = source.poll(timeout_ms=poll_timeout_ms, max_records=max_records)
+            if getattr(source, "revocations", 0) != revocations:
+                # Their partitions were taken away during the poll: whoever has them now consumes
+                # them from the last commit (this member too, if they came back to it).
+                waiting.clear()
             waiting.extend(messages)
             if state is not None:
                 state.polled()

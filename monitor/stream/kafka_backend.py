@@ -58,6 +58,12 @@ class KafkaSource:
         self._lag_checked_at = 0.0
         self._lag: int | None = None
         self._holding = False
+        # The client calls the rebalance listener on its network thread, which must not block on
+        # itself: a commit made there (the batch finished before giving up the partitions) is sent
+        # without waiting, ahead of the request to rejoin the group, while this member's generation
+        # still holds.
+        self._in_rebalance = False
+        self.revocations = 0  # rebalances that took partitions away (messages polled before are dropped)
         # Per partition: (offset of the record the client first failed on, last offset stepped over, error).
         self._unreadable: dict[Any, tuple[int, int, str]] = {}
         source = self
@@ -65,9 +71,14 @@ class KafkaSource:
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):
                 if revoked:
+                    source.revocations += 1
                     log.info("partitions revoked: %s", _names(revoked))
                     if source.on_revoke:
-                        source.on_revoke()
+                        source._in_rebalance = True
+                        try:
+                            source.on_revoke()
+                        finally:
+                            source._in_rebalance = False
 
             def on_partitions_assigned(self, assigned):
                 log.info("partitions assigned: %s", _names(assigned) or "none")
@@ -153,10 +164,14 @@ class KafkaSource:
         """Commit synchronously; with `timeout_s`, give up after it (KafkaTimeoutError)."""
         from kafka import OffsetAndMetadata, TopicPartition
 
-        if offsets:
-            self.consumer.commit({TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
-                                  for (topic, partition), offset in offsets.items()},
-                                 timeout_ms=None if timeout_s is None else int(timeout_s * 1000))
+        if not offsets:
+            return
+        request = {TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+                   for (topic, partition), offset in offsets.items()}
+        if self._in_rebalance:
+            self.consumer.commit_async(request, callback=_commit_sent)
+            return
+        self.consumer.commit(request, timeout_ms=None if timeout_s is None else int(timeout_s * 1000))
 
     def lag(self) -> int | None:
         """Messages between this process's positions and the end of its partitions (checked <= 1/s)."""
@@ -179,6 +194,13 @@ class KafkaSource:
     def close(self, timeout_s: float | None = None) -> None:
         """Leave the group and close; with `timeout_s`, no longer than that."""
         self.consumer.close(autocommit=False, timeout_ms=None if timeout_s is None else int(timeout_s * 1000))
+
+
+def _commit_sent(offsets: Any, response: Any) -> None:
+    if isinstance(response, BaseException):
+        log.warning("could not commit offsets %s while giving up the partitions: %s; they will be consumed "
+                    "again and absorbed as replays", {f"{tp.topic}/{tp.partition}": meta.offset
+                                                      for tp, meta in offsets.items()}, response)
 
 
 def _kafka_frames(error: BaseException):
