@@ -104,9 +104,11 @@ def consume(source: Any, head: Step, shutdown: Shutdown, state: DaemonState | No
                 pause(hold)
             revocations = getattr(source, "revocations", 0)
             messages = source.poll(timeout_ms=poll_timeout_ms, max_records=max_records)
-            if getattr(source, "revocations", 0) != revocations:
-                # Their partitions were taken away during the poll: whoever has them now consumes
-                # them from the last commit (this member too, if they came back to it).
+            if getattr(source, "revocations", 0) != revocations and waiting:
+                # A rebalance during the poll: what was polled before is not taken now (its commit
+                # would fail). The partitions' owner consumes it again: another member from the last
+                # commit, this one from where these messages start.
+                source.rewind(waiting)
                 waiting.clear()
             waiting.extend(messages)
             if state is not None:

@@ -160,6 +160,20 @@ class KafkaSource:
                 self.consumer.resume(*paused)
             self._holding = False
 
+    def rewind(self, messages: Any) -> None:
+        """Poll `messages` again (those of partitions still assigned): seek to the first of each."""
+        from kafka import TopicPartition
+
+        first: dict[tuple[str, int], int] = {}
+        for message in messages:
+            key = (message.topic, message.partition)
+            first[key] = min(first.get(key, message.offset), message.offset)
+        assigned = self.consumer.assignment()
+        for (topic, partition), offset in first.items():
+            position = TopicPartition(topic, partition)
+            if position in assigned:
+                self.consumer.seek(position, offset)
+
     def commit(self, offsets: dict[tuple[str, int], int], timeout_s: float | None = None) -> None:
         """Commit synchronously; with `timeout_s`, give up after it (KafkaTimeoutError)."""
         from kafka import OffsetAndMetadata, TopicPartition
