@@ -183,6 +183,9 @@ class ImagingSettings:
                                                   "orientation before scoring. Off, as torchvision's decode_image "
                                                   "and PIL's Image.open: set it as your model's own preprocessing "
                                                   "does.")
+    device_decode: str = setting("auto", "Decode JPEG messages in batches on the model's device (torchvision's "
+                                         "nvJPEG decoder on a GPU), after the same checks of their header: "
+                                         "auto (on a GPU), on, off.", choices=("auto", "on", "off"))
 
 
 @dataclass

@@ -199,6 +199,7 @@ class Daemon:
 
     def setup(self) -> "Daemon":
         from monitor.imaging import ImageLimits
+        from monitor.imaging_device import assemble, deferring_decoder, device_decoding
         from monitor.outbound.alerts import AlertProducer, Webhook
         from monitor.outbound.kafka import make_producer
         from monitor.stream.kafka_backend import KafkaSource, make_consumer
@@ -230,12 +231,17 @@ class Daemon:
             self.state.store_ok()
             return result
 
-        decode = image_decoder(preprocessing.input_shape,
-                               ImageLimits(max_bytes=settings.imaging.max_bytes, max_pixels=settings.imaging.max_pixels),
-                               apply_exif_orientation=settings.imaging.apply_exif_orientation)
+        limits = ImageLimits(max_bytes=settings.imaging.max_bytes, max_pixels=settings.imaging.max_pixels)
+        on_device = device_decoding(settings.imaging.device_decode, self.scorer.device)
+        decode = image_decoder(preprocessing.input_shape, limits,
+                               apply_exif_orientation=settings.imaging.apply_exif_orientation,
+                               decoder=deferring_decoder() if on_device else None)
+        shape = tuple(preprocessing.input_shape)
+        device = self.scorer.device
+        to_batch = (lambda pixels: assemble(pixels, shape, device, limits)) if on_device else None
         parts = PipelineParts(
             decode=self.guard_decode(decode) if self.guard_decode else decode,
-            scorer=ScorerAdapter(self.scorer), current_policy=self.policies, write=write,
+            scorer=ScorerAdapter(self.scorer, to_batch), current_policy=self.policies, write=write,
             producer=self.producer, commit=lambda offsets: self.source.commit(offsets, self.time_left(COMMIT_TIMEOUT_S)),
             model_id=self.model_row.id, model_name=self.classifier.name, indicator=settings.stream.indicator,
             dead_letter_topic=settings.kafka.dead_letter_topic,

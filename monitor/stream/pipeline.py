@@ -38,9 +38,12 @@ from monitor.stream.steps import (
 log = logging.getLogger(__name__)
 
 
-def image_decoder(input_shape: Sequence[int], limits: ImageLimits, *,
-                  apply_exif_orientation: bool = False) -> Callable[[InboundMessage], Decoded]:
-    """Message -> Decoded: pixels at the model's input shape, or the reject reason of monitor.imaging."""
+def image_decoder(input_shape: Sequence[int], limits: ImageLimits, *, apply_exif_orientation: bool = False,
+                  decoder: Callable[..., Any] | None = None) -> Callable[[InboundMessage], Decoded]:
+    """Message -> Decoded: pixels at the model's input shape, or the reject reason of monitor.imaging.
+    `decoder`: monitor.imaging's `decode_image` (None), or monitor.imaging_device's
+    `deferring_decoder()` (the JPEGs then decoded with their batch on the model's device)."""
+    decode_one = decoder or decode_image
 
     def decode(message: InboundMessage) -> Decoded:
         if message.unreadable is not None:
@@ -49,7 +52,7 @@ def image_decoder(input_shape: Sequence[int], limits: ImageLimits, *,
             return Decoded(message, reject_reason="empty", reject_detail="the message has no value (null)")
         data = message.value
         try:
-            pixels = decode_image(data, input_shape, content_type=message.content_type, limits=limits,
+            pixels = decode_one(data, input_shape, content_type=message.content_type, limits=limits,
                                   apply_exif_orientation=apply_exif_orientation)
         except ImageRejected as rejected:
             return Decoded(message, reject_reason=rejected.reason, reject_detail=rejected.detail)
@@ -65,8 +68,9 @@ class ScorerAdapter:
     """monitor.Scorer as a BatchScorer: apply the batch's policy's 1C-Sum weights, stack on the
     model's device, return NumPy arrays. Called from one thread (the scoring one) at a time."""
 
-    def __init__(self, scorer: Any):
+    def __init__(self, scorer: Any, assemble: Callable[[list[Any]], Any] | None = None):
         self.scorer = scorer
+        self.assemble = assemble  # pixels -> one batch on the device (monitor.imaging_device.assemble)
         self._applied: tuple[int | None] | None = None  # the weights set on the scorer: (summary_weights_id,)
 
     def _apply(self, policy: Policy | None) -> None:
@@ -88,9 +92,12 @@ class ScorerAdapter:
 
     def __call__(self, pixels: Sequence[Any], policy: Policy | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
         self._apply(policy)
-        batch = stack_images(list(pixels))
-        if getattr(self.scorer, "device", None) is not None:
-            batch = batch.to(self.scorer.device, non_blocking=True)
+        if self.assemble is not None:
+            batch = self.assemble(list(pixels))
+        else:
+            batch = stack_images(list(pixels))
+            if getattr(self.scorer, "device", None) is not None:
+                batch = batch.to(self.scorer.device, non_blocking=True)
         scored = self.scorer.score_batch(batch)
         return ({name: values.numpy() for name, values in scored.indicators.items()},
                 scored.predicted.numpy())

@@ -9,6 +9,7 @@ from sqlalchemy.exc import OperationalError
 
 from monitor.classifiers import Preprocessing
 from monitor.imaging import ImageLimits, decode_image
+from monitor.imaging_device import assemble, deferring_decoder
 from monitor.store import ThresholdRecord
 from monitor.stream.local import LocalBroker, LocalConsumer, LocalProducer
 from monitor.stream.messages import original_value
@@ -18,6 +19,7 @@ from tests.store_data import register_model, summary_weights
 from tests.unit.stream_parts import INPUT_SHAPE, corpus, png, sqlite_store, tiny_scorer
 
 TOPIC, DLQ, ALERTS, GROUP = "images", "images.dlq", "alerts", "scorers"
+LIMITS = ImageLimits(max_bytes=2000)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ class Harness:
     """A pipeline over the local broker; `drain()` consumes everything there is, then joins."""
 
     def __init__(self, scorer, store, *, batch_size=4, write=None, threshold_refresh_s=0.0, partitions=2,
-                 decode_threads=2):
+                 decode_threads=2, device_decode=False):
         self.broker = LocalBroker(default_partitions=partitions)
         self.broker.create_topic(TOPIC, partitions)
         self.store = store
@@ -58,7 +60,10 @@ class Harness:
             return (write or store.write)(samples=samples, rejects=rejects)
 
         self.parts = PipelineParts(
-            decode=image_decoder(INPUT_SHAPE, ImageLimits(max_bytes=2000)), scorer=ScorerAdapter(scorer),
+            # device_decode: JPEGs decoded with their batch, as on a GPU (here torchvision's CPU decoder)
+            decode=image_decoder(INPUT_SHAPE, LIMITS, decoder=deferring_decoder() if device_decode else None),
+            scorer=ScorerAdapter(scorer, (lambda pixels: assemble(pixels, INPUT_SHAPE, "cpu", LIMITS))
+                                 if device_decode else None),
             current_policy=self.policies, write=counting_write, producer=LocalProducer(self.broker),
             commit=commit, model_id=self.model.id, model_name="tiny", indicator="1C-Sum", dead_letter_topic=DLQ,
             alerts_topic=ALERTS, group_id=GROUP, batch_size=batch_size, max_batch_wait_s=60.0, decode_threads=decode_threads,
@@ -435,3 +440,43 @@ def test_a_congested_pipeline_pauses_the_partitions_and_keeps_polling():
     assert source.holds[:2] == [False, True]  # one message taken, then held with two waiting
     assert source.holds[2:5] == [True, True, True] and source.holds[-1] is False
     assert source.polls >= 8  # polling went on throughout
+
+
+def _jpeg(side: int, mode: str, seed: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (2, 2, 3) if mode == "RGB" else (2, 2), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(base, mode).resize((side, side), Image.BILINEAR).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_jpeg_messages_decoded_with_their_batch_end_as_on_the_cpu_path(scorer, tmp_path):
+    """The device path's seam, run on the CPU: the same rows, rejects and (within JPEG's rounding)
+    scores as the CPU path, for JPEGs mixed with every other kind of message."""
+    messages = dict(corpus())
+    messages.update({"jpeg-grey": (_jpeg(8, "L", 1), None), "jpeg-rgb-larger": (_jpeg(20, "RGB", 2), None),
+                     "jpeg-over-the-byte-limit": (_jpeg(8, "L", 3) + bytes(2000), "too_large")})
+    results = {}
+    for device_decode in (False, True):
+        store = sqlite_store(tmp_path / f"device-{device_decode}.db")
+        try:
+            harness = Harness(scorer, store, device_decode=device_decode)
+            for name, (value, _reason) in messages.items():
+                harness.send(value, key=name)
+            harness.drain()
+            with store.engine.connect() as connection:
+                scores = dict(connection.exec_driver_sql("SELECT sample_key, score FROM samples").all())
+                reasons = dict(connection.exec_driver_sql("SELECT sample_key, reason FROM rejects").all())
+            results[device_decode] = scores, reasons
+        finally:
+            store.close()
+    (cpu_scores, cpu_reasons), (device_scores, device_reasons) = results[False], results[True]
+    assert device_reasons == cpu_reasons == {name: reason for name, (_, reason) in messages.items() if reason}
+    assert device_scores.keys() == cpu_scores.keys()
+    for name, score in cpu_scores.items():
+        assert device_scores[name] == pytest.approx(score, rel=0.05, abs=0.05), name
