@@ -152,16 +152,22 @@ def _sorted_finite(values: Any, name: str = "values") -> np.ndarray:
     return sorted_values
 
 
-def label_array(labels: Any, n: int, name: str = "labels") -> np.ndarray:
-    """``labels`` as an int8 array of length ``n`` with values 1 (OOD), 0 (ID) or -1 (unknown)."""
+def _one_per_value(data: Any, n: int, name: str, *, read_as: str, sequence: str) -> np.ndarray:
+    """``data`` as a 1-D array with one entry per value; InputError naming ``name`` otherwise."""
     try:
-        array = np.asarray(labels)
+        array = np.asarray(data)
     except Exception as error:  # noqa: BLE001 - any conversion failure is the caller's input
-        raise InputError(f"{name}: cannot be read as labels ({error})") from None
+        raise InputError(f"{name}: cannot be read as {read_as} ({error})") from None
     if array.ndim != 1:
-        raise InputError(f"{name}: expected a 1-D sequence, got shape {array.shape}")
+        raise InputError(f"{name}: expected {sequence}, got shape {array.shape}")
     if array.shape[0] != n:
         raise InputError(f"{name}: has {array.shape[0]} entries but there are {n} values")
+    return array
+
+
+def label_array(labels: Any, n: int, name: str = "labels") -> np.ndarray:
+    """``labels`` as an int8 array of length ``n`` with values 1 (OOD), 0 (ID) or -1 (unknown)."""
+    array = _one_per_value(labels, n, name, read_as="labels", sequence="a 1-D sequence")
     if array.dtype == object or not (
         np.issubdtype(array.dtype, np.integer)
         or np.issubdtype(array.dtype, np.floating)
@@ -949,14 +955,8 @@ DEFAULT_MIN_CLASS_SAMPLES = 100
 
 def class_array(predicted: Any, n: int, name: str = "predicted") -> np.ndarray:
     """``predicted`` as an int64 array of length ``n`` of class indices (>= 0)."""
-    try:
-        array = np.asarray(predicted)
-    except Exception as error:  # noqa: BLE001 - any conversion failure is the caller's input
-        raise InputError(f"{name}: cannot be read as class indices ({error})") from None
-    if array.ndim != 1:
-        raise InputError(f"{name}: expected a 1-D sequence of class indices, got shape {array.shape}")
-    if array.shape[0] != n:
-        raise InputError(f"{name}: has {array.shape[0]} entries but there are {n} values")
+    array = _one_per_value(predicted, n, name, read_as="class indices",
+                           sequence="a 1-D sequence of class indices")
     if array.size and (array.dtype == object or not np.issubdtype(array.dtype, np.integer)):
         raise InputError(f"{name}: expected integer class indices, got {array.dtype}")
     array = array.astype(np.int64, copy=False)
