@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -172,13 +173,39 @@ class Kafka09Broker:
         self._stop(self.kafka)
         self._stop(self.zookeeper)
 
+    def ensure_running(self, timeout: float = 60.0) -> None:
+        """Start again whichever of ZooKeeper and Kafka has exited (its log tail goes to stderr).
+
+        A session-wide broker serves hundreds of tests; one JVM lost to the machine (memory, a
+        stalled disk) must fail the test that saw it, not every later test of the run."""
+        for process, name, log in ((self.zookeeper, "ZooKeeper", "zookeeper.out"), (self.kafka, "Kafka", "kafka.out")):
+            if process is not None and process.poll() is not None:
+                tail = (self.log_dir / log).read_text(errors="replace")[-2000:]
+                print(f"[tests] {name} had exited with status {process.returncode}; starting it again. "
+                      f"Its log ends:\n{tail}", file=sys.stderr)
+        if any(p is None or p.poll() is not None for p in (self.zookeeper, self.kafka)):
+            self.stop_kafka()
+            self.start(timeout)
+
     def create_topic(self, name: str, partitions: int | None = None, timeout: float = 60.0) -> None:
-        """Create `name` (0.9 has no CreateTopics request) and wait until every partition has a leader."""
+        """Create `name` (0.9 has no CreateTopics request) and wait until every partition has a leader.
+
+        kafka-topics.sh writes the assignment into ZooKeeper; a refusal names its reason (the tool's
+        own output) and whether ZooKeeper and Kafka were still running."""
         partitions = partitions or self.partitions
-        subprocess.run(
+        self.ensure_running()
+        done = subprocess.run(
             ["bash", str(KAFKA_HOME / "bin/kafka-topics.sh"), "--zookeeper", self.zookeeper_connect, "--create",
              "--topic", name, "--partitions", str(partitions), "--replication-factor", "1"],
-            check=True, capture_output=True, env=self._environment(), timeout=timeout)
+            capture_output=True, env=self._environment(), timeout=timeout)
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).decode(errors="replace")[-3000:]
+            states = {label: ("running" if p is not None and p.poll() is None else "exited")
+                      for label, p in (("ZooKeeper", self.zookeeper), ("Kafka", self.kafka))}
+            raise RuntimeError(f"kafka-topics.sh could not create {name} (exit {done.returncode}; "
+                               f"ZooKeeper {states['ZooKeeper']} on {self.zookeeper_connect} "
+                               f"(answers ruok: {_zookeeper_ok(self.zookeeper_port)}), Kafka {states['Kafka']}):\n"
+                               f"{output}")
         wait_for_topic(self.bootstrap, name, partitions, api_version=(0, 9), timeout=timeout)
 
     def __enter__(self) -> "Kafka09Broker":

@@ -105,7 +105,10 @@ def tansu():
 @pytest.fixture(params=["kafka-0.9", "tansu"])
 def broker(request):
     """Each real broker in turn: Apache Kafka 0.9 (no headers, pinned api_version) and Tansu."""
-    return request.getfixturevalue("kafka09" if request.param == "kafka-0.9" else "tansu")
+    chosen = request.getfixturevalue("kafka09" if request.param == "kafka-0.9" else "tansu")
+    if request.param == "kafka-0.9":
+        chosen.ensure_running()
+    return chosen
 
 
 def create_topic(broker, name: str, partitions: int) -> None:
