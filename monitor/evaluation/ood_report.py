@@ -232,7 +232,8 @@ def plot_ranks(result: dict, path: Path) -> Path:
         ax.set_xlabel(f"average rank over {len(table['sets'])} sets, {round(100 * table['level'])} % interval")
         ax.set_title(table["title"], fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        # The best rows sit at the top with small ranks (left): no point lies in the upper right.
+        ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
