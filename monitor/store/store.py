@@ -37,6 +37,9 @@ from sqlalchemy.exc import DataError, IntegrityError
 from monitor.clock import utc_now
 from monitor.errors import InputError, MonitorError
 from monitor.names import INDICATORS
+from monitor.store.bulk import SAMPLE_COLUMNS as _SAMPLE_INSERT_COLUMNS
+from monitor.store.bulk import SOURCE_KEY as _SOURCE_KEY
+from monitor.store.bulk import copy_samples
 from monitor.store.engine import DEFAULT_CONNECT_TIMEOUT_S, WRITE_OPTION, connect, safe_url
 from monitor.store.locks import job_lock
 from monitor.store.models import (
@@ -110,10 +113,7 @@ def _finite_or_none(value: float | None) -> float | None:
     return None if math.isnan(value) else value
 
 
-_SAMPLE_INSERT_COLUMNS = tuple(column.name for column in Sample.__table__.c if column.name != "id")
 _TIME_COLUMNS = ("produced_at", "received_at", "scored_at")
-_SOURCE_KEY = "source_topic, source_partition, source_offset"
-_RETURNING = f"RETURNING id, {_SOURCE_KEY}"
 
 
 def _sqlite_time(value: datetime | None) -> str | None:
@@ -333,9 +333,10 @@ class Store(ProposalsAggregate, WindowsAggregate):
     def _insert_samples(self, connection: Connection, samples: Sequence[ScoredSample]) -> dict[SourcePosition, int]:
         """INSERT ... ON CONFLICT DO NOTHING one batch; returns the ids of the rows it added.
 
-        The driver's executemany with values already in the database's form: SQLAlchemy's
-        generic multi-row insert converts each value through its type objects and builds one
-        long statement per batch, several times slower on this hot path (see the benchmark).
+        Values are built in the database's form and handed to the driver: SQLAlchemy's generic
+        multi-row insert converts each value through its type objects, several times slower on
+        this hot path (see the benchmark). SQLite takes the driver's executemany; PostgreSQL a
+        COPY into a staging table and one INSERT ... SELECT (monitor.store.bulk).
         """
         sqlite_form = self.dialect == "sqlite"
         time_form = _sqlite_time if sqlite_form else _aware_utc
@@ -357,17 +358,7 @@ class Store(ProposalsAggregate, WindowsAggregate):
             for sample_id, topic, partition, offset in found:
                 inserted[SourcePosition(topic, partition, offset)] = sample_id
         else:
-            # psycopg pipelines executemany and can hand back each statement's RETURNING rows.
-            cursor = connection.connection.cursor()
-            try:
-                cursor.executemany(_sample_insert("%s") + f" {_RETURNING}", rows, returning=True)
-                while True:
-                    for sample_id, topic, partition, offset in cursor.fetchall():
-                        inserted[SourcePosition(topic, partition, offset)] = sample_id
-                    if not cursor.nextset():
-                        break
-            finally:
-                cursor.close()
+            inserted = copy_samples(connection.connection, rows)  # COPY + one INSERT (monitor.store.bulk)
         return inserted
 
     def write(self, samples: Sequence[ScoredSample] = (), rejects: Sequence[RejectRecord] = ()) -> WriteResult:
