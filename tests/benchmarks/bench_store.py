@@ -12,6 +12,8 @@ dropped afterwards) it measures, in the same run:
   SQLite the driver's executemany), beside a baseline: the driver's own ``executemany``
   of a plain INSERT of the same rows, no idempotence, no ids back; on PostgreSQL also the
   write path COPY replaced (a pipelined executemany of INSERT ... ON CONFLICT ... RETURNING);
+  one batch of each comparison after every tenth Store.write batch, so all meet the same
+  table size and machine load;
 - the floor every batch pays whatever the insert: the commit of a one-row transaction
   (the write-ahead log flushed to disk), and the rows/s ceiling it sets at 256 rows per
   transaction;
@@ -77,98 +79,107 @@ def make_batch(model_id: int, threshold_id: int, start: int, size: int, rng: np.
     return samples
 
 
-def insert_with_store(store, model_id: int, threshold_id: int, rows: int, max_seconds: float, backend: str) -> dict:
-    rng = np.random.default_rng(SEED)
-    deadline = time.monotonic() + max_seconds
-    written = inserted = 0
-    seconds = 0.0
-    with tqdm(total=rows, desc=f"{backend}: Store.write", unit="row", unit_scale=True, file=sys.stdout) as bar:
-        while written < rows and (written == 0 or time.monotonic() < deadline):
-            batch = make_batch(model_id, threshold_id, written, min(BATCH_SIZE, rows - written), rng, "bench")
-            start = time.perf_counter()
-            result = store.write(batch)
-            seconds += time.perf_counter() - start
-            inserted += result.samples_inserted
-            written += len(batch)
-            bar.update(len(batch))
-    return {"rows": inserted, "seconds": seconds, "rows_per_s": inserted / seconds if seconds else 0.0,
-            "capped": written < rows}
+class _Timed:
+    """Rows and seconds of one insert method."""
+
+    def __init__(self) -> None:
+        self.rows = self.written = 0
+        self.seconds = 0.0
+
+    def figures(self) -> dict:
+        return {"rows": self.rows, "seconds": self.seconds,
+                "rows_per_s": self.rows / self.seconds if self.seconds else 0.0}
 
 
-def insert_baseline(store, model_id: int, threshold_id: int, rows: int, backend: str) -> dict:
-    """The driver's executemany of a plain INSERT (no ON CONFLICT, no RETURNING), same rows, same batches."""
-    from monitor.store.models import Sample
+def _baseline_batch(store, raw, batch, backend: str) -> int:
+    """The driver's executemany of a plain INSERT (no ON CONFLICT, no RETURNING), to the commit."""
+    from monitor.store.bulk import SAMPLE_COLUMNS
 
-    rng = np.random.default_rng(SEED + 1)
-    columns = [column.name for column in Sample.__table__.c if column.name != "id"]
     marker = "?" if backend == "sqlite" else "%s"
-    sql = f"INSERT INTO samples ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))})"
-    raw = store.engine.raw_connection()
-    seconds = 0.0
-    written = 0
-    try:
-        with tqdm(total=rows, desc=f"{backend}: driver executemany", unit="row", unit_scale=True, file=sys.stdout) as bar:
-            while written < rows:
-                batch = make_batch(model_id, threshold_id, written, min(BATCH_SIZE, rows - written), rng, "baseline")
-                start = time.perf_counter()  # from the same records Store.write gets, to the commit
-                params = []
-                for sample in batch:
-                    row = store._sample_row(sample)
-                    if backend == "sqlite":  # the text form SQLAlchemy stores, so both paths write the same bytes
-                        for key in ("produced_at", "received_at", "scored_at"):
-                            row[key] = row[key].astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ")
-                    params.append(tuple(row[name] for name in columns))
-                cursor = raw.cursor()
-                if backend == "sqlite":
-                    cursor.execute("BEGIN")
-                cursor.executemany(sql, params)
-                raw.commit()
-                cursor.close()
-                seconds += time.perf_counter() - start
-                written += len(batch)
-                bar.update(len(batch))
-    finally:
-        raw.close()
-    return {"rows": written, "seconds": seconds, "rows_per_s": written / seconds if seconds else 0.0}
+    params = []
+    for sample in batch:
+        row = store._sample_row(sample)
+        if backend == "sqlite":  # the text form SQLAlchemy stores, so both paths write the same bytes
+            for key in ("produced_at", "received_at", "scored_at"):
+                row[key] = row[key].astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ")
+        params.append(tuple(row[name] for name in SAMPLE_COLUMNS))
+    cursor = raw.cursor()
+    if backend == "sqlite":
+        cursor.execute("BEGIN")
+    cursor.executemany(f"INSERT INTO samples ({', '.join(SAMPLE_COLUMNS)}) "
+                       f"VALUES ({', '.join([marker] * len(SAMPLE_COLUMNS))})", params)
+    raw.commit()
+    cursor.close()
+    return len(batch)
 
 
-def insert_previous(store, model_id: int, threshold_id: int, rows: int, backend: str) -> dict:
-    """PostgreSQL's write path before COPY, for comparison: psycopg's pipelined executemany of
-    INSERT ... ON CONFLICT DO NOTHING RETURNING, one statement per row, same batches, to the commit."""
+def _previous_batch(store, raw, batch, backend: str) -> int:
+    """PostgreSQL's write path before COPY: psycopg's pipelined executemany of INSERT ... ON CONFLICT
+    DO NOTHING RETURNING, one statement per row, to the commit."""
     from monitor.store.bulk import SAMPLE_COLUMNS, SOURCE_KEY
     from monitor.store.store import _aware_utc
 
-    rng = np.random.default_rng(SEED + 3)
-    sql = (f"INSERT INTO samples ({', '.join(SAMPLE_COLUMNS)}) VALUES ({', '.join(['%s'] * len(SAMPLE_COLUMNS))}) "
-           f"ON CONFLICT ({SOURCE_KEY}) DO NOTHING RETURNING id, {SOURCE_KEY}")
+    params = []
+    for sample in batch:
+        row = store._sample_row(sample)
+        for key in ("produced_at", "received_at", "scored_at"):
+            row[key] = _aware_utc(row[key])
+        params.append(tuple(row[name] for name in SAMPLE_COLUMNS))
+    cursor = raw.cursor()
+    cursor.executemany(f"INSERT INTO samples ({', '.join(SAMPLE_COLUMNS)}) "
+                       f"VALUES ({', '.join(['%s'] * len(SAMPLE_COLUMNS))}) "
+                       f"ON CONFLICT ({SOURCE_KEY}) DO NOTHING RETURNING id, {SOURCE_KEY}", params, returning=True)
+    inserted = 0
+    while True:
+        inserted += len(cursor.fetchall())
+        if not cursor.nextset():
+            break
+    raw.commit()
+    cursor.close()
+    return inserted
+
+
+def insert_interleaved(store, model_id: int, other_model_id: int, threshold_id: int, rows: int, max_seconds: float,
+                       backend: str) -> dict[str, dict | None]:
+    """Store.write on `rows` rows; every tenth batch also through the baseline (and on PostgreSQL the
+    previous write path), interleaved so that every method meets the same table size and machine load."""
+    methods = {"insert": _Timed(), "insert_baseline": _Timed()}
+    if backend == "postgresql":
+        methods["insert_previous"] = _Timed()
+    rngs = {name: np.random.default_rng(SEED + n) for n, name in enumerate(methods)}
+    every = max(1, round(1 / BASELINE_SHARE))
     raw = store.engine.raw_connection()
-    seconds = 0.0
-    written = inserted = 0
+    deadline = time.monotonic() + max_seconds
+    batches = 0
     try:
-        with tqdm(total=rows, desc=f"{backend}: previous write path", unit="row", unit_scale=True, file=sys.stdout) as bar:
-            while written < rows:
-                batch = make_batch(model_id, threshold_id, written, min(BATCH_SIZE, rows - written), rng, "previous")
-                start = time.perf_counter()
-                params = []
-                for sample in batch:
-                    row = store._sample_row(sample)
-                    for key in ("produced_at", "received_at", "scored_at"):
-                        row[key] = _aware_utc(row[key])
-                    params.append(tuple(row[name] for name in SAMPLE_COLUMNS))
-                cursor = raw.cursor()
-                cursor.executemany(sql, params, returning=True)
-                while True:
-                    inserted += len(cursor.fetchall())
-                    if not cursor.nextset():
-                        break
-                raw.commit()
-                cursor.close()
-                seconds += time.perf_counter() - start
-                written += len(batch)
-                bar.update(len(batch))
+        with tqdm(total=rows, desc=f"{backend}: Store.write (+ baseline every {every}th batch)", unit="row",
+                  unit_scale=True, file=sys.stdout) as bar:
+            mine = methods["insert"]
+            while mine.written < rows and (mine.written == 0 or time.monotonic() < deadline):
+                size = min(BATCH_SIZE, rows - mine.written)
+                for name, timed in methods.items():
+                    if name != "insert" and batches % every:
+                        continue
+                    topic, target = ("bench", model_id) if name == "insert" else (name, other_model_id)
+                    batch = make_batch(target, threshold_id, timed.written, size, rngs[name], topic)
+                    start = time.perf_counter()  # from the same records Store.write gets, to the commit
+                    if name == "insert":
+                        inserted = store.write(batch).samples_inserted
+                    elif name == "insert_baseline":
+                        inserted = _baseline_batch(store, raw, batch, backend)
+                    else:
+                        inserted = _previous_batch(store, raw, batch, backend)
+                    timed.seconds += time.perf_counter() - start
+                    timed.rows += inserted
+                    timed.written += len(batch)
+                batches += 1
+                bar.update(size)
     finally:
         raw.close()
-    return {"rows": inserted, "seconds": seconds, "rows_per_s": inserted / seconds if seconds else 0.0}
+    figures: dict[str, dict | None] = {name: timed.figures() for name, timed in methods.items()}
+    figures["insert"]["capped"] = methods["insert"].written < rows
+    figures.setdefault("insert_previous", None)
+    return figures
 
 
 def commit_floor(store, model_id: int, threshold_id: int, backend: str, transactions: int = COMMIT_SAMPLES) -> dict:
@@ -287,10 +298,8 @@ def bench_backend(backend: str, rows: int, max_insert_seconds: float, scratch: P
         model = register_model(store, "bench", "sha256:bench")
         baseline_model = register_model(store, "baseline", "sha256:baseline")
         threshold = store.add_threshold(ThresholdRecord(model_id=model.id, indicator="1C-Sum", method="two-means", value=2.0))
-        baseline = insert_baseline(store, baseline_model.id, threshold.id, max(BATCH_SIZE, int(rows * BASELINE_SHARE)), backend)
-        previous = (insert_previous(store, baseline_model.id, threshold.id, max(BATCH_SIZE, int(rows * BASELINE_SHARE)),
-                                    backend) if backend == "postgresql" else None)
-        insert = insert_with_store(store, model.id, threshold.id, rows, max_insert_seconds, backend)
+        inserts = insert_interleaved(store, model.id, baseline_model.id, threshold.id, rows, max_insert_seconds, backend)
+        insert, baseline, previous = inserts["insert"], inserts["insert_baseline"], inserts["insert_previous"]
         floor = commit_floor(store, baseline_model.id, threshold.id, backend)
         top_up(store, model.id, rows, backend)
         add_labels(store, model.id, LABELLED)
@@ -340,15 +349,17 @@ def to_markdown(report: dict) -> str:
         )
     lines += [
         "",
-        "All insert paths are timed from the same ScoredSample records to the commit. When the insert",
+        "All insert paths are timed from the same ScoredSample records to the commit, interleaved: every",
+        f"{round(1 / BASELINE_SHARE)}th Store.write batch is followed by one batch of the baseline (and of the previous path),",
+        "so each meets the same table size and machine load. When the insert",
         "reaches its time cap (`--max-insert-seconds`), the table is topped up to the requested row count",
         "by an in-database copy, so the window read always covers that many rows.",
         "Store.write does more than the baseline: ON CONFLICT DO NOTHING on the source position (replays),",
         "RETURNING the new ids (to attach images), record validation and NaN -> NULL. On PostgreSQL it",
         "sends each batch as one binary COPY into a staging table and one INSERT ... SELECT; on SQLite",
         "it uses the driver's executemany. The previous write path (PostgreSQL only) is the one COPY replaced:",
-        "psycopg's pipelined executemany of INSERT ... ON CONFLICT DO NOTHING RETURNING, one statement per row,",
-        f"on {BASELINE_SHARE:.0%} of the rows like the baseline. The one-row commit is the median time to commit a transaction",
+        "psycopg's pipelined executemany of INSERT ... ON CONFLICT DO NOTHING RETURNING, one statement per row.",
+        "The one-row commit is the median time to commit a transaction",
         f"that changed one row ({COMMIT_SAMPLES} of them: the log flushed to disk); the ceiling is "
         f"{report['batch_size']} rows divided by it,",
         "the most any insert method could reach at one transaction per batch on this disk. The window read",
