@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from monitor.names import INDICATORS
-from monitor.store import ImageBlob, ScoredSample
+from monitor.store import ImageBlob, ScoredSample, ThresholdRecord
+from tests.store_data import register_model
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -48,3 +51,14 @@ def scored(
 
 def png_blob(marker: bytes = b"") -> ImageBlob:
     return ImageBlob(content_type="image/png", data=b"\x89PNG\r\n\x1a\n" + marker, width=28, height=28)
+
+
+# Fixtures of the store write tests (import them by name into a test module).
+@pytest.fixture
+def model(store):
+    return register_model(store, "fashion-cnn", "sha256:abc")
+
+
+@pytest.fixture
+def threshold(store, model):
+    return store.add_threshold(ThresholdRecord(model_id=model.id, indicator="1C-Sum", method="two-means", value=5.5))

@@ -8,21 +8,10 @@ import math
 import pytest
 
 from monitor.names import INDICATORS
-from monitor.store import RejectRecord, SourcePosition, StoreError, ThresholdRecord
-from tests.integration.store_samples import T0, png_blob, scored
-from tests.store_data import register_model
+from monitor.store import RejectRecord, SourcePosition, StoreError
+from tests.integration.store_samples import T0, model, png_blob, scored, threshold  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration  # the store fixtures run on the real PostgreSQL too
-
-
-@pytest.fixture
-def model(store):
-    return register_model(store, "fashion-cnn", "sha256:abc")
-
-
-@pytest.fixture
-def threshold(store, model):
-    return store.add_threshold(ThresholdRecord(model_id=model.id, indicator="1C-Sum", method="two-means", value=5.5))
 
 
 def with_key(sample, sample_key: str, topic: str | None = None):

@@ -9,22 +9,12 @@ import pytest
 
 from monitor.errors import InputError
 from monitor.names import INDICATORS
-from monitor.store import RejectRecord, SourcePosition, StoreError, ThresholdRecord
-from tests.integration.store_samples import T0, png_blob, scored
+from monitor.store import RejectRecord, SourcePosition, StoreError
+from tests.integration.store_samples import T0, model, png_blob, scored, threshold  # noqa: F401 - fixtures
 from monitor.store.payloads import ModelPreprocessing, NoiseCalibration, PayloadError
 from tests.store_data import FASHION_PREPROCESSING, noise_calibration, register_model
 
 pytestmark = pytest.mark.integration  # the store fixtures run on the real PostgreSQL too
-
-
-@pytest.fixture
-def model(store):
-    return register_model(store, "fashion-cnn", "sha256:abc")
-
-
-@pytest.fixture
-def threshold(store, model):
-    return store.add_threshold(ThresholdRecord(model_id=model.id, indicator="1C-Sum", method="two-means", value=5.5))
 
 
 def reject(offset: int, partition: int = 1) -> RejectRecord:
