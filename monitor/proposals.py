@@ -9,6 +9,7 @@ approval or rejection of a waiting proposal (the transaction in monitor.store.pr
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
@@ -17,9 +18,9 @@ import numpy as np
 
 from monitor.errors import InputError
 from monitor.shadow import ShadowEvaluation, ShadowSamples, shadow_evaluation
-from monitor.store.payloads import NoiseCalibration, ProposalEvaluation, json_value
+from monitor.store.payloads import ClassThresholdsDocument, NoiseCalibration, ProposalEvaluation, json_value
 from monitor.store.proposals import ProposalRow, ShadowRows
-from monitor.thresholds import ClassThresholds
+from monitor.thresholds import ClassThresholds, ThresholdFit, fit_class_thresholds, fit_threshold
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,52 @@ class Window:
 
 
 def active_policy(store: Any, model_id: int, indicator: str) -> ClassThresholds | None:
-    row = store.active_threshold(model_id, indicator)
-    return None if row is None else ClassThresholds(row.value)
+    """The thresholds of the active policy (its own thresholds of predicted classes included)."""
+    policy = store.active_policy(model_id, indicator)
+    return None if policy is None else policy.thresholds
+
+
+@dataclass(frozen=True)
+class CandidateFit:
+    """A re-fit's thresholds: `fit` is the global one (fitted on every value and label); with
+    `[thresholds] per_class`, `classes` holds the own thresholds of the predicted classes with
+    enough samples (None without per_class). `details` and `explanation`: the whole fit."""
+
+    fit: ThresholdFit
+    thresholds: ClassThresholds
+    classes: ClassThresholdsDocument | None
+    details: dict[str, Any]
+    explanation: str
+
+
+def fit_candidate(settings: Any, values: Any, predicted: Any, labels: Any, method: str | None = None) -> CandidateFit:
+    """Fit the thresholds a re-fit (or the what-if form) proposes: `[jobs]` method and parameters,
+    and per predicted class when `[thresholds] per_class` is set (classes with at least
+    `min_class_samples` samples get their own threshold, steered by their own labels; the global
+    one judges the rest). NotEnoughData (a MonitorError) when the global fit is refused."""
+    jobs = settings.jobs
+    method = method or jobs.refit_method
+    parameters = method_parameters(jobs, method)
+    if not settings.thresholds.per_class:
+        fit = fit_threshold(values, method, labels, min_samples=jobs.min_samples, **parameters)
+        return CandidateFit(fit, ClassThresholds(float(fit.threshold)), None, json_value(fit.details), fit.explain())
+    fitted = fit_class_thresholds(values, predicted, method, labels, min_samples=jobs.min_samples,
+                                  min_class_samples=settings.thresholds.min_class_samples, **parameters)
+    return CandidateFit(fitted.overall, fitted.thresholds, ClassThresholdsDocument.of_fit(fitted),
+                        json_value(fitted.to_dict()), fitted.explain())
+
+
+def same_thresholds(first: ClassThresholds | None, second: ClassThresholds | None) -> bool:
+    """Whether two sets of thresholds judge alike (equal up to rounding, the same classes own one)."""
+    if first is None or second is None:
+        return first is second
+
+    def close(a: float, b: float) -> bool:
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+    return (close(first.global_threshold, second.global_threshold)
+            and first.per_class.keys() == second.per_class.keys()
+            and all(close(value, second.per_class[key]) for key, value in first.per_class.items()))
 
 
 def evaluate(store: Any, model_id: int, indicator: str, candidate: ClassThresholds, window: Window,
@@ -96,19 +141,19 @@ def what_if(store: Any, model_id: int, indicator: str, candidate: ClassThreshold
     return evaluate(store, model_id, indicator, candidate, window)
 
 
-def what_if_fit(store: Any, jobs_settings: Any, model_id: int, indicator: str, method: str,
+def what_if_fit(store: Any, settings: Any, model_id: int, indicator: str, method: str,
                 window: Window) -> tuple[ClassThresholds, str]:
-    """The threshold `method` would fit on the window's values of `indicator` with their current
-    labels (the `[jobs]` parameters and min_samples of a re-fit), and the fit in words; nothing is
-    stored. NotEnoughData (a MonitorError) when the window is too small for the method."""
-    from monitor.thresholds import METHODS, fit_threshold
+    """The thresholds `method` would fit on the window's values of `indicator` with their current
+    labels (as a re-fit: fit_candidate, so per predicted class with `[thresholds] per_class`), and
+    the fit in words; nothing is stored. NotEnoughData (a MonitorError) when the window is too
+    small for the method."""
+    from monitor.thresholds import METHODS
 
     if method not in METHODS:
         raise InputError(f"method: {method!r} is not one of {', '.join(METHODS)}")
     scores = store.window_scores(model_id, indicator, since=window.since, last=window.last)
-    fit = fit_threshold(scores.values, method, scores.labels, min_samples=jobs_settings.min_samples,
-                        **method_parameters(jobs_settings, method))
-    return ClassThresholds(float(fit.threshold)), fit.explain()
+    candidate = fit_candidate(settings, scores.values, scores.predicted, scores.labels, method)
+    return candidate.thresholds, candidate.explanation
 
 
 def summary_values(fitted: Any, members: tuple[str, ...], calibration: NoiseCalibration) -> CandidateValues:
@@ -125,5 +170,5 @@ def summary_values(fitted: Any, members: tuple[str, ...], calibration: NoiseCali
     return values
 
 
-__all__ = ["MAX_IDS", "Window", "active_policy", "decide", "document", "evaluate", "method_parameters",
-           "summary_values", "what_if", "what_if_fit"]
+__all__ = ["MAX_IDS", "CandidateFit", "Window", "active_policy", "decide", "document", "evaluate", "fit_candidate",
+           "method_parameters", "same_thresholds", "summary_values", "what_if", "what_if_fit"]

@@ -304,9 +304,10 @@ class ThresholdsSettings:
                                                  "approval (above 1).", check=_share_factor)
     proposal_ttl_hours: float = setting(72.0, "A waiting proposal expires (never activates) after this many "
                                               "hours.", minimum=0.01)
-    per_class: bool = setting(False, "Fit one threshold per predicted class where the class has "
-                                     "min_class_samples samples in the window (not yet used by the re-fit "
-                                     "job or the daemon: see docs/thresholds.md).")
+    per_class: bool = setting(False, "The re-fit gives each predicted class with at least min_class_samples "
+                                     "samples in the window its own threshold, steered by that class's "
+                                     "labels; the global threshold judges the other classes. The daemon "
+                                     "judges each sample by its predicted class's threshold.")
     min_class_samples: int = setting(100, "Fewest samples of a predicted class in the window for it to get "
                                           "its own threshold (with per_class).", minimum=2)
 

@@ -9,12 +9,15 @@ too (paper section 5). When the thresholded indicator is 1C-Sum, the threshold i
 window's 1C-Sum recomputed with those new weights. Threshold and weights are one policy, stored
 in one transaction (Store.add_threshold) and read in one query by the stream, which scores and
 judges each batch by one policy version: never weights and a threshold fitted on different scales.
+With `[thresholds] per_class` the fit gives each predicted class with at least
+`min_class_samples` samples in the window its own threshold (steered by that class's labels)
+and the global one judges the rest; the own thresholds are stored in the same row
+(`class_thresholds`), so they belong to the same policy version (monitor.proposals.fit_candidate).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -23,7 +26,7 @@ import numpy as np
 
 from monitor.errors import MonitorError
 from monitor.jobs import proposals
-from monitor.proposals import method_parameters
+from monitor.proposals import fit_candidate, same_thresholds
 from monitor.clock import iso_utc
 from monitor.jobs.scheduler import JobContext, JobOutcome
 from monitor.names import INDICATORS, SUMMARY, SUMMARY_MEMBERS_EXCLUDED
@@ -38,7 +41,7 @@ from monitor.store.payloads import (
 from monitor.store.proposals import ProposalRow
 from monitor.store.records import ThresholdRecord, ThresholdRow
 from monitor.thresholds import ClassThresholds
-from monitor.thresholds import NotEnoughData, SummaryWeights, fit_summary_weights, fit_threshold
+from monitor.thresholds import NotEnoughData, SummaryWeights, fit_summary_weights
 
 log = logging.getLogger(__name__)
 
@@ -86,40 +89,41 @@ def refit(context: JobContext, *, model_id: int | None = None, fitted_by: str | 
         window = store.window_scores(model_id, indicator, last=jobs.refit_window_samples)
     previous = store.active_threshold(model_id, indicator)
     reweighting = _fit_summary_weights(context, model_id, window)
-    values, labels = window.values, window.labels
+    values, labels, predicted = window.values, window.labels, window.predicted
     if reweighting.fitted is not None and indicator == SUMMARY:
         values, labels = reweighting.window_summary, reweighting.window_labels
+        predicted = reweighting.window_predicted
     try:
-        fit = fit_threshold(values, jobs.refit_method, labels,
-                            min_samples=jobs.min_samples, **method_parameters(jobs))
+        candidate = fit_candidate(context.settings, values, predicted, labels)
     except NotEnoughData as refusal:
         kept = (f"kept threshold #{previous.id} ({previous.value:.6g}, {previous.method})" if previous
                 else "no threshold is active yet")
         unchanged = "; 1C-Sum weights unchanged with it" if reweighting.fitted is not None else ""
         return RefitResult(model_id, indicator, None, previous, f"{refusal}; {kept}{unchanged}")
+    fit = candidate.fit
 
     method_parameters_used = ThresholdParameters.from_json(fit.parameters)
     # [thresholds] activation: the shadow evaluation says whether the fit waits for an admin.
     evaluation = hold = None
     reasons: list[str] = []
     if context.settings.thresholds.activation != "auto" and (
-            previous is None or reweighting.fitted is not None or not math.isclose(
-                previous.value, float(fit.threshold), rel_tol=1e-9, abs_tol=1e-12)):
-        evaluation = _shadow(context, model_id, indicator, float(fit.threshold), window, reweighting)
+            previous is None or reweighting.fitted is not None
+            or not same_thresholds(previous.thresholds, candidate.thresholds)):
+        evaluation = _shadow(context, model_id, indicator, candidate.thresholds, window, reweighting)
         hold, reasons = proposals.holds(context.settings, evaluation)
     weights = None
     if reweighting.fitted is not None:
         weights = SummaryWeightsDocument.from_json(
             {**json_value(reweighting.fitted.to_dict()), "members": list(reweighting.members)})
     parameters = replace(method_parameters_used, window=window_description(jobs), used_labels=fit.used_labels,
-                         details=json_value(fit.details))
+                         details=candidate.details)
     counts = ThresholdCounts.from_json(fit.counts())
-    # The threshold and the weights are one policy: stored in one transaction, so the stream
-    # never scores with one and judges with the other's predecessor.
+    # The thresholds (global and per class) and the weights are one policy: stored in one
+    # transaction, so the stream never scores with one and judges with the other's predecessor.
     row = store.add_threshold(ThresholdRecord(
         model_id=model_id, indicator=indicator, method=fit.method, value=float(fit.threshold),
         parameters=parameters, counts=counts, window_start=window.start, window_end=window.end,
-        fitted_by=fitted_by or f"scheduler {context.runner}",
+        fitted_by=fitted_by or f"scheduler {context.runner}", class_thresholds=candidate.classes,
     ), weights=weights, activate=not hold)
     weights_message, weights_id = reweighting.message, None
     if weights is not None:
@@ -128,7 +132,7 @@ def refit(context: JobContext, *, model_id: int | None = None, fitted_by: str | 
     if hold:
         proposal = proposals.propose(context, row, evaluation, reasons, weights_id)
         message = (f"threshold #{row.id} proposed (proposal #{proposal.id}, waiting for an admin until "
-                   f"{iso_utc(proposal.expires_at)}): {'; '.join(reasons)}; {fit.explain()}")
+                   f"{iso_utc(proposal.expires_at)}): {'; '.join(reasons)}; {candidate.explanation}")
         return RefitResult(model_id, indicator, row, previous, message, weights_message, weights_id, proposal)
     if _changed(previous, row):
         context.alerts.raise_alert(ThresholdChangedAlert(
@@ -137,13 +141,13 @@ def refit(context: JobContext, *, model_id: int | None = None, fitted_by: str | 
             previous_threshold_id=previous.id if previous else None,
             previous_value=previous.value if previous else None,
             window=replace(window_description(jobs), start=iso_utc(window.start), end=iso_utc(window.end)),
-            counts=counts, summary_weights_id=weights_id, explanation=fit.explain(),
+            counts=counts, summary_weights_id=weights_id, explanation=candidate.explanation,
         ))
-    message = f"threshold #{row.id}: {fit.explain()}"
+    message = f"threshold #{row.id}: {candidate.explanation}"
     return RefitResult(model_id, indicator, row, previous, message, weights_message, weights_id)
 
 
-def _shadow(context: JobContext, model_id: int, indicator: str, value: float, window: Any,
+def _shadow(context: JobContext, model_id: int, indicator: str, thresholds: ClassThresholds, window: Any,
             reweighting: "Reweighting"):
     """The fitted threshold (with its re-fitted 1C-Sum weights) beside the active one, on the
     refit's window and every labelled sample."""
@@ -155,7 +159,7 @@ def _shadow(context: JobContext, model_id: int, indicator: str, value: float, wi
         model = context.store.get_model(model_id)
         members = reweighting.members
         values = proposals.summary_values(reweighting.fitted, members, context.store.get_calibration(model.fingerprint))
-    return proposals.evaluate(context.store, model_id, indicator, ClassThresholds(value), span, values, members)
+    return proposals.evaluate(context.store, model_id, indicator, thresholds, span, values, members)
 
 
 def refit_job(context: JobContext, *, model_id: int | None = None, fitted_by: str | None = None) -> JobOutcome:
@@ -165,19 +169,19 @@ def refit_job(context: JobContext, *, model_id: int | None = None, fitted_by: st
 
 
 def _changed(previous: ThresholdRow | None, new: ThresholdRow) -> bool:
-    """A refit that lands on the same value and method is stored (history) but not alerted."""
+    """A refit that lands on the same thresholds and method is stored (history) but not alerted."""
     if previous is None:
         return True
-    same_value = math.isclose(previous.value, new.value, rel_tol=1e-9, abs_tol=1e-12)
-    return not (same_value and previous.method == new.method)
+    return not (same_thresholds(previous.thresholds, new.thresholds) and previous.method == new.method)
 
 
 @dataclass(frozen=True)
 class Reweighting:
     """Label-fitted 1C-Sum weights for a window, not yet stored; `fitted` None says why in `message`.
 
-    window_summary, window_labels: the window's 1C-Sum recomputed with the new weights, for the
-    samples whose member values are all known (the threshold is fitted on these).
+    window_summary, window_labels, window_predicted: the window's 1C-Sum recomputed with the new
+    weights, for the samples whose member values are all known (the threshold is fitted on
+    these), with their labels and predicted classes.
     """
 
     message: str
@@ -185,6 +189,7 @@ class Reweighting:
     members: tuple[str, ...] = ()
     window_summary: np.ndarray | None = None
     window_labels: np.ndarray | None = None
+    window_predicted: np.ndarray | None = None
 
 
 def _fit_summary_weights(context: JobContext, model_id: int, window: Any) -> Reweighting:
@@ -217,4 +222,7 @@ def _fit_summary_weights(context: JobContext, model_id: int, window: Any) -> Rew
         return Reweighting(fitted.reason)
     summary = fitted.summary({name: rows.values[name][complete] for name in members},
                              calibration.means, calibration.stds)
-    return Reweighting("", fitted, members, summary, rows.labels[complete])
+    # The predicted classes of those samples, from the window (every one of them is in it).
+    order = np.argsort(window.sample_ids)
+    where = order[np.searchsorted(window.sample_ids, rows.sample_ids[complete], sorter=order)]
+    return Reweighting("", fitted, members, summary, rows.labels[complete], window.predicted[where])

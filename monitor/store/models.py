@@ -31,6 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from monitor.names import COLUMNS
 from monitor.store.payloads import (
     AlertDocument,
+    ClassThresholdsDocument,
     ModelPreprocessing,
     NoiseCalibration,
     ProposalEvaluation,
@@ -206,6 +207,9 @@ class Threshold(Base):
     fitted_by: Mapped[str] = mapped_column(String(200))
     # The 1C-Sum weights stored with it in one transaction: the two are one policy (see Store.active_policy).
     summary_weights_id: Mapped[int | None] = mapped_column(ForeignKey("summary_weights.id"))
+    # Own thresholds of predicted classes ([thresholds] per_class); NULL: `value` judges every class.
+    class_thresholds: Mapped[ClassThresholdsDocument | None] = mapped_column(
+        PayloadDocument(ClassThresholdsDocument, nullable=True), nullable=True)
 
 
 class SummaryWeights(Base):

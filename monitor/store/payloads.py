@@ -263,6 +263,46 @@ class SummaryWeightsDocument(Payload):
             self.WHAT, "'weights' must map indicator names to numbers")
 
 
+@dataclass(frozen=True)
+class ClassThresholdsDocument(Payload):
+    """`thresholds.class_thresholds`: the own thresholds of a per-class fit
+    (monitor.thresholds.ClassThresholdFit), beside the global one in `thresholds.value`.
+
+    thresholds: class index (a string, JSON keys are) -> its own threshold. class_counts: samples
+    of each predicted class in the fit's window; fallbacks: why each other class seen there is
+    judged by the global threshold; min_class_samples: the fewest samples for an own threshold.
+    """
+
+    WHAT: ClassVar[str] = "class thresholds"
+
+    thresholds: Mapping[str, float]
+    min_class_samples: int
+    class_counts: Mapping[str, int] = field(default_factory=dict)
+    fallbacks: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("thresholds", "class_counts", "fallbacks"):
+            mapping = getattr(self, name)
+            _require(isinstance(mapping, Mapping), self.WHAT, f"{name!r} must map class indices to values")
+            for key in mapping:
+                _require(isinstance(key, str) and key.isdigit(), self.WHAT,
+                         f"{name!r}: class indices must be strings of digits, got {key!r}")
+        _require(all(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                     for value in self.thresholds.values()), self.WHAT, "'thresholds' must hold finite numbers")
+
+    def per_class(self) -> dict[int, float]:
+        """Class index -> own threshold (as monitor.thresholds.ClassThresholds takes them)."""
+        return {int(key): float(value) for key, value in self.thresholds.items()}
+
+    @classmethod
+    def of_fit(cls, fit: Any) -> "ClassThresholdsDocument":
+        """The document of a monitor.thresholds.ClassThresholdFit."""
+        return cls(thresholds={str(k): float(own.threshold) for k, own in fit.classes.items()},
+                   min_class_samples=int(fit.min_class_samples),
+                   class_counts={str(k): int(v) for k, v in fit.class_counts.items()},
+                   fallbacks={str(k): str(why) for k, why in fit.fallbacks.items()})
+
+
 # --- threshold proposals ----------------------------------------------------------------------
 
 
@@ -564,7 +604,7 @@ def payload_keys(cls: type[Payload]) -> tuple[str, ...]:
 __all__ = [
     "ALERT_KINDS", "ALERT_PAYLOADS", "ALERT_SCHEMA_VERSION", "COMMON_ALERT_FIELDS", "AlertDocument", "AlertPayload",
     "ClassShareDocument", "DriftAlert", "DriftTest", "JobFailedAlert", "LabelledMistakesDocument",
-    "ModelPreprocessing", "NoiseCalibration", "OodRateAlert", "Payload", "PayloadError", "PolicyThresholds",
+    "ClassThresholdsDocument", "ModelPreprocessing", "NoiseCalibration", "OodRateAlert", "Payload", "PayloadError", "PolicyThresholds",
     "ProposalEvaluation", "ReportSummary", "SummaryWeightsDocument", "ThresholdActivatedAlert",
     "ThresholdChangedAlert", "ThresholdCounts", "ThresholdParameters", "ThresholdProposedAlert", "Window",
     "json_value", "payload_keys",

@@ -19,12 +19,14 @@ from monitor.errors import InputError
 from monitor.names import INDICATORS
 from monitor.store.payloads import (
     AlertDocument,
+    ClassThresholdsDocument,
     ModelPreprocessing,
     ReportSummary,
     SummaryWeightsDocument,
     ThresholdCounts,
     ThresholdParameters,
 )
+from monitor.thresholds import ClassThresholds
 
 LABEL_ID = "ID"
 LABEL_OOD = "OOD"
@@ -211,6 +213,7 @@ class ThresholdRecord:
     window_start: datetime | None = None
     window_end: datetime | None = None
     fitted_by: str = "scheduler"
+    class_thresholds: ClassThresholdsDocument | None = None  # own thresholds of predicted classes
 
     def __post_init__(self) -> None:
         _check_indicator(self.indicator, "threshold")
@@ -224,6 +227,9 @@ class ThresholdRecord:
             raise InputError(f"threshold: parameters must be ThresholdParameters, got {type(self.parameters).__name__}")
         if self.counts is not None and not isinstance(self.counts, ThresholdCounts):
             raise InputError(f"threshold: counts must be ThresholdCounts or None, got {type(self.counts).__name__}")
+        if self.class_thresholds is not None and not isinstance(self.class_thresholds, ClassThresholdsDocument):
+            raise InputError("threshold: class_thresholds must be a ClassThresholdsDocument or None, got "
+                             f"{type(self.class_thresholds).__name__}")
 
 
 @dataclass(frozen=True)
@@ -241,14 +247,22 @@ class ThresholdRow:
     created_at: datetime
     fitted_by: str
     summary_weights_id: int | None = None  # the 1C-Sum weights that belong to it (see Policy)
+    class_thresholds: ClassThresholdsDocument | None = None  # own thresholds of predicted classes
+
+    @property
+    def thresholds(self) -> ClassThresholds:
+        """The global threshold with the own ones of predicted classes: what judges with it."""
+        return ClassThresholds(self.value, self.class_thresholds.per_class() if self.class_thresholds else {})
 
 
 @dataclass(frozen=True)
 class Policy:
     """What a batch is scored and judged by, read in one query and never half-applied: the active
-    threshold of (model, indicator) and the 1C-Sum weights stored with it. `version` is the
-    threshold's id, which every score row records (`threshold_id`); `weights` None means the
-    uniform 1C-Sum weights (no label-fitted weights were stored with the threshold)."""
+    threshold of (model, indicator), the own thresholds of predicted classes stored in the same
+    row, and the 1C-Sum weights stored with it. `version` is the threshold's id, which every score
+    row records (`threshold_id`); `weights` None means the uniform 1C-Sum weights (no
+    label-fitted weights were stored with the threshold). `per_class` empty: `threshold` judges
+    every sample; otherwise a sample predicted as a class there is judged by that class's own."""
 
     version: int
     model_id: int
@@ -256,14 +270,44 @@ class Policy:
     threshold: float
     summary_weights_id: int | None = None
     weights: Mapping[str, float] | None = None
+    per_class: Mapping[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.weights is not None:  # frozen all the way down: the scorer and the judge share it
+        # frozen all the way down: the scorer and the judge share it
+        if self.weights is not None:
             object.__setattr__(self, "weights", MappingProxyType(dict(self.weights)))
+        object.__setattr__(self, "per_class", MappingProxyType(dict(self.thresholds.per_class)))
+
+    @property
+    def thresholds(self) -> ClassThresholds:
+        """The thresholds that judge: a sample's predicted class's own, else the global one."""
+        return ClassThresholds(self.threshold, self.per_class)
+
+    def judgement(self, predicted_class: int) -> "Judgement":
+        """Which threshold of this policy judges a sample predicted as `predicted_class`."""
+        own = self.thresholds.judged_by(predicted_class)
+        return Judgement(version=self.version, indicator=self.indicator,
+                         value=self.thresholds.threshold_of(predicted_class), predicted_class=own)
 
     def describe(self) -> str:
         weights = f"1C-Sum weights #{self.summary_weights_id}" if self.summary_weights_id else "uniform 1C-Sum weights"
-        return f"{self.indicator} > {self.threshold:.6g} (policy #{self.version}, {weights})"
+        own = f", own thresholds for {len(self.per_class)} classes" if self.per_class else ""
+        return f"{self.indicator} > {self.threshold:.6g}{own} (policy #{self.version}, {weights})"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The threshold that judged (or judges) a sample: its value, the policy version it belongs
+    to, and the predicted class whose own threshold it is (None: the global threshold)."""
+
+    version: int
+    indicator: str
+    value: float
+    predicted_class: int | None
+
+    @property
+    def scope(self) -> str:
+        return "global" if self.predicted_class is None else "class"
 
 
 @dataclass(frozen=True)
@@ -349,6 +393,7 @@ class WindowScores:
     labels: np.ndarray
     start: datetime | None
     end: datetime | None
+    predicted: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # predicted classes
 
     def __len__(self) -> int:
         return int(self.values.shape[0])

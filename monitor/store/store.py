@@ -651,7 +651,8 @@ class Store(ProposalsAggregate, WindowsAggregate):
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> WindowScores:
-        """An indicator's values over a window with the current labels aligned (1 OOD, 0 ID, -1 none).
+        """An indicator's values over a window with the current labels (1 OOD, 0 ID, -1 none) and
+        the predicted classes aligned.
 
         The window is the samples scored in [since, until), and of those the `last` most recent
         (both optional). Samples where the indicator is NULL are left out. Oldest first.
@@ -659,17 +660,18 @@ class Store(ProposalsAggregate, WindowsAggregate):
         _check_last(last)
         column = _indicator_column(indicator)
         conditions = [*self._window_conditions(model_id, since, until), column.is_not(None)]
-        statement = select(Sample.id, column).where(*conditions)
+        statement = select(Sample.id, column, Sample.predicted_class).where(*conditions)
         if last is not None:
             statement = statement.order_by(Sample.scored_at.desc(), Sample.id.desc()).limit(last)
         else:
             statement = statement.order_by(Sample.scored_at, Sample.id)
         with self._reading() as connection:
-            pairs = np.array(_plain_rows(connection, statement), dtype=np.float64).reshape(-1, 2)
+            rows = np.array(_plain_rows(connection, statement), dtype=np.float64).reshape(-1, 3)
             if last is not None:
-                pairs = pairs[::-1]
-            sample_ids = pairs[:, 0].astype(np.int64)
-            values = np.ascontiguousarray(pairs[:, 1])
+                rows = rows[::-1]
+            sample_ids = rows[:, 0].astype(np.int64)
+            values = np.ascontiguousarray(rows[:, 1])
+            predicted = rows[:, 2].astype(np.int64)
             labels = np.full(sample_ids.shape[0], UNLABELLED, dtype=np.int8)
             start = end = None
             if sample_ids.size:
@@ -681,7 +683,8 @@ class Store(ProposalsAggregate, WindowsAggregate):
                 ).all()
                 times = dict(bounds)
                 start, end = times[int(sample_ids[0])], times[int(sample_ids[-1])]
-        return WindowScores(indicator=indicator, sample_ids=sample_ids, values=values, labels=labels, start=start, end=end)
+        return WindowScores(indicator=indicator, sample_ids=sample_ids, values=values, labels=labels, start=start, end=end,
+                            predicted=predicted)
 
     @staticmethod
     def _aligned_labels(connection: Connection, sample_ids: np.ndarray, model_id: int) -> np.ndarray:
@@ -745,8 +748,8 @@ class Store(ProposalsAggregate, WindowsAggregate):
 
     def add_threshold(self, record: ThresholdRecord, *, weights: SummaryWeightsDocument | None = None,
                       activate: bool = True) -> ThresholdRow:
-        """Store a threshold and the 1C-Sum weights that go with it, in one transaction: the two are
-        one policy (see `active_policy`). Without `weights` the threshold keeps the model's active
+        """Store a threshold (with the own thresholds of predicted classes the record carries) and
+        the 1C-Sum weights that go with it, in one transaction: they are one policy (see `active_policy`). Without `weights` the threshold keeps the model's active
         weights, the ones the scores it was fitted on were made with. With `activate` the new policy
         replaces the active one atomically."""
         row = {
@@ -761,6 +764,7 @@ class Store(ProposalsAggregate, WindowsAggregate):
             "active": False,
             "created_at": utc_now(),
             "fitted_by": record.fitted_by,
+            "class_thresholds": record.class_thresholds,
         }
         if weights is not None and not isinstance(weights, SummaryWeightsDocument):
             raise InputError(f"threshold: weights must be a SummaryWeightsDocument, got {type(weights).__name__}")
@@ -854,22 +858,34 @@ class Store(ProposalsAggregate, WindowsAggregate):
             return [ThresholdRow(**row._mapping) for row in connection.execute(statement)]
 
     def active_policy(self, model_id: int, indicator: str) -> Policy | None:
-        """The active threshold of (model, indicator) with its 1C-Sum weights, in one query: a
-        policy written in one transaction is read whole or not at all. None: no active threshold."""
+        """The active threshold of (model, indicator) with its own thresholds of predicted classes
+        and its 1C-Sum weights, in one query: a policy written in one transaction is read whole or
+        not at all. None: no active threshold."""
         _indicator_column(indicator)
+        return self._policy(Threshold.model_id == model_id, Threshold.indicator == indicator,
+                            Threshold.active.is_(True))
+
+    def policy(self, version: int) -> Policy | None:
+        """The policy of a stored threshold, active or not (a score row's `threshold_id` names the
+        version that judged it). None: no such threshold."""
+        return self._policy(Threshold.id == version)
+
+    def _policy(self, *conditions) -> Policy | None:
         statement = (
-            select(Threshold.id, Threshold.value, Threshold.summary_weights_id, SummaryWeights.weights)
+            select(Threshold.id, Threshold.model_id, Threshold.indicator, Threshold.value,
+                   Threshold.class_thresholds, Threshold.summary_weights_id, SummaryWeights.weights)
             .select_from(Threshold.__table__.outerjoin(
                 SummaryWeights.__table__, SummaryWeights.id == Threshold.summary_weights_id))
-            .where(Threshold.model_id == model_id, Threshold.indicator == indicator, Threshold.active.is_(True))
+            .where(*conditions)
         )
         with self._reading() as connection:
             row = connection.execute(statement).first()
         if row is None:
             return None
-        return Policy(version=row.id, model_id=model_id, indicator=indicator, threshold=float(row.value),
+        return Policy(version=row.id, model_id=row.model_id, indicator=row.indicator, threshold=float(row.value),
                       summary_weights_id=row.summary_weights_id,
-                      weights=row.weights.weights if row.weights is not None else None)
+                      weights=row.weights.weights if row.weights is not None else None,
+                      per_class=row.class_thresholds.per_class() if row.class_thresholds is not None else {})
 
     def active_summary_weights(self, model_id: int) -> SummaryWeightsRow | None:
         """The model's weights of its latest activated policy (those a new threshold keeps)."""

@@ -51,23 +51,28 @@ class PayloadDocument(TypeDecorator):
     another shape is refused on the way in and named on the way out.
 
     empty_as_none: the empty document `{}` stands for None (a threshold that was not fitted
-    has no counts), so the column stays NOT NULL.
+    has no counts), so the column stays NOT NULL. nullable: None is SQL NULL (a column that may
+    hold no document); otherwise None is refused like any other non-payload.
     """
 
     impl = JSON
     cache_ok = True
 
-    def __init__(self, payload: type, *, empty_as_none: bool = False):
+    def __init__(self, payload: type, *, empty_as_none: bool = False, nullable: bool = False):
         super().__init__()
         self.payload = payload
         self.empty_as_none = empty_as_none
+        self.nullable = nullable
 
     def load_dialect_impl(self, dialect):
-        return dialect.type_descriptor(JSONB() if dialect.name == "postgresql" else JSON())
+        return dialect.type_descriptor(JSONB(none_as_null=True) if dialect.name == "postgresql"
+                                       else JSON(none_as_null=True))
 
     def process_bind_param(self, value, dialect):
         if value is None and self.empty_as_none:
             return {}
+        if value is None and self.nullable:
+            return None
         if not isinstance(value, self.payload):
             raise TypeError(f"expected a {self.payload.__name__}, got {type(value).__name__}: {value!r}")
         return value.to_json()

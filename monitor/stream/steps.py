@@ -386,7 +386,8 @@ class ScoreStep(ForwardStep):
 
 class JudgeStep(ForwardStep):
     """Compare the chosen indicator with the threshold of the batch's policy (the one it was scored
-    with): above it, a sample is flagged. No policy: nothing is flagged."""
+    with) that judges each sample: its predicted class's own threshold when the policy has one,
+    else the global one. Above it, a sample is flagged. No policy: nothing is flagged."""
 
     def __init__(self, next_step: Step, indicator: str):
         self.next_step = next_step
@@ -399,7 +400,8 @@ class JudgeStep(ForwardStep):
             batch.flagged = np.zeros(count, dtype=bool)
         else:
             with np.errstate(invalid="ignore"):
-                batch.flagged = np.asarray(values, dtype=np.float64) > batch.policy.threshold  # NaN: not flagged
+                # NaN: not flagged
+                batch.flagged = batch.policy.thresholds.judge(np.asarray(values, dtype=np.float64), batch.predicted)
         self.next_step.submit(batch)
 
 
@@ -522,7 +524,8 @@ class PublishStep(ForwardStep):
                 judged = (stored.score, stored.indicator or self._indicator(batch), stored.threshold,
                           stored.threshold_id, stored.sample_id)
             elif sample.flagged and batch.policy is not None:
-                judged = (sample.score, batch.policy.indicator, batch.policy.threshold,
+                judged = (sample.score, batch.policy.indicator,
+                          batch.policy.thresholds.threshold_of(sample.predicted_class),
                           batch.policy.version, sample_ids.get(sample.position))
             else:
                 continue

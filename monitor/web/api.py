@@ -400,7 +400,7 @@ def what_if_evaluation(request: Request, model_id: int, indicator: str, hours: f
     if value is not None:
         candidate, how = ClassThresholds(value), f"typed in: {value:.6g}"
     else:
-        candidate, how = proposals.what_if_fit(state.store, state.settings.jobs, model_id, indicator, method, window)
+        candidate, how = proposals.what_if_fit(state.store, state.settings, model_id, indicator, method, window)
     evaluation = proposals.what_if(state.store, model_id, indicator, candidate, window)
     return candidate, how, proposals.document(evaluation)
 

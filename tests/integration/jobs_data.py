@@ -65,9 +65,11 @@ def png_bytes(value: float, seed: int, size: int = 28) -> bytes:
 def write_scores(store, model_id: int, values: Sequence[float], *, end: datetime = NOW,
                  span: timedelta = timedelta(hours=1), first_offset: int = 0, flagged: Sequence[bool] | None = None,
                  threshold_id: int | None = None, shifts: dict[str, float] | None = None,
-                 images: bool = False, seed: int = 0, key_prefix: str = "s") -> list[int]:
+                 images: bool = False, seed: int = 0, key_prefix: str = "s",
+                 predicted: Sequence[int] | None = None) -> list[int]:
     """Samples spread evenly over [end - span, end); `values` go to every indicator (plus a per-
-    indicator offset, and `shifts[name]` added to that indicator). Returns the new sample ids."""
+    indicator offset, and `shifts[name]` added to that indicator). Predicted classes: `predicted`,
+    else the index modulo 10. Returns the new sample ids."""
     rng = np.random.default_rng(seed)
     count = len(values)
     step = span / max(count, 1)
@@ -80,7 +82,7 @@ def write_scores(store, model_id: int, values: Sequence[float], *, end: datetime
         records.append(ScoredSample(
             topic="images", partition=0, offset=first_offset + index, sample_key=f"{key_prefix}{first_offset + index}",
             model_id=model_id, received_at=end - span + step * index, scored_at=end - span + step * index,
-            predicted_class=index % 10, scores=scores, flagged=is_flagged,
+            predicted_class=int(predicted[index]) if predicted is not None else index % 10, scores=scores, flagged=is_flagged,
             score=scores["1C-Sum"], score_indicator="1C-Sum",
             threshold_id=threshold_id if is_flagged else None,
             image=ImageBlob("image/png", png_bytes(value, seed=first_offset + index)) if images else None,

@@ -16,7 +16,7 @@ from monitor.errors import MonitorError
 from monitor.store import Store, ThresholdRecord, connect, ensure_schema_current
 from monitor.store.migrate import current_revision, downgrade, head_revision, upgrade
 from monitor.store.models import Base, SummaryWeights, Threshold
-from monitor.store.payloads import ThresholdParameters
+from monitor.store.payloads import ClassThresholdsDocument, ThresholdParameters
 from tests.integration.store_samples import png_blob, scored
 from tests.services import POSTGRES_HOST, POSTGRES_PORT, postgres_database, postgres_url
 from tests.store_data import job_failed_alert, register_model, summary_weights
@@ -116,7 +116,7 @@ def test_upgrading_to_the_policy_link_keeps_each_threshold_with_its_weights(fres
             unweighted = threshold(plain.id, 2, True)
 
         upgrade(engine)
-        assert current_revision(engine) == "0005"
+        assert current_revision(engine) == head_revision()
         links = {row.id: row.summary_weights_id for row in store.threshold_history(weighted.id)}
         assert links == {recorded: first, between: first, before_any: None, current: second}
         policy = store.active_policy(weighted.id, "1C-Sum")
@@ -128,6 +128,41 @@ def test_upgrading_to_the_policy_link_keeps_each_threshold_with_its_weights(fres
         assert "summary_weights_id" not in {column["name"] for column in inspect(engine).get_columns("thresholds")}
         with engine.connect() as connection:
             assert connection.execute(select(func.count()).select_from(thresholds_table)).scalar_one() == 5
+    finally:
+        engine.dispose()
+
+
+def test_class_thresholds_come_with_0006_and_older_thresholds_judge_every_class_globally(fresh_url):
+    """0005 -> 0006: existing thresholds keep their value and get no own class thresholds (the
+    global one judges every class); a threshold stored with class thresholds reads them back;
+    downgrading drops the column and keeps the rows."""
+    engine = connect(fresh_url)
+    try:
+        upgrade(engine, "0005")
+        store = Store(engine)
+        model = register_model(store, "cnn", "sha256:1")
+        with engine.begin() as connection:  # a row as the writer before revision 0006 stored it
+            old = connection.execute(insert(Threshold.__table__).returning(Threshold.__table__.c.id), [{
+                "model_id": model.id, "indicator": "1C-Sum", "method": "two-means", "value": 2.5,
+                "parameters": ThresholdParameters(), "counts": None, "active": True,
+                "created_at": datetime(2026, 11, 1, tzinfo=timezone.utc), "fitted_by": "scheduler"}]).scalar_one()
+
+        upgrade(engine)
+        policy = store.active_policy(model.id, "1C-Sum")
+        assert (policy.version, policy.threshold, dict(policy.per_class)) == (old, 2.5, {})
+        assert store.get_threshold(old).class_thresholds is None
+        stored = store.add_threshold(ThresholdRecord(
+            model_id=model.id, indicator="1C-Sum", method="two-means", value=3.0, fitted_by="test",
+            class_thresholds=ClassThresholdsDocument(thresholds={"4": 1.5}, min_class_samples=100,
+                                                     class_counts={"4": 300, "5": 12},
+                                                     fallbacks={"5": "12 samples"})))
+        assert store.get_threshold(stored.id).class_thresholds.fallbacks == {"5": "12 samples"}
+        assert dict(store.active_policy(model.id, "1C-Sum").per_class) == {4: 1.5}
+
+        downgrade(engine, "0005")
+        assert "class_thresholds" not in {column["name"] for column in inspect(engine).get_columns("thresholds")}
+        with engine.connect() as connection:
+            assert connection.execute(select(func.count()).select_from(Threshold.__table__)).scalar_one() == 2
     finally:
         engine.dispose()
 
