@@ -35,6 +35,7 @@ from monitor.web.filters import (
     parse_indicator,
     parse_int,
     parse_page_window,
+    parse_predicted_class,
     parse_queue_filters,
     parse_window_hours,
     reject_unknown,
@@ -229,7 +230,8 @@ def sample(request: Request, sample_id: RowId, principal: Principal = Depends(vi
     state = state_of(request)
     with state.engine.connect() as connection:
         try:
-            report = views.sample_report(connection, sample_id, state.settings.web.window_hours)
+            report = views.sample_report(connection, sample_id, state.settings.web.window_hours,
+                                         state.store.policy)
         except views.NotFound as error:
             raise _not_found(error) from None
     body = jsonable_encoder(report.sample)
@@ -238,6 +240,7 @@ def sample(request: Request, sample_id: RowId, principal: Principal = Depends(vi
     body["indicators"] = jsonable_encoder(report.readings)
     body["window"] = {"start": report.window_start.isoformat(), "end": report.window_end.isoformat()}
     body["threshold"] = jsonable_encoder(report.threshold)
+    body["judged_by"] = jsonable_encoder(report.judged_by)  # which threshold judged it: global or its class's
     return JSONResponse(body)
 
 
@@ -319,21 +322,28 @@ def thresholds(
     indicator: str | None = Query(None, description="Indicator to plot; default that of the active threshold."),
     window_hours: str | None = Query(None, description="Length of the window ending now, in hours."),
     bins: str | None = Query(None, description="Histogram bins, 5 to 200 (default 40)."),
+    predicted_class: str | None = Query(None, description="A predicted class index: the histogram of that "
+                                        "class's samples; default (or 'global') every sample."),
     principal: Principal = Depends(viewer),
 ):
     state = state_of(request)
     hours = parse_window_hours("window_hours", window_hours, state.settings.web.window_hours)
     chosen_indicator = parse_indicator("indicator", indicator, "") or None
     bin_count = parse_int("bins", bins or None, minimum=5, maximum=200) or 40
+    chosen_class = parse_predicted_class("predicted_class", predicted_class)
     with state.engine.connect() as connection:
         try:
             chosen = views.pick_model(queries.list_models(connection), _model_param(request))
         except views.NotFound as error:
             raise _not_found(error) from None
-        data = views.thresholds_view(connection, chosen, chosen_indicator, state.settings.stream.indicator, hours, bin_count)
+        data = views.thresholds_view(connection, chosen, chosen_indicator, state.settings.stream.indicator, hours,
+                                     bin_count, predicted_class=chosen_class)
     body = jsonable_encoder(data)
+    body["classes"] = [{"predicted_class": index, "label": label} for index, label in data.classes]
     for row in body["history"]:
-        row["labels_used"] = views.labels_used(next(r for r in data.history if r.id == row["id"]))
+        stored = next(r for r in data.history if r.id == row["id"])
+        row["labels_used"] = views.labels_used(stored)
+        row["judges_selected_class_by"] = data.chart_value(stored)  # the threshold the selected class is judged by
     waiting = state.store.waiting_proposal(chosen.id, data.indicator, now=utc_now()) if chosen else None
     body["proposal"] = proposal_json(waiting) if waiting else None
     return JSONResponse(body)

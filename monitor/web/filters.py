@@ -150,6 +150,13 @@ def parse_int(name: str, text: str | None, minimum: int | None = None, maximum: 
     return value
 
 
+def parse_predicted_class(name: str, text: str | None) -> int | None:
+    """A predicted class index (the thresholds page's class selector); empty or 'global': None."""
+    if text is None or text.strip() in ("", "global"):
+        return None
+    return parse_int(name, text.strip(), minimum=0, maximum=2**31 - 1)
+
+
 def parse_page_window(limit: str | None, offset: str | None) -> tuple[int, int]:
     """The `limit` (1 to 500, default 50) and `offset` (default 0) of the API's list endpoints."""
     count = parse_int("limit", limit or None, minimum=1, maximum=500) or 50

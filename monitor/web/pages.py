@@ -27,6 +27,7 @@ from monitor.web.filters import (
     RowId,
     parse_float,
     parse_indicator,
+    parse_predicted_class,
     parse_int,
     parse_queue_filters,
     parse_window_hours,
@@ -244,7 +245,8 @@ def sample_page(request: Request, sample_id: RowId):
     state = state_of(request)
     with state.engine.connect() as connection:
         try:
-            report = views.sample_report(connection, sample_id, state.settings.web.window_hours)
+            report = views.sample_report(connection, sample_id, state.settings.web.window_hours,
+                                         state.store.policy)
         except views.NotFound as error:
             raise HTTPException(status_code=404, detail=str(error)) from None
     notice = {"labelled": "Label saved.", "undone": "Label undone."}.get(request.query_params.get("done", ""))
@@ -327,7 +329,7 @@ _DONE = {"approved": "Proposal approved: its threshold is active now.",
 @router.get("/thresholds", response_class=HTMLResponse)
 def thresholds_page(request: Request):
     principal = page_principal(request)
-    reject_unknown(request.query_params, ("model", "indicator", "window_hours", "done"))
+    reject_unknown(request.query_params, ("model", "indicator", "window_hours", "predicted_class", "done"))
     return _thresholds(request, principal, request.query_params,
                        notice=_DONE.get(request.query_params.get("done", "")))
 
@@ -339,21 +341,27 @@ def _thresholds(request: Request, principal: Principal, params, *, what_if: dict
     state = state_of(request)
     hours = parse_window_hours("window_hours", params.get("window_hours"), state.settings.web.window_hours)
     indicator = parse_indicator("indicator", params.get("indicator"), "") or None
-    also_drawn = [what_if["candidate"].global_threshold] if what_if else []
+    predicted_class = parse_predicted_class("predicted_class", params.get("predicted_class"))
+    also_drawn = [what_if["candidate"].threshold_of(predicted_class)] if what_if else []
     with state.engine.connect() as connection:
         models, model = _models_and_choice_of(connection, params.get("model"))
         data = views.thresholds_view(connection, model, indicator, state.settings.stream.indicator, hours,
-                                     also_drawn=also_drawn)
+                                     also_drawn=also_drawn, predicted_class=predicted_class)
     proposal = state.store.waiting_proposal(model.id, data.indicator, now=utc_now()) if model else None
+
+    def own(thresholds) -> str:  # whose threshold the chart shows for the selected class
+        return " (own)" if thresholds.judged_by(predicted_class) is not None else ""
+
     marks = [
         charts.ThresholdMark(
-            value=row.value, active=row.active, proposed=bool(proposal and row.id == proposal.threshold_id),
+            value=data.chart_value(row), active=row.active, proposed=bool(proposal and row.id == proposal.threshold_id),
             label=(f"proposed {row.method} #{row.id}" if proposal and row.id == proposal.threshold_id
-                   else f"{row.method} #{row.id}" + (" (active)" if row.active else "")))
+                   else f"{row.method} #{row.id}" + (" (active)" if row.active else "")) + own(row.thresholds))
         for row in data.shown_on_chart
     ]
     if what_if:
-        marks.append(charts.ThresholdMark(value=what_if["candidate"].global_threshold, label="what if", proposed=True))
+        marks.append(charts.ThresholdMark(value=what_if["candidate"].threshold_of(predicted_class),
+                                          label="what if" + own(what_if["candidate"]), proposed=True))
     chart = charts.histogram_chart(data.histogram.edges, data.histogram.counts, marks, data.indicator)
     return render(request, "thresholds.html", principal, status_code=status_code, active="thresholds", data=data,
                   chart=chart, models=models, windows=WINDOW_CHOICES, hours=hours, labels_used=views.labels_used,
@@ -380,7 +388,7 @@ async def _admin_form(request: Request) -> tuple[Principal, dict]:
 
 
 def _thresholds_url(form: dict, **extra) -> str:
-    params = {key: form[key] for key in ("model", "indicator", "window_hours") if form.get(key)}
+    params = {key: form[key] for key in ("model", "indicator", "window_hours", "predicted_class") if form.get(key)}
     return "/thresholds?" + urlencode({**params, **extra})
 
 

@@ -142,7 +142,7 @@ def _threshold_row(t: Threshold) -> ThresholdRow:
         id=t.id, model_id=t.model_id, indicator=t.indicator, method=t.method, value=t.value,
         parameters=t.parameters, counts=t.counts, window_start=t.window_start,
         window_end=t.window_end, active=t.active, created_at=t.created_at, fitted_by=t.fitted_by,
-        summary_weights_id=t.summary_weights_id,
+        summary_weights_id=t.summary_weights_id, class_thresholds=t.class_thresholds,
     )
 
 
@@ -187,14 +187,17 @@ def score_histogram(
     end: datetime,
     bins: int = 40,
     include: Sequence[float] = (),
+    predicted_class: int | None = None,
 ) -> Histogram:
-    """Counts of `indicator` in `bins` equal-width bins over [start, end), computed in SQL.
+    """Counts of `indicator` in `bins` equal-width bins over [start, end), computed in SQL; only
+    the samples predicted as `predicted_class` when it is given.
 
     The range covers the data and the values in `include` (the thresholds drawn on it).
     """
     column = INDICATOR_COLUMNS[indicator]
     in_window = and_(
-        Sample.model_id == model_id, Sample.scored_at >= start, Sample.scored_at < end, column.is_not(None)
+        Sample.model_id == model_id, Sample.scored_at >= start, Sample.scored_at < end, column.is_not(None),
+        *([Sample.predicted_class == predicted_class] if predicted_class is not None else []),
     )
     low, high, total = connection.execute(select(func.min(column), func.max(column), func.count(column)).where(in_window)).one()
     if not total:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Callable, Sequence
 
 from sqlalchemy import Connection
 
 from monitor.names import INDICATORS
-from monitor.store.records import AlertRow, JobRunRow, ModelRow, RateBucket, ThresholdRow
+from monitor.store.records import AlertRow, JobRunRow, ModelRow, Policy, RateBucket, ThresholdRow
 from monitor.web import queries
 from monitor.web.queries import Histogram, SampleView, WindowCounts
 
@@ -99,6 +99,22 @@ class IndicatorReading:
 
 
 @dataclass(frozen=True)
+class JudgedBy:
+    """The threshold that judged a sample: its value, whether it is the global threshold or its
+    predicted class's own (`class_label` names that class), and the policy version it belongs to."""
+
+    value: float
+    scope: str  # "global" or "class"
+    predicted_class: int | None
+    class_label: str | None
+    policy_version: int
+
+    def describe(self) -> str:
+        whose = "the global threshold" if self.scope == "global" else f"the own threshold of {self.class_label}"
+        return f"{whose}, policy #{self.policy_version}"
+
+
+@dataclass(frozen=True)
 class SampleReport:
     sample: SampleView
     readings: list[IndicatorReading]
@@ -106,9 +122,13 @@ class SampleReport:
     window_end: datetime
     threshold: ThresholdRow | None
     class_label: str  # the predicted class by name where the model knows its class names
+    judged_by: JudgedBy | None = None  # None: judged without a threshold (no policy was active)
 
 
-def sample_report(connection: Connection, sample_id: int, window_hours: float) -> SampleReport:
+def sample_report(connection: Connection, sample_id: int, window_hours: float,
+                  policy_of: Callable[[int], Policy | None] | None = None) -> SampleReport:
+    """`policy_of` (Store.policy) reads the policy version that judged the sample; with it the
+    report says which of its thresholds did (Policy.judgement)."""
     sample = queries.get_sample(connection, sample_id)
     if sample is None:
         raise NotFound(f"sample {sample_id} not found")
@@ -131,8 +151,15 @@ def sample_report(connection: Connection, sample_id: int, window_hours: float) -
     model = next((row for row in queries.list_models(connection) if row.id == sample.model_id), None)
     class_label = (model.preprocessing.class_label(sample.predicted_class) if model is not None
                    else f"class {sample.predicted_class}")
+    judged_by = None
+    policy = policy_of(sample.threshold_id) if policy_of is not None and sample.threshold_id is not None else None
+    if policy is not None:
+        judgement = policy.judgement(sample.predicted_class)
+        judged_by = JudgedBy(value=judgement.value, scope=judgement.scope, predicted_class=judgement.predicted_class,
+                             class_label=class_label if judgement.predicted_class is not None else None,
+                             policy_version=judgement.version)
     return SampleReport(sample=sample, readings=readings, window_start=start, window_end=end, threshold=threshold,
-                        class_label=class_label)
+                        class_label=class_label, judged_by=judged_by)
 
 
 @dataclass(frozen=True)
@@ -145,11 +172,35 @@ class ThresholdsView:
     histogram: Histogram
     history: list[ThresholdRow]
     shown_on_chart: list[ThresholdRow] = field(default_factory=list)
+    # The class selector: None shows every sample against the global thresholds; a class index
+    # shows that class's samples against the thresholds that judge it (its own where it has one).
+    predicted_class: int | None = None
+    classes: list[tuple[int, str]] = field(default_factory=list)  # classes with an own threshold, named
+
+    def chart_value(self, row: ThresholdRow) -> float:
+        """The value of `row` drawn on the chart: the threshold it judges the selected class by."""
+        return row.thresholds.threshold_of(self.predicted_class)
+
+    def class_rows(self, row: ThresholdRow) -> list[dict]:
+        """Each predicted class of `row`'s fit window: its name, samples, the threshold that judges
+        it and whose it is (own, or global with the reason), by class index."""
+        if row.class_thresholds is None:
+            return []
+        document = row.class_thresholds
+        return [{"predicted_class": index, "label": self.class_label(index), "samples": document.class_counts[key],
+                 "threshold": row.thresholds.threshold_of(index), "own": key in document.thresholds,
+                 "why_global": document.fallbacks.get(key, "")}
+                for index, key in sorted((int(key), key) for key in document.class_counts)]
+
+    def class_label(self, index: int | None) -> str:
+        if index is None:
+            return "global"
+        return self.model.preprocessing.class_label(index) if self.model is not None else f"class {index}"
 
 
 def thresholds_view(
     connection: Connection, model: ModelRow | None, indicator: str | None, default_indicator: str,
-    window_hours: float, bins: int = 40, also_drawn: Sequence[float] = (),
+    window_hours: float, bins: int = 40, also_drawn: Sequence[float] = (), predicted_class: int | None = None,
 ) -> ThresholdsView:
     start, end = queries.window_bounds(window_hours)
     if model is None:
@@ -162,13 +213,16 @@ def thresholds_view(
         indicator = active[0].indicator if active else (fitted[0] if fitted else default_indicator)
     # The chart shows the thresholds of this indicator: the active one and the latest few before it.
     on_chart = [row for row in history if row.indicator == indicator][:6]
+    owners = sorted({index for row in history if row.indicator == indicator
+                     for index in row.thresholds.per_class})
+    view = ThresholdsView(model=model, indicator=indicator, indicators_fitted=fitted, window_start=start,
+                          window_end=end, histogram=Histogram(indicator, [], [], 0), history=history,
+                          shown_on_chart=on_chart, predicted_class=predicted_class)
     histogram = queries.score_histogram(
-        connection, model.id, indicator, start, end, bins=bins, include=[row.value for row in on_chart] + list(also_drawn)
+        connection, model.id, indicator, start, end, bins=bins,
+        include=[view.chart_value(row) for row in on_chart] + list(also_drawn), predicted_class=predicted_class,
     )
-    return ThresholdsView(
-        model=model, indicator=indicator, indicators_fitted=fitted, window_start=start, window_end=end,
-        histogram=histogram, history=history, shown_on_chart=on_chart,
-    )
+    return replace(view, histogram=histogram, classes=[(index, view.class_label(index)) for index in owners])
 
 
 def labels_used(row: ThresholdRow) -> str:

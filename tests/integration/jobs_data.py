@@ -103,3 +103,27 @@ def mixture(n_id: int, n_ood: int, *, ood_mean: float = 8.0, seed: int = 0) -> t
 def add_threshold(store, model_id: int, value: float, method: str = "manual") -> int:
     return store.add_threshold(ThresholdRecord(model_id=model_id, indicator="1C-Sum", method=method,
                                                value=value, fitted_by="test")).id
+
+
+def per_class_policy(store, model_id: int, *, now: datetime = NOW, seed: int = 5) -> tuple[Any, dict[str, int]]:
+    """A window where predicted class 1 sits higher than class 0 (class 2: too few samples for an
+    own threshold), fitted by the re-fit job with `[thresholds] per_class`; then two flagged
+    samples judged by that policy, one of class 1 (its own threshold) and one of class 2 (the
+    global one). Returns the active threshold row and those samples' ids by name."""
+    from monitor.jobs.refit import refit
+
+    rng = np.random.default_rng(seed)
+    parts = [(0, rng.normal(0, 0.7, 300)), (0, rng.normal(10, 0.5, 30)),
+             (1, rng.normal(3, 0.7, 300)), (1, rng.normal(12, 0.5, 30)), (2, rng.normal(1, 0.7, 20))]
+    values = np.concatenate([part for _, part in parts])
+    predicted = np.concatenate([np.full(part.size, cls) for cls, part in parts])
+    order = rng.permutation(values.size)
+    write_scores(store, model_id, values[order], predicted=predicted[order], end=now - timedelta(minutes=5))
+    context = context_for(store, RecordingPublisher(), now=now, refit_method="two-means",
+                          sections={"thresholds": {"per_class": True, "min_class_samples": 50}})
+    result = refit(context)
+    assert result.fitted and result.threshold.class_thresholds is not None, result.message
+    ids = write_scores(store, model_id, [15.0, 15.0], predicted=[1, 2], flagged=[True, True],
+                       threshold_id=result.threshold.id, end=now, span=timedelta(minutes=1),
+                       first_offset=values.size, key_prefix="judged")
+    return result.threshold, {"class": ids[0], "global": ids[1]}
