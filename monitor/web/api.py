@@ -206,6 +206,8 @@ def flagged(
     sort: str | None = Query(None, description="time_desc (default), time_asc, score_desc, score_asc."),
     page: str | None = Query(None, description="Page number, from 1."),
     per_page: str | None = Query(None, description="Samples per page, 1 to 200."),
+    ids: str | None = Query(None, description="Comma-separated sample ids (at most 500): these samples only, "
+                            "flagged or not (e.g. a shadow evaluation's newly_flagged or cleared)."),
     principal: Principal = Depends(viewer),
 ):
     state = state_of(request)

@@ -19,7 +19,11 @@ from monitor.store.records import LABELS
 LABELLED_CHOICES = ("any", "no", "yes", *LABELS)
 SORT_CHOICES = ("time_desc", "time_asc", "score_desc", "score_asc")
 MAX_PER_PAGE = 200
-QUEUE_PARAMETERS = ("model", "since", "until", "class", "labelled", "min_score", "max_score", "sort", "page", "per_page")
+QUEUE_PARAMETERS = ("model", "since", "until", "class", "labelled", "min_score", "max_score", "sort", "page", "per_page",
+                    "ids")
+
+MAX_QUEUE_IDS = 500
+"""Most sample ids the queue's `ids` filter takes (a shadow evaluation keeps as many of each side)."""
 
 
 class FilterError(ValueError):
@@ -42,6 +46,8 @@ class QueueFilters:
     sort: str = "time_desc"
     page: int = 1
     per_page: int = 48
+    # These samples only, flagged or not (the samples a shadow evaluation says change side).
+    sample_ids: tuple[int, ...] | None = None
 
     def as_params(self, **changes) -> dict[str, str]:
         """The filters as query parameters (defaults left out), e.g. for pagination links."""
@@ -64,6 +70,8 @@ class QueueFilters:
         if filters.page != 1:
             params["page"] = str(filters.page)
         params["per_page"] = str(filters.per_page)
+        if filters.sample_ids is not None:
+            params["ids"] = ",".join(map(str, filters.sample_ids))
         return params
 
 
@@ -211,7 +219,18 @@ def parse_queue_filters(params: Mapping[str, str], default_per_page: int) -> Que
         sort=parse_choice("sort", _present(params, "sort"), SORT_CHOICES, "time_desc"),
         page=parse_int("page", _present(params, "page"), minimum=1, maximum=1_000_000) or 1,
         per_page=parse_int("per_page", _present(params, "per_page"), minimum=1, maximum=MAX_PER_PAGE) or default_per_page,
+        sample_ids=parse_sample_ids("ids", _present(params, "ids")),
     )
+
+
+def parse_sample_ids(name: str, text: str | None) -> tuple[int, ...] | None:
+    """Comma-separated sample ids (at most MAX_QUEUE_IDS), ascending without repeats; None when absent."""
+    if text is None:
+        return None
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if len(parts) > MAX_QUEUE_IDS:
+        raise FilterError(name, f"at most {MAX_QUEUE_IDS} sample ids, got {len(parts)}")
+    return tuple(sorted({parse_int(name, part, minimum=1) for part in parts}))
 
 
 def parse_indicator(name: str, text: str | None, default: str) -> str:

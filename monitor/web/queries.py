@@ -223,7 +223,9 @@ def score_histogram(
 
 
 def _queue_conditions(model_id: int, filters: QueueFilters) -> list[ColumnElement]:
-    conditions: list[ColumnElement] = [Sample.model_id == model_id, Sample.flagged]
+    conditions: list[ColumnElement] = [Sample.model_id == model_id]
+    # Named samples are shown flagged or not (those a shadow evaluation says change side).
+    conditions.append(Sample.flagged if filters.sample_ids is None else Sample.id.in_(filters.sample_ids))
     if filters.since is not None:
         conditions.append(Sample.scored_at >= filters.since)
     if filters.until is not None:

@@ -154,3 +154,28 @@ def test_the_page_shows_the_proposal_to_all_and_the_buttons_to_admins(proposed):
     again = client.post(f"/thresholds/proposals/{proposal.id}/decide", headers={"accept": "text/html"},
                         data={"csrf_token": csrf, "decision": "reject"})
     assert again.status_code == 409 and re.search("approved", again.text)
+
+
+def test_the_samples_that_change_side_open_in_the_queue_flagged_or_not(proposed):
+    client, store, model, _, proposal, _ = proposed
+    newly = list(proposal.evaluation.newly_flagged)
+    assert proposal.evaluation.newly_flagged_count == len(newly) > 0
+    login(client, "vera")
+    page = client.get("/thresholds").text
+    link = re.search(r'<span class="newly-flagged-link"> <a class="queue-link" href="([^"]+)"', page).group(1)
+    assert link.startswith("/queue?") and "ids=" in link
+
+    # Not flagged under the active threshold, so absent from the plain queue; the link shows them.
+    flagged = client.get("/api/flagged?per_page=200", headers=bearer("viewer-bot")).json()
+    assert not {item["id"] for item in flagged["items"]} & set(newly)
+    named = client.get("/api/flagged", params={"ids": ",".join(map(str, newly)), "per_page": "200"},
+                       headers=bearer("viewer-bot")).json()
+    assert named["total"] == len(newly) and sorted(item["id"] for item in named["items"]) == sorted(newly)
+    queue = client.get(link.replace("&amp;", "&")).text
+    assert 'id="queue-ids"' in queue and f"The {len(newly)} samples a shadow evaluation named" in queue
+    assert re.search(r'id="queue-total">' + f"{len(newly)} samples", queue)
+
+    too_many = client.get("/api/flagged", params={"ids": ",".join(map(str, range(1, 502)))},
+                          headers=bearer("viewer-bot"))
+    assert too_many.status_code == 422 and too_many.json()["parameter"] == "ids"
+    assert client.get("/api/flagged?ids=1,x", headers=bearer("viewer-bot")).status_code == 422
