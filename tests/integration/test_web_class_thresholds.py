@@ -67,6 +67,8 @@ def test_the_sample_api_says_which_threshold_judged_it(per_class):
 def test_the_pages_show_the_class_selector_and_the_judging_threshold(per_class):
     client, threshold, samples = per_class
     login(client, "vera")
+    overview = client.get("/").text
+    assert re.search(r'id="active-thresholds".*global; own for 2 classes', overview, re.S)
     page = client.get("/thresholds").text
     assert re.search(r'id="class-selector".*Global.*T-shirt/top \(0\).*Trouser \(1\)', page, re.S)
     assert re.search(r'id="class-thresholds".*Pullover \(2\).*global', page, re.S)
