@@ -49,6 +49,7 @@ def propose(context: Any, threshold: ThresholdRow, evaluation: ShadowEvaluation,
         threshold_id=threshold.id, value=threshold.value, method=threshold.method, reasons=tuple(reasons),
         share_before=evaluation.share_before, share_after=evaluation.share_after,
         expires_at=iso_utc(proposal.expires_at), explanation=evaluation.explain(),
+        class_thresholds=dict(threshold.class_thresholds.thresholds) if threshold.class_thresholds else None,
     ))
     return proposal
 

@@ -142,6 +142,7 @@ def refit(context: JobContext, *, model_id: int | None = None, fitted_by: str | 
             previous_value=previous.value if previous else None,
             window=replace(window_description(jobs), start=iso_utc(window.start), end=iso_utc(window.end)),
             counts=counts, summary_weights_id=weights_id, explanation=candidate.explanation,
+            class_thresholds=dict(candidate.classes.thresholds) if candidate.classes else None,
         ))
     message = f"threshold #{row.id}: {candidate.explanation}"
     return RefitResult(model_id, indicator, row, previous, message, weights_message, weights_id)

@@ -422,6 +422,7 @@ class ThresholdChangedAlert(AlertPayload):
     counts: ThresholdCounts
     summary_weights_id: int | None
     explanation: str
+    class_thresholds: Mapping[str, float] | None = None  # own thresholds of predicted classes; null: none (older rows lack the key)
 
 
 @dataclass(frozen=True)
@@ -508,6 +509,7 @@ class ThresholdProposedAlert(AlertPayload):
     share_after: float | None
     expires_at: str
     explanation: str
+    class_thresholds: Mapping[str, float] | None = None  # own thresholds of predicted classes; null: none (older rows lack the key)
 
 
 @dataclass(frozen=True)
@@ -528,6 +530,7 @@ class ThresholdActivatedAlert(AlertPayload):
     summary_weights_id: int | None
     approved_by: str
     note: str | None
+    class_thresholds: Mapping[str, float] | None = None  # own thresholds of predicted classes; null: none (older rows lack the key)
 
 
 ALERT_PAYLOADS: dict[str, type[AlertPayload]] = {

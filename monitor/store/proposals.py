@@ -193,8 +193,9 @@ class ProposalsAggregate:
                         Threshold.model_id == proposal.model_id, Threshold.indicator == proposal.indicator,
                         Threshold.active.is_(True))).first()
                     # The proposed threshold comes with the weights stored with it: one policy.
-                    weights_id = connection.execute(select(Threshold.summary_weights_id).where(
-                        Threshold.id == proposal.threshold_id)).scalar_one()
+                    weights_id, classes = connection.execute(
+                        select(Threshold.summary_weights_id, Threshold.class_thresholds)
+                        .where(Threshold.id == proposal.threshold_id)).one()
                     self._activate(connection, proposal.threshold_id, proposal.model_id, proposal.indicator,
                                    weights_id)
                 connection.execute(update(ThresholdProposal).where(ThresholdProposal.id == proposal_id).values(
@@ -205,7 +206,8 @@ class ProposalsAggregate:
                         threshold_id=proposal.threshold_id, value=proposal.value, method=proposal.method,
                         previous_threshold_id=previous.id if previous else None,
                         previous_value=previous.value if previous else None,
-                        summary_weights_id=proposal.summary_weights_id, approved_by=by, note=note or None)
+                        summary_weights_id=proposal.summary_weights_id, approved_by=by, note=note or None,
+                        class_thresholds=dict(classes.thresholds) if classes is not None else None)
                     connection.execute(insert(Alert), [{
                         "kind": activated.KIND, "payload": AlertDocument(activated, iso_utc(now)),
                         "created_at": now, "published_at": None}])

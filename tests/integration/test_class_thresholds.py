@@ -54,7 +54,8 @@ def test_a_per_class_refit_gives_classes_with_enough_samples_their_own_threshold
     model = register_model(store, "classifier", "weights-1")
     values, predicted = _classes_window(np.random.default_rng(5))
     write_scores(store, model.id, values, predicted=predicted)
-    context = context_for(store, RecordingPublisher(), sections=PER_CLASS, refit_method="two-means",
+    publisher = RecordingPublisher()
+    context = context_for(store, publisher, sections=PER_CLASS, refit_method="two-means",
                           min_labels_for_weights=1000)
 
     first = refit(context)
@@ -77,6 +78,8 @@ def test_a_per_class_refit_gives_classes_with_enough_samples_their_own_threshold
     assert (judged.scope, judged.value, judged.version) == ("global", first.threshold.value, policy.version)
     assert policy.judgement(1).scope == "class" and policy.judgement(1).value == own[1]
     assert "own thresholds for 2 of 3 classes" in first.message
+    [(kind, alert)] = publisher.published
+    assert kind == "threshold_changed" and alert["class_thresholds"] == stored.thresholds
 
     # Operators label class 1's near cluster OOD: class 1's own threshold drops below it; class
     # 0's own threshold, fitted on class 0's values and labels only, does not move.
@@ -100,7 +103,8 @@ def test_a_proposed_per_class_refit_carries_its_class_thresholds_and_activates_t
     write_scores(store, model.id, values, predicted=predicted)
     active = add_threshold(store, model.id, 8.0)
     sections = {"thresholds": {**PER_CLASS["thresholds"], "activation": "propose"}}
-    context = context_for(store, RecordingPublisher(), sections=sections, refit_method="two-means")
+    publisher = RecordingPublisher()
+    context = context_for(store, publisher, sections=sections, refit_method="two-means")
 
     result = refit(context)
 
@@ -110,6 +114,8 @@ def test_a_proposed_per_class_refit_carries_its_class_thresholds_and_activates_t
     candidate = proposal.evaluation.candidate
     own = store.get_threshold(proposal.threshold_id).class_thresholds.per_class()
     assert set(own) == {0, 1} and {int(k): v for k, v in candidate.per_class.items()} == own
+    [(kind, alert)] = publisher.published
+    assert kind == "threshold_proposed" and {int(k): v for k, v in alert["class_thresholds"].items()} == own
     # The evaluation judged each class by its own candidate threshold.
     shares = {share.predicted_class: share for share in proposal.evaluation.classes}
     assert shares[1].threshold_after == pytest.approx(own[1]) and shares[2].threshold_after == candidate.global_threshold
@@ -118,6 +124,8 @@ def test_a_proposed_per_class_refit_carries_its_class_thresholds_and_activates_t
 
     policy = _policy(store, model.id)
     assert policy.version == proposal.threshold_id and dict(policy.per_class) == own
+    [activated] = store.list_alerts(kind="threshold_activated")
+    assert {int(k): v for k, v in activated.payload.payload.class_thresholds.items()} == own
 
 
 # --- the stream ------------------------------------------------------------------------------
