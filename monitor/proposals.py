@@ -141,6 +141,17 @@ def what_if(store: Any, model_id: int, indicator: str, candidate: ClassThreshold
     return evaluate(store, model_id, indicator, candidate, window)
 
 
+def with_class_threshold(store: Any, model_id: int, indicator: str, predicted_class: int,
+                         value: float) -> ClassThresholds:
+    """The active thresholds with `value` as `predicted_class`'s own (the what-if form with a class
+    selected): every other threshold as active. InputError when nothing is active to change."""
+    active = active_policy(store, model_id, indicator)
+    if active is None:
+        raise InputError("predicted_class: no threshold is active yet to change one class of; "
+                         "type a global threshold first")
+    return ClassThresholds(active.global_threshold, {**active.per_class, int(predicted_class): value})
+
+
 def what_if_fit(store: Any, settings: Any, model_id: int, indicator: str, method: str,
                 window: Window) -> tuple[ClassThresholds, str]:
     """The thresholds `method` would fit on the window's values of `indicator` with their current
@@ -171,4 +182,4 @@ def summary_values(fitted: Any, members: tuple[str, ...], calibration: NoiseCali
 
 
 __all__ = ["MAX_IDS", "CandidateFit", "Window", "active_policy", "decide", "document", "evaluate", "fit_candidate",
-           "method_parameters", "same_thresholds", "summary_values", "what_if", "what_if_fit"]
+           "method_parameters", "same_thresholds", "summary_values", "what_if", "what_if_fit", "with_class_threshold"]

@@ -127,6 +127,8 @@ class WhatIfIn(BaseModel):
     value: float | None = Field(default=None, allow_inf_nan=False, description="The candidate threshold.")
     method: Literal[METHODS] | None = Field(default=None, description="Or: fit one on the window by this method.")
     window_hours: float | None = Field(default=None, gt=0, le=24 * 366, description="Window ending now, in hours.")
+    predicted_class: int | None = Field(default=None, ge=0, le=2**31 - 1, description=(
+        "With a value: the value is this predicted class's own threshold, every other threshold as active."))
 
 
 def _body_after(role_dependency, model: type[BaseModel]):
@@ -402,14 +404,17 @@ def reject_proposal(request: Request, proposal_id: RowId, principal: Principal =
 
 
 def what_if_evaluation(request: Request, model_id: int, indicator: str, hours: float, value: float | None,
-                       method: str | None):
+                       method: str | None, predicted_class: int | None = None):
     """(candidate, how it was found, the stored form of its shadow evaluation) on the window of
     `hours` ending now; nothing is saved. MonitorError (InputError, NotEnoughData) says why not."""
     state = state_of(request)
     if (value is None) == (method is None):
         raise InputError("give either a threshold value or a method, not both")
     window = proposals.Window(since=utc_now() - timedelta(hours=hours))
-    if value is not None:
+    if value is not None and predicted_class is not None:
+        candidate = proposals.with_class_threshold(state.store, model_id, indicator, predicted_class, value)
+        how = f"typed in for predicted class {predicted_class}: {value:.6g}, every other threshold as active"
+    elif value is not None:
         candidate, how = ClassThresholds(value), f"typed in: {value:.6g}"
     else:
         candidate, how = proposals.what_if_fit(state.store, state.settings, model_id, indicator, method, window)
@@ -433,7 +438,8 @@ def what_if(request: Request, principal: Principal = Depends(admin),
     indicator = parse_indicator("indicator", body.indicator, "") or state.settings.stream.indicator
     hours = body.window_hours or state.settings.web.window_hours
     try:
-        candidate, how, evaluation = what_if_evaluation(request, chosen.id, indicator, hours, body.value, body.method)
+        candidate, how, evaluation = what_if_evaluation(request, chosen.id, indicator, hours, body.value, body.method,
+                                                        body.predicted_class)
     except MonitorError as error:
         raise HTTPException(status_code=422, detail=str(error)) from None
     return JSONResponse({"model": chosen.id, "indicator": indicator, "window_hours": hours,

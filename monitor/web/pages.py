@@ -423,7 +423,9 @@ def _what_if_page(request: Request, principal: Principal, form: dict) -> HTMLRes
             _, model = _models_and_choice_of(connection, form.get("model"))
         if model is None:
             raise InputError("no model has been scored yet")
-        candidate, how, evaluation = what_if_evaluation(request, model.id, indicator, hours, value, method)
+        predicted_class = parse_predicted_class("predicted_class", form.get("predicted_class"))
+        candidate, how, evaluation = what_if_evaluation(request, model.id, indicator, hours, value, method,
+                                                        predicted_class)
     except (FilterError, MonitorError) as error:
         return _thresholds(request, principal, form, what_if_error=str(error), status_code=400)
     params = {**form, "indicator": indicator}

@@ -81,3 +81,29 @@ def test_the_pages_show_the_class_selector_and_the_judging_threshold(per_class):
     sample = client.get(f"/samples/{samples['global']}").text
     assert re.search(r'id="judged-by">[^<]*<span class="muted">\(the global threshold, policy #' + str(threshold.id),
                      sample)
+
+
+def test_what_if_with_a_class_changes_that_class_s_threshold_only(per_class):
+    client, threshold, _ = per_class
+    own = threshold.class_thresholds.per_class()
+    answer = client.post("/api/thresholds/what-if", json={"value": 20.0, "predicted_class": 1, "window_hours": 24},
+                         headers=bearer("admin-bot"))
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["candidate"] == {"global": threshold.value, "per_class": {"0": own[0], "1": 20.0}}
+    shares = {share["predicted_class"]: share for share in body["evaluation"]["classes"]}
+    assert shares[1]["threshold_before"] == own[1] and shares[1]["threshold_after"] == 20.0
+    assert shares[1]["flagged_after"] == 0 < shares[1]["flagged_before"]
+    assert shares[0]["flagged_after"] == shares[0]["flagged_before"]  # class 0 keeps its own threshold
+    assert shares[2]["threshold_after"] == threshold.value
+    assert body["evaluation"]["newly_flagged_count"] == 0 and body["evaluation"]["cleared_count"] > 0
+    refused = client.post("/api/thresholds/what-if", json={"value": 1.0, "predicted_class": -1},
+                          headers=bearer("admin-bot"))
+    assert refused.status_code == 422
+
+    csrf = login(client, "adam")
+    page = client.post("/thresholds/what-if", data={"csrf_token": csrf, "value": "20", "predicted_class": "1",
+                                                    "window_hours": "24"})
+    assert page.status_code == 200
+    assert re.search(r"<h3>Candidate 20 ", page.text) and "typed in for predicted class 1" in page.text
+    assert re.search(r'<tr data-class="1"><td>Trouser \(1\)</td>', page.text)
