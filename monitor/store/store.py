@@ -37,6 +37,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from monitor.clock import utc_now
 from monitor.errors import InputError, MonitorError
 from monitor.names import INDICATORS
+from monitor.thresholds import ClassThresholds
 from monitor.store.bulk import SAMPLE_COLUMNS as _SAMPLE_INSERT_COLUMNS
 from monitor.store.bulk import SOURCE_KEY as _SOURCE_KEY
 from monitor.store.bulk import copy_samples
@@ -427,15 +428,20 @@ class Store(ProposalsAggregate, WindowsAggregate):
         position = tuple_(Sample.source_topic, Sample.source_partition, Sample.source_offset)
         rows = connection.execute(
             select(Sample.id, Sample.source_topic, Sample.source_partition, Sample.source_offset, Sample.flagged,
-                   Sample.score, Sample.score_indicator, Threshold.value, Sample.threshold_id)
+                   Sample.score, Sample.score_indicator, Sample.predicted_class, Threshold.value,
+                   Threshold.class_thresholds, Sample.threshold_id)
             .outerjoin(Threshold, Threshold.id == Sample.threshold_id)
             .where(position.in_([tuple(item) for item in positions]))
         )
         return {
             SourcePosition(topic, partition, offset): StoredJudgement(
                 sample_id=sample_id, flagged=bool(flagged), score=score, indicator=indicator,
-                threshold=threshold, threshold_id=threshold_id)
-            for sample_id, topic, partition, offset, flagged, score, indicator, threshold, threshold_id in rows
+                # The threshold that judged the row: its predicted class's own where the policy has one.
+                threshold=(ClassThresholds(threshold, own.per_class()).threshold_of(predicted)
+                           if own is not None and threshold is not None else threshold),
+                threshold_id=threshold_id)
+            for sample_id, topic, partition, offset, flagged, score, indicator, predicted, threshold, own, threshold_id
+            in rows
         }
 
     def write_samples(self, samples: Sequence[ScoredSample]) -> WriteResult:

@@ -207,3 +207,28 @@ def test_the_stream_judges_each_sample_by_its_predicted_classes_threshold(store)
     for alert in alerts:
         assert alert["threshold"] == (own_cut if alert["predicted_class"] == 1 else global_cut)
         assert alert["threshold_id"] == policy.id
+
+
+def test_a_replayed_sample_reports_the_own_threshold_of_its_class_that_judged_it(store):
+    """An alert sent again for a replayed message carries the threshold that judged the row when it
+    was first stored: its predicted class's own where the policy has one, else the global one."""
+    from monitor.store import ScoredSample
+    from tests.integration.jobs_data import per_class_policy
+
+    model = register_model(store, "fashion-cnn", "sha256:replayed")
+    policy, ids = per_class_policy(store, model.id)
+    own = policy.class_thresholds.per_class()
+    positions = {name: store.get_sample(sample_id).position for name, sample_id in ids.items()}
+    # The same messages again (a replay after a crash): their first rows stand, as first judged.
+    again = [ScoredSample(topic=position.topic, partition=position.partition, offset=position.offset,
+                          sample_key="again", model_id=model.id, received_at=NOW, scored_at=NOW, predicted_class=0,
+                          scores={}, flagged=False, score=None, score_indicator=None)
+             for position in positions.values()]
+    result = store.write(samples=again)
+
+    judged = {name: result.replayed[position] for name, position in positions.items()}
+    assert 1 in own and own[1] != pytest.approx(policy.value)
+    assert judged["class"].threshold == pytest.approx(own[1])
+    assert judged["global"].threshold == pytest.approx(policy.value)
+    assert {j.threshold_id for j in judged.values()} == {policy.id}
+    assert all(j.flagged for j in judged.values())
