@@ -355,7 +355,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="see the service work in a minute: local broker, demo model, live scores and flags",
         description="Starts a local Tansu broker, a fresh SQLite store under --data-dir and the bundled demo "
         "classifier, streams Fashion-MNIST images with bursts of out-of-distribution ones, and prints a line per "
-        "scored batch with the flagged and rejected messages. Ctrl-C stops everything it started. With "
+        "scored batch with the flagged and rejected messages; the scheduled jobs (re-fit, rate alert, drift report) "
+        "run on a short cadence, one line per run (MONITOR_JOBS__* variables change it). Ctrl-C stops everything "
+        "it started. With "
         "--offline: scores the bundled sample images in this process and prints them sorted by 1C-Sum.",
     )
     parser.add_argument("--offline", action="store_true", help="score the samples in this process (no broker)")

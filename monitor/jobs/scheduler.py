@@ -66,7 +66,8 @@ class JobContext:
     runner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     progress: bool = False
     now: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
-    on_run: Callable[[str, str], None] | None = None  # (job, outcome) after each scheduled run of this process
+    # (job, outcome, detail) after each scheduled run of this process; detail: what the job reported
+    on_run: Callable[[str, str, str], None] | None = None
 
     @property
     def engine(self):
@@ -174,11 +175,15 @@ def _run_scheduled(context: JobContext, name: str, every_s: float) -> None:
         result = run_job(context, name, scheduled_for=latest_fire_time(context.now(), every_s))
     except Exception:  # noqa: BLE001 - e.g. the database is unreachable: log and retry at the next fire
         log.exception("job %s: could not run (will retry at the next fire time)", name)
-        outcome = "failed"
+        outcome, detail = "failed", "could not run (see the log); retried at the next fire time"
     else:
-        outcome = result.outcome if result is not None else None  # None: another process ran it
+        # None: another process ran it
+        outcome, detail = (result.outcome, result.detail) if result is not None else (None, "")
     if outcome is not None and context.on_run is not None:
-        context.on_run(name, outcome)
+        try:
+            context.on_run(name, outcome, detail)
+        except Exception:  # noqa: BLE001 - an observer's failure must not stop the schedule
+            log.exception("job %s: the run observer failed", name)
 
 
 class SchedulerHandle:
@@ -205,11 +210,13 @@ class SchedulerHandle:
 
 
 def start_scheduler(settings: Any, store: Any, publisher: AlertPublisher | None,
-                    *, progress: bool = False, on_run: Callable[[str, str], None] | None = None) -> SchedulerHandle:
+                    *, progress: bool = False,
+                    on_run: Callable[[str, str, str], None] | None = None) -> SchedulerHandle:
     """Start the jobs of `settings.jobs` in background threads; returns a handle with `shutdown()`.
 
     Used by the scheduler role (`ood-monitor scheduler`, and its process inside `ood-monitor run`);
-    `on_run(job, outcome)` is told of every run this process made (its metrics).
+    `on_run(job, outcome, detail)` is told of every run this process made (its metrics; the demo's
+    terminal lines).
     """
     context = JobContext(settings=settings, store=store, alerts=AlertSink(store, publisher), progress=progress,
                          on_run=on_run)

@@ -4,7 +4,10 @@ Starts a local Tansu broker (in memory), a fresh SQLite store under var/demo/, t
 classifier (Fashion-MNIST) and a producer thread that streams in-distribution images with bursts of
 out-of-distribution ones (digits, noise, textures) and the odd broken message; then runs one scoring
 pipeline in this process, serves the web app beside it (a demo's load does not need the processes of
-`ood-monitor run`) and prints a live line per batch. Ctrl-C stops everything it started.
+`ood-monitor run`) and prints a live line per batch. The scheduled jobs run beside them on a short cadence
+(DEMO_JOBS: a re-fit with the labels given in the page, rate alerts, drift reports), each run announced by
+one line saying what happened and which page shows it; MONITOR_JOBS__* variables change that cadence.
+Ctrl-C stops everything it started.
 `ood-monitor demo --offline` scores the bundled samples in this process instead (no broker).
 """
 
@@ -15,6 +18,7 @@ import gzip
 import io
 import itertools
 import logging
+import os
 import random
 import secrets
 import shutil
@@ -33,6 +37,19 @@ DEMO_PARTITIONS = 3
 FIT_IMAGES = 400
 FLAG_SHARE = 0.02  # the demo threshold flags about 2 % of in-distribution images
 DEMO_PASSWORD = "demo"
+
+# The scheduled jobs on a demo's cadence: a re-fit every 90 s on the last 3,000 samples (the threshold
+# flagging the expected 2 %, steered by the labels given in the page; 1C-Sum re-weighted once 10 of each
+# kind are given), the flagged share tested every 20 s against those 2 % over the last two minutes (the
+# start-up threshold, fitted on in-distribution images only, also flags the OOD bursts: a rate episode
+# opens, and the first re-fit on the stream closes it), a drift report every 3 minutes against the
+# 6 minutes before it. Retention is off: the demo's store is emptied at each start.
+DEMO_JOBS: dict[str, Any] = {
+    "refit_every_s": 90, "refit_method": "proportion", "refit_window_samples": 3000, "min_samples": 100,
+    "min_labels_for_weights": 10, "expected_share": FLAG_SHARE, "rate_every_s": 20, "rate_window_s": 120,
+    "rate_min_samples": 50, "report_every_hours": 0.05, "reference_hours": 0.1, "retention_every_s": 0,
+}
+JOBS_ENV_PREFIX = "MONITOR_JOBS__"
 
 
 def _png(pixels) -> bytes:
@@ -137,6 +154,27 @@ class BatchPrinter:
             self.out.flush()
 
 
+class JobAnnouncer:
+    """One terminal line per scheduled job run: what it did and the page that shows it.
+
+    A rate check that opens or closes no episode prints nothing (it runs every few seconds)."""
+
+    PAGES = {"refit": "thresholds", "rate_alert": "", "drift_report": "reports", "retention": ""}
+
+    def __init__(self, where: str, out=sys.stdout):
+        self.where, self.out = where, out
+        self.lock = threading.Lock()
+
+    def __call__(self, job: str, outcome: str, detail: str) -> None:
+        if job == "rate_alert" and outcome == "ok" and "episode" not in detail:
+            return
+        what = {"refit": "re-fit", "rate_alert": "rate alert", "drift_report": "drift report"}.get(job, job)
+        text = " ".join(detail.split()) or "no detail"
+        with self.lock:
+            page = f"{self.where}{self.PAGES.get(job, '')}"
+            print(f"{time.strftime('%H:%M:%S')} JOB {what} {outcome}: {text} | see {page}", file=self.out, flush=True)
+
+
 def fit_demo_threshold(daemon, in_distribution) -> float:
     """Fit the demo's threshold on held-out in-distribution images: about FLAG_SHARE of them above."""
     from monitor.imaging import decode_image, stack_images
@@ -158,7 +196,9 @@ def fit_demo_threshold(daemon, in_distribution) -> float:
 
 
 def demo_settings(bootstrap: str, data_dir: Path, port: int, cache_dir: str | None, device: str | None,
-                  odin: bool, password_hash: str | None, calibration_samples: int = 2048):
+                  odin: bool, password_hash: str | None, calibration_samples: int = 2048,
+                  environ: dict[str, str] | None = None):
+    """The demo's settings; of `environ`, only the MONITOR_JOBS__* variables apply (the job cadence)."""
     from monitor.settings import settings_from_mapping
 
     web: dict[str, Any] = {"host": "127.0.0.1", "port": port, "session_secret": secrets.token_urlsafe(32)}
@@ -173,9 +213,10 @@ def demo_settings(bootstrap: str, data_dir: Path, port: int, cache_dir: str | No
         "stream": {"batch_size": 16, "max_batch_wait_ms": 500, "threshold_refresh_s": 5.0},
         "store": {"url": f"sqlite:///{data_dir / 'demo.db'}", "keep_image_share": 0.1},
         "web": web,
-        "jobs": {"enabled": False},
+        "jobs": {**DEMO_JOBS, "enabled": True, "report_dir": str(data_dir / "reports")},
         "logging": {"level": "WARNING"},
-    }, {}, source="ood-monitor demo")
+    }, {name: value for name, value in (environ or {}).items() if name.startswith(JOBS_ENV_PREFIX)},
+        source="ood-monitor demo")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -187,6 +228,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     for name, level in (("", logging.WARNING), ("alembic", logging.WARNING), ("kafka", logging.ERROR)):
         logging.getLogger(name).setLevel(level)
+    from monitor.jobs.scheduler import start_scheduler
+    from monitor.outbound.alerts import alerts_publisher
     from monitor.outbound.kafka import make_producer
     from monitor.service.http import HttpServer, build_http_app
     from monitor.stream.daemon import Daemon
@@ -204,6 +247,7 @@ def run_demo(args: argparse.Namespace) -> int:
     daemon = None
     producer = None
     http = None
+    scheduler = publisher = None
     try:
         from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -215,7 +259,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
         password_hash = hash_secret(DEMO_PASSWORD)
         settings = demo_settings(broker.bootstrap, data_dir, port, args.cache_dir, args.device, args.odin,
-                                 password_hash, args.calibration_samples)
+                                 password_hash, args.calibration_samples, dict(os.environ))
         printer = BatchPrinter(settings.stream.indicator)
         print("ood-monitor demo: loading the demo classifier (the first run calibrates 1C-Sum on noise, "
               "about half a minute on a laptop CPU; later runs reuse it) ...", flush=True)
@@ -237,6 +281,13 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"ood-monitor demo: streaming to topic {DEMO_TOPIC} on {broker.bootstrap}: Fashion-MNIST images "
               f"at {args.rate:g}/s, a burst of out-of-distribution ones every {args.burst_every:g} s. "
               "Ctrl-C stops.\n", flush=True)
+        jobs = settings.jobs
+        publisher = alerts_publisher(settings)
+        scheduler = start_scheduler(settings, daemon.store, publisher, on_run=JobAnnouncer(where))
+        print(f"ood-monitor demo: scheduled jobs: a re-fit every {jobs.refit_every_s} s ({jobs.refit_method}, with "
+              f"the labels given in the page), the flagged share tested every {jobs.rate_every_s} s against "
+              f"{jobs.expected_share:.0%}, a drift report every {jobs.report_every_hours * 60:g} min; each run "
+              "prints a JOB line.", flush=True)
         producer = make_producer(settings.kafka)
         feeder = DemoProducer(producer, DEMO_TOPIC, streamed, ood, rate=args.rate, burst_every_s=args.burst_every,
                               stop=stop)
@@ -261,6 +312,10 @@ def run_demo(args: argparse.Namespace) -> int:
         return 0
     finally:
         stop.set()
+        if scheduler is not None:
+            scheduler.shutdown(wait=True)  # a running job finishes with the store still open
+        if publisher is not None:
+            publisher.close()
         if daemon is not None and daemon.head is not None:
             daemon.close()
         if producer is not None:

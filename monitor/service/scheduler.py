@@ -25,7 +25,7 @@ class JobMetrics:
                                   "When each job last ended 'ok' in this process (Unix time).", ["job"],
                                   registry=self.registry)
 
-    def observe(self, job: str, outcome: str) -> None:
+    def observe(self, job: str, outcome: str, detail: str = "") -> None:
         self.runs.labels(job, outcome).inc()
         if outcome == "ok":
             self.last_success.labels(job).set(time.time())
