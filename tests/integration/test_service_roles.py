@@ -7,9 +7,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
+from datetime import datetime, timezone
 
 import httpx
 import pytest
@@ -162,3 +164,84 @@ def test_production_roles_each_serve_their_probes_after_one_db_upgrade(tansu, tm
                     process.kill()
                     process.wait()
             rows.close()
+
+
+def test_two_default_run_replicas_share_the_work_and_each_fire_time_of_a_job_runs_once(tansu, tmp_path, model_cache):
+    """`ood-monitor run --config config/monitor.toml` as shipped (jobs enabled, its scheduler a child process),
+    twice on one PostgreSQL database: the replicas split the partitions, their schedulers share each job's
+    lock, and when one replica stops the other carries on with the messages and the jobs.
+
+    The environment replaces only what differs on a test machine (broker, topic, database, ports, the
+    model's cache and device, one worker per replica on two cores) and brings the rate check from every
+    60 s down to every 3 s, so that the test sees several fire times."""
+    from monitor.jobs.scheduler import latest_fire_time
+    from monitor.store import Store, connect, upgrade
+
+    every_s = 3
+    topic = f"replicas-{uuid.uuid4().hex[:8]}"
+    create_topic(tansu, topic, 2)
+    with postgres_database("runreplicas") as url:
+        engine = connect(url)
+        upgrade(engine)  # `ood-monitor db upgrade`: PostgreSQL is never upgraded by the replicas
+        store = Store(engine)
+        common = {
+            "MONITOR_KAFKA__BOOTSTRAP_SERVERS": tansu.bootstrap, "MONITOR_KAFKA__TOPICS": topic,
+            "MONITOR_KAFKA__GROUP_ID": f"g-{topic}", "MONITOR_KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dead-letter",
+            "MONITOR_KAFKA__ALERTS_TOPIC": f"{topic}.alerts", "MONITOR_STORE__URL": url,
+            "MONITOR_MODEL__CACHE_DIR": str(model_cache), "MONITOR_MODEL__CALIBRATION_SAMPLES": "64",
+            "MONITOR_MODEL__DEVICE": "cpu", "MONITOR_STREAM__WORKERS": "1",
+            "MONITOR_JOBS__RATE_EVERY_S": str(every_s), "MONITOR_JOBS__REPORT_DIR": str(tmp_path / "reports"),
+        }
+        replicas = []
+        for index in range(2):
+            port = free_port()
+            replicas.append(DaemonProcess(ROOT / "config" / "monitor.toml", tmp_path / f"replica-{index}.log", port,
+                                          env={**common, "MONITOR_WEB__PORT": str(port)}))
+        rows = StoredRows(url)
+        try:
+            for replica in replicas:
+                replica.start()
+            for replica in replicas:
+                replica.wait_ready(240)
+            schedulers = {}
+            for replica in replicas:
+                workers = {(row["role"], row["index"]): row["pid"] for row in replica.readiness()["workers"]}
+                assert set(workers) == {("scoring", 0), ("scheduler", 0)}, "the shipped config runs the jobs"
+                schedulers[replica] = f"{socket.gethostname()}:{workers[('scheduler', 0)]}"
+
+            produce(tansu.bootstrap, None, topic, image_stream(60, "replicas"))
+            wait_until(lambda: rows.total() == 60, 120, "60 rows stored by the two replicas")
+
+            def runs():
+                return [run for run in store.list_job_runs(job="rate_alert", limit=500) if run.outcome == "ok"]
+
+            wait_until(lambda: len(runs()) >= 4, 60, "four rate checks")
+            assert {run.runner for run in runs()} <= set(schedulers.values())
+            leader = next(replica for replica, runner in schedulers.items() if runner == runs()[0].runner)
+            survivor = next(replica for replica in replicas if replica is not leader)
+
+            leader.signal(signal.SIGTERM)
+            assert leader.wait_exit(60) == 0, leader.log_tail()
+            stopped_at = datetime.now(timezone.utc)
+
+            def runs_after_stop():
+                return [run for run in runs() if run.started_at > stopped_at]
+
+            wait_until(lambda: len(runs_after_stop()) >= 2, 60, "two rate checks by the remaining replica")
+            assert {run.runner for run in runs_after_stop()} == {schedulers[survivor]}
+            produce(tansu.bootstrap, None, topic, image_stream(20, "after-stop"))
+            wait_until(lambda: rows.total() == 80, 120, "the remaining replica scoring both partitions")
+
+            survivor.signal(signal.SIGTERM)
+            assert survivor.wait_exit(60) == 0, survivor.log_tail()
+            every_run = store.list_job_runs(job="rate_alert", limit=500)
+            assert all(run.outcome == "ok" for run in every_run), [run.error for run in every_run]
+            slots = [latest_fire_time(run.started_at, every_s) for run in every_run]
+            assert len(slots) == len(set(slots)), "each fire time ran once across both replicas"
+            positions = rows.positions(topic)
+            assert len(positions) == len(set(positions)) == 80, "every message stored once"
+        finally:
+            for replica in replicas:
+                replica.kill()
+            rows.close()
+            engine.dispose()
