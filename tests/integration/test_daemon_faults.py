@@ -1,9 +1,11 @@
 """Faults with nothing lost and nothing stored twice, on real `ood-monitor run` processes, the real
-Apache Kafka 0.9 broker and real databases: SIGKILL and restart, a group member killed, the broker
-restarted, PostgreSQL stopped for 20 s."""
+brokers and real databases: SIGKILL at random points of a run and restart (Apache Kafka 0.9 and
+Tansu), a group member killed, the broker restarted, PostgreSQL stopped for 20 s (Kafka 0.9)."""
 
 from __future__ import annotations
 
+import os
+import random
 import signal
 import subprocess
 import sys
@@ -23,7 +25,8 @@ from tests.integration.daemon_support import (
     image_stream,
     produce,
 )
-from tests.services import OwnPostgres, free_port, postgres_database, wait_until
+from tests.integration.conftest import create_topic
+from tests.services import Kafka09Broker, OwnPostgres, free_port, postgres_database, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -61,31 +64,74 @@ def _wait_committed(kafka09, topic, ends, timeout=60):
                timeout, f"offsets {ends} committed")
 
 
-def test_sigkill_mid_run_then_restart_loses_nothing_and_stores_nothing_twice(kafka09, tmp_path, model_cache):
-    topic = _topic(kafka09, "kill")
+KILLS = 3
+RUN_MESSAGES = 2000
+SEED_VARIABLE = "MONITOR_TEST_FAULT_SEED"
+
+
+def _fault_plan(seed: int) -> list[tuple[str, int]]:
+    """KILLS faults at random points of the run: (what triggers it, the count it waits for).
+
+    'stored': that many messages have a row; 'committed': the group has committed that many offsets.
+    Points lie between 5 % and 80 % of the run, in increasing order, so each falls mid-stream."""
+    rng = random.Random(seed)
+    points = sorted(rng.sample(range(RUN_MESSAGES // 20, RUN_MESSAGES * 8 // 10), KILLS))
+    return [(rng.choice(("stored", "committed")), point) for point in points]
+
+
+def _committed_prefixes_stored(committed: dict[int, int | None], stored: set[tuple[int, int]]) -> list[str]:
+    """Offsets committed ahead of the store: a committed offset o says every offset below o has its row."""
+    return [f"partition {partition}: committed {offset}, offset {position} not stored"
+            for partition, offset in committed.items() if offset
+            for position in range(offset) if (partition, position) not in stored][:5]
+
+
+def test_sigkill_at_random_points_of_a_run_then_sigterm_stores_and_commits_each_message_once(
+        broker, tmp_path, model_cache):
+    """SIGKILL three times during one run of a few thousand messages, each at a random point of its
+    progress (rows stored or offsets committed, never elapsed time), a restart after each, then SIGTERM:
+    every (topic, partition, offset) has exactly one row, and every offset is committed. The seed is
+    printed; MONITOR_TEST_FAULT_SEED=<seed> replays a failing run's fault points."""
+    seed = int(os.environ.get(SEED_VARIABLE) or random.SystemRandom().randrange(2 ** 32))
+    plan = _fault_plan(seed)
+    print(f"fault seed {seed} ({SEED_VARIABLE}={seed} replays it): SIGKILL when {plan}")
+    api = API if isinstance(broker, Kafka09Broker) else None
+    topic = f"kills-{uuid.uuid4().hex[:8]}"
+    create_topic(broker, topic, PARTITIONS)
+    group = f"g-{topic}"
+    produced = produce(broker.bootstrap, api, topic, image_stream(RUN_MESSAGES, "kills"))
     store_url = f"sqlite:///{tmp_path / 'monitor.db'}"
-    daemon = DaemonProcess.configured(tmp_path, "daemon", **_config(kafka09, topic, store_url, model_cache)).start()
+    daemon = DaemonProcess.configured(
+        tmp_path, "daemon", bootstrap=broker.bootstrap, api_version=broker.api_version, topic=topic, group=group,
+        store_url=store_url, cache_dir=model_cache, batch_size=32).start()
     rows = StoredRows(store_url)
+
+    def committed() -> dict[int, int | None]:
+        return committed_offsets(broker.bootstrap, api, group, topic, PARTITIONS)
+
     try:
+        for number, (trigger, point) in enumerate(plan, 1):
+            daemon.wait_ready()
+            if trigger == "stored":
+                wait_until(lambda: rows.total() >= point, 180, f"{point} rows stored before kill {number}")
+            else:
+                wait_until(lambda: sum(o or 0 for o in committed().values()) >= point, 180,
+                           f"{point} offsets committed before kill {number}", interval=0.2)
+            daemon.kill()  # SIGKILL: no chance to finish the batch or commit
+            stored = set(rows.positions(topic))
+            assert len(stored) < RUN_MESSAGES, f"kill {number} came after the run had ended"
+            assert not _committed_prefixes_stored(committed(), stored), "an offset was committed before its row"
+            daemon.start()
+
         daemon.wait_ready()
-        # The stream holds its second half until after the kill: the fault, triggered by stored rows,
-        # falls mid-stream whatever the machine's speed.
-        stream = PacedProducer(kafka09.bootstrap, API, topic, image_stream(160, "kill"), rate=80, hold_after=80).start()
-        wait_until(lambda: rows.total() >= 24, 120, "the first batches stored")
-        daemon.kill()  # SIGKILL: no chance to finish the batch or commit
-        stored_at_kill = rows.total()
-        stream.release()
-        committed = committed_offsets(kafka09.bootstrap, API, f"g-{topic}", topic, PARTITIONS)
-        assert sum(o or 0 for o in committed.values()) <= stored_at_kill  # never committed ahead of the store
-        produced = stream.join()
-
-        daemon.start().wait_ready()
-        wait_until(lambda: rows.total() >= len(produced), 180, f"all {len(produced)} messages stored")
+        wait_until(lambda: rows.total() >= RUN_MESSAGES, 240, f"all {RUN_MESSAGES} messages stored")
         _assert_exactly_once(rows, topic, produced)
-        _wait_committed(kafka09, topic, _ends(produced))
-
+        ends = _ends(produced)
+        wait_until(lambda: {p: o for p, o in committed().items() if o} == ends, 60, f"offsets {ends} committed",
+                   interval=0.2)
         daemon.signal(signal.SIGTERM)  # graceful stop: exits 0
-        assert daemon.wait_exit(60) == 0
+        assert daemon.wait_exit(60) == 0, daemon.log_tail()
+        _assert_exactly_once(rows, topic, produced)
     finally:
         daemon.stop()
         rows.close()
