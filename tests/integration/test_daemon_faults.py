@@ -73,9 +73,12 @@ def _fault_plan(seed: int) -> list[tuple[str, int]]:
     """KILLS faults at random points of the run: (what triggers it, the count it waits for).
 
     'stored': that many messages have a row; 'committed': the group has committed that many offsets.
-    Points lie between 5 % and 80 % of the run, in increasing order, so each falls mid-stream."""
+    Between 5 % and 80 % of the run, one point in each of KILLS equal spans, in the last three quarters
+    of its span: each falls mid-stream, and far enough past the one before (which a kill overshoots
+    by the batches in flight) that the restarted daemon makes progress before it is killed again."""
     rng = random.Random(seed)
-    points = sorted(rng.sample(range(RUN_MESSAGES // 20, RUN_MESSAGES * 8 // 10), KILLS))
+    low, span = RUN_MESSAGES // 20, (RUN_MESSAGES * 8 // 10 - RUN_MESSAGES // 20) // KILLS
+    points = [rng.randrange(low + index * span + span // 4, low + (index + 1) * span) for index in range(KILLS)]
     return [(rng.choice(("stored", "committed")), point) for point in points]
 
 
@@ -119,6 +122,7 @@ def test_sigkill_at_random_points_of_a_run_then_sigterm_stores_and_commits_each_
                            f"{point} offsets committed before kill {number}", interval=0.2)
             daemon.kill()  # SIGKILL: no chance to finish the batch or commit
             stored = set(rows.positions(topic))
+            print(f"kill {number}: {len(stored)} messages stored")
             assert len(stored) < RUN_MESSAGES, f"kill {number} came after the run had ended"
             assert not _committed_prefixes_stored(committed(), stored), "an offset was committed before its row"
             daemon.start()
