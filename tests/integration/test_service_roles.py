@@ -1,6 +1,7 @@
-"""The roles as their own processes, on real brokers and databases: the database prepared once, the
-all-in-one `ood-monitor run` with web and scheduler in processes of their own, and the production
-shape (`db upgrade`, then `run --role scoring`, `web` and `scheduler`), each with its probes."""
+"""The roles as their own processes, on real brokers and databases: the database prepared once, two
+replicas of the all-in-one `ood-monitor run` with the shipped config (web in the supervisor, scheduler
+and worker in processes of their own), and the production shape (`db upgrade`, then `run --role
+scoring`, `web` and `scheduler`), each with its probes."""
 
 from __future__ import annotations
 
@@ -67,47 +68,6 @@ def _metric(text: str, prefix: str) -> float | None:
     return None
 
 
-def test_all_in_one_run_serves_the_web_app_and_runs_scheduler_and_workers_as_processes(tansu, tmp_path, model_cache):
-    topic = f"roles-{uuid.uuid4().hex[:8]}"
-    create_topic(tansu, topic, 2)
-    store_url = f"sqlite:///{tmp_path / 'monitor.db'}"
-    daemon = DaemonProcess.configured(
-        tmp_path, "all-in-one", bootstrap=tansu.bootstrap, api_version="auto", topic=topic, group=f"g-{topic}",
-        store_url=store_url, cache_dir=model_cache,
-        jobs=True, extra="refit_every_s = 0\nrate_every_s = 0\nreport_every_hours = 0.0\nretention_every_s = 1\n")
-    daemon.start()
-    rows = StoredRows(store_url)
-    try:
-        daemon.wait_ready()
-        base = f"http://127.0.0.1:{daemon.port}"
-        readiness = httpx.get(f"{base}/readyz").json()
-        roles = {(row["role"], row["index"]): row["pid"] for row in readiness["workers"]}
-        assert set(roles) == {("scoring", 0), ("scheduler", 0)}
-        supervisor = daemon.process.pid
-        # Web in the supervisor, which scores nothing; the scheduler and the worker: processes of their own.
-        assert len({supervisor, *roles.values()}) == 3
-        assert _children_of(supervisor) >= set(roles.values())
-        assert httpx.get(f"{base}/login").status_code == 200  # the operator app
-        produce(tansu.bootstrap, None, topic, image_stream(40, "roles"))
-        wait_until(lambda: rows.total() == 40, 120, "40 rows stored")
-
-        def job_and_images_counted():
-            text = httpx.get(f"{base}/metrics").text
-            return (_metric(text, 'ood_monitor_job_runs_total{job="retention",status="ok"}') or 0) >= 1 and \
-                _metric(text, "ood_monitor_images_scored_total") == 40 and text
-        metrics = wait_until(job_and_images_counted, 60, "a retention run and 40 images in /metrics")
-        assert _metric(metrics, "ood_monitor_workers") == 1
-        assert _metric(metrics, 'ood_monitor_job_last_success_timestamp_seconds{job="retention"}') > 0
-        assert _metric(metrics, "ood_monitor_last_stored_timestamp_seconds") > 0
-
-        daemon.signal(signal.SIGTERM)
-        assert daemon.wait_exit(60) == 0
-        assert not any(_alive(pid) for pid in roles.values()), "a child outlived its supervisor"
-    finally:
-        daemon.kill()
-        rows.close()
-
-
 def _role(command: list[str], config, port: int, log_path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
     env.update(PYTHONUNBUFFERED="1", MONITOR_WEB__PORT=str(port))
@@ -167,9 +127,10 @@ def test_production_roles_each_serve_their_probes_after_one_db_upgrade(tansu, tm
 
 
 def test_two_default_run_replicas_share_the_work_and_each_fire_time_of_a_job_runs_once(tansu, tmp_path, model_cache):
-    """`ood-monitor run --config config/monitor.toml` as shipped (jobs enabled, its scheduler a child process),
-    twice on one PostgreSQL database: the replicas split the partitions, their schedulers share each job's
-    lock, and when one replica stops the other carries on with the messages and the jobs.
+    """`ood-monitor run --config config/monitor.toml` as shipped, twice on one PostgreSQL database. Each
+    replica serves the web app in its supervisor and runs the scheduler and a scoring worker as processes
+    of their own; the replicas split the partitions, their schedulers share each job's lock, and when one
+    replica stops (its children with it) the other carries on with the messages and the jobs.
 
     The environment replaces only what differs on a test machine (broker, topic, database, ports, the
     model's cache and device, one worker per replica on two cores) and brings the rate check from every
@@ -203,14 +164,23 @@ def test_two_default_run_replicas_share_the_work_and_each_fire_time_of_a_job_run
                 replica.start()
             for replica in replicas:
                 replica.wait_ready(240)
-            schedulers = {}
+            schedulers, children = {}, {}
             for replica in replicas:
                 workers = {(row["role"], row["index"]): row["pid"] for row in replica.readiness()["workers"]}
                 assert set(workers) == {("scoring", 0), ("scheduler", 0)}, "the shipped config runs the jobs"
+                supervisor = replica.process.pid
+                # Web in the supervisor, which scores nothing; the scheduler and the worker: processes of their own.
+                assert len({supervisor, *workers.values()}) == 3
+                assert _children_of(supervisor) >= set(workers.values())
+                assert httpx.get(f"http://127.0.0.1:{replica.port}/login").status_code == 200  # the operator app
                 schedulers[replica] = f"{socket.gethostname()}:{workers[('scheduler', 0)]}"
+                children[replica] = set(workers.values())
 
             produce(tansu.bootstrap, None, topic, image_stream(60, "replicas"))
             wait_until(lambda: rows.total() == 60, 120, "60 rows stored by the two replicas")
+            wait_until(lambda: sum(replica.metric("ood_monitor_images_scored_total") or 0 for replica in replicas)
+                       == 60, 60, "the 60 images in the replicas' /metrics")
+            assert all(replica.metric("ood_monitor_workers") == 1 for replica in replicas)
 
             def runs():
                 return [run for run in store.list_job_runs(job="rate_alert", limit=500) if run.outcome == "ok"]
@@ -220,8 +190,12 @@ def test_two_default_run_replicas_share_the_work_and_each_fire_time_of_a_job_run
             leader = next(replica for replica, runner in schedulers.items() if runner == runs()[0].runner)
             survivor = next(replica for replica in replicas if replica is not leader)
 
+            job_runs = 'ood_monitor_job_runs_total{job="rate_alert",status="ok"}'
+            wait_until(lambda: (leader.metric(job_runs) or 0) >= 1, 10, "the leader's rate checks in its /metrics")
+            assert leader.metric('ood_monitor_job_last_success_timestamp_seconds{job="rate_alert"}') > 0
             leader.signal(signal.SIGTERM)
             assert leader.wait_exit(60) == 0, leader.log_tail()
+            assert not any(_alive(pid) for pid in children[leader]), "a child outlived its supervisor"
             stopped_at = datetime.now(timezone.utc)
 
             def runs_after_stop():
@@ -232,8 +206,10 @@ def test_two_default_run_replicas_share_the_work_and_each_fire_time_of_a_job_run
             produce(tansu.bootstrap, None, topic, image_stream(20, "after-stop"))
             wait_until(lambda: rows.total() == 80, 120, "the remaining replica scoring both partitions")
 
+            wait_until(lambda: (survivor.metric(job_runs) or 0) >= 2, 10, "the survivor's rate checks in its /metrics")
             survivor.signal(signal.SIGTERM)
             assert survivor.wait_exit(60) == 0, survivor.log_tail()
+            assert not any(_alive(pid) for pid in children[survivor]), "a child outlived its supervisor"
             every_run = store.list_job_runs(job="rate_alert", limit=500)
             assert all(run.outcome == "ok" for run in every_run), [run.error for run in every_run]
             slots = [latest_fire_time(run.started_at, every_s) for run in every_run]
