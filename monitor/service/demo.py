@@ -14,7 +14,6 @@ Ctrl-C stops everything it started.
 from __future__ import annotations
 
 import argparse
-import gzip
 import io
 import itertools
 import logging
