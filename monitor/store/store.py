@@ -390,6 +390,10 @@ class Store(ProposalsAggregate, WindowsAggregate):
                     replayed = self._stored_judgements(
                         connection, [sample.position for sample in samples if sample.position not in sample_ids])
                 now = utc_now()
+                kept: dict[SourcePosition, ScoredSample] = {}  # the row stored for a position: its first
+                for sample in samples:
+                    if sample.position in sample_ids:
+                        kept.setdefault(sample.position, sample)
                 image_rows = [
                     {
                         "sample_id": sample_ids[sample.position],
@@ -399,8 +403,8 @@ class Store(ProposalsAggregate, WindowsAggregate):
                         "height": sample.image.height,
                         "stored_at": now,
                     }
-                    for sample in samples
-                    if sample.image is not None and sample.position in sample_ids
+                    for sample in kept.values()
+                    if sample.image is not None
                 ]
                 if image_rows:
                     connection.execute(insert(SampleImage), image_rows)

@@ -52,6 +52,23 @@ def test_the_first_of_two_rows_with_one_position_is_the_one_kept(store, model):
     assert result.sample_ids[first.position] < result.sample_ids[SourcePosition("images", 0, 5)]
 
 
+def test_the_first_of_two_rows_with_one_position_keeps_its_image_and_only_it(store, model):
+    from sqlalchemy import select
+
+    from monitor.store.models import SampleImage
+
+    first = scored(4, model.id, image=png_blob(b"first"))
+    again = scored(4, model.id, image=png_blob(b"again"))
+
+    result = store.write([first, again])
+
+    assert (result.samples_inserted, result.samples_duplicate, result.images_inserted) == (1, 1, 1)
+    with store.engine.connect() as connection:
+        images = connection.execute(select(SampleImage.sample_id, SampleImage.data)).all()
+    assert [(sample_id, bytes(data)) for sample_id, data in images] == [
+        (result.sample_ids[first.position], first.image.data)]
+
+
 def test_nan_none_and_infinite_values(store, model, threshold):
     scores = {name: float(index) for index, name in enumerate(INDICATORS)}
     scores.update({"MP": math.nan, "H": None, "ODIN": math.inf, "NORM": -math.inf, "ANG": -0.0, "ACT": 1e-308})
