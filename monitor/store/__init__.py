@@ -21,7 +21,9 @@ from monitor.store.records import (
     Judgement,
     Policy,
     PurgeResult,
+    Histogram,
     QueuePage,
+    QueueQuery,
     RateBucket,
     RejectRecord,
     RejectRow,
@@ -35,9 +37,11 @@ from monitor.store.records import (
     SummaryWeightsRow,
     ThresholdRecord,
     ThresholdRow,
+    WindowCounts,
     WindowScores,
     WriteResult,
 )
+from monitor.store.labels import LabelConflict
 from monitor.store.store import Store, StoreError
 from monitor.store.windows import FlaggedCount, IndicatorWindow, TopSample
 
@@ -58,7 +62,10 @@ __all__ = [
     "Judgement",
     "Policy",
     "PurgeResult",
+    "Histogram",
+    "LabelConflict",
     "QueuePage",
+    "QueueQuery",
     "RateBucket",
     "RejectRecord",
     "RejectRow",
@@ -74,6 +81,7 @@ __all__ = [
     "SummaryWeightsRow",
     "ThresholdRecord",
     "ThresholdRow",
+    "WindowCounts",
     "WindowScores",
     "WriteResult",
     "connect",

@@ -16,6 +16,10 @@ URL_ENVIRONMENT_VARIABLE = "MONITOR_STORE__URL"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
+class StoreError(MonitorError):
+    """A write was refused (by the database, or by a rule of the store); nothing of it was stored."""
+
+
 def resolve_url(url: str | None = None) -> str:
     """The store URL: the one given, else $MONITOR_STORE__URL, else the local SQLite default."""
     return url or os.environ.get(URL_ENVIRONMENT_VARIABLE) or DEFAULT_URL

@@ -348,7 +348,8 @@ class StoredImage:
 
 @dataclass(frozen=True)
 class SampleDetail:
-    """A sample with every indicator value, its image (if kept) and its label history (oldest first)."""
+    """A sample with every indicator value, what its kept image is (the bytes: `Store.get_image`)
+    and its label history (oldest first)."""
 
     id: int
     model_id: int
@@ -363,7 +364,9 @@ class SampleDetail:
     score_indicator: str | None
     flagged: bool
     threshold_id: int | None
-    image: StoredImage | None
+    image_content_type: str | None
+    image_width: int | None
+    image_height: int | None
     labels: list[LabelRow]
 
     @property
@@ -371,13 +374,70 @@ class SampleDetail:
         return self.labels[-1].label if self.labels else None
 
 
+QUEUE_SORTS = ("time_desc", "time_asc", "score_desc", "score_asc")
+QUEUE_LABELLED = ("any", "no", "yes", *LABELS)
+"""The flagged queue's label filter: any, never labelled or cleared (no), labelled (yes), or one verdict."""
+
+
+@dataclass(frozen=True)
+class QueueQuery:
+    """Which flagged samples of a model one page of the queue shows (bounds: scored_at in [since, until));
+    with `sample_ids`, those samples whether flagged or not."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    predicted_class: int | None = None
+    labelled: str = "any"
+    min_score: float | None = None
+    max_score: float | None = None
+    sort: str = "time_desc"
+    page: int = 1
+    per_page: int = 48
+    # These samples only, flagged or not (the samples a shadow evaluation says change side).
+    sample_ids: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.sort not in QUEUE_SORTS:
+            raise InputError(f"sort: {self.sort!r} is not one of {', '.join(QUEUE_SORTS)}")
+        if self.labelled not in QUEUE_LABELLED:
+            raise InputError(f"labelled: {self.labelled!r} is not one of {', '.join(QUEUE_LABELLED)}")
+        if not isinstance(self.page, int) or self.page < 1:
+            raise InputError(f"page: must be an integer >= 1, got {self.page!r}")
+        if not isinstance(self.per_page, int) or not 1 <= self.per_page <= 1000:
+            raise InputError(f"per_page: must be an integer from 1 to 1000, got {self.per_page!r}")
+
+
 @dataclass(frozen=True)
 class QueuePage:
-    """One page of the flagged queue. `next_cursor` continues it (keyset); None on the last page."""
+    """One numbered page of the flagged queue; `total` counts every match."""
 
     items: list[SampleSummary]
     total: int
-    next_cursor: str | None
+    page: int
+    per_page: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+
+@dataclass(frozen=True)
+class WindowCounts:
+    """Samples scored in a window, how many were flagged, and how many hold a verdict now."""
+
+    scored: int
+    flagged: int
+    labelled: int
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts of an indicator in equal-width bins (`edges` has one more entry than `counts`)."""
+
+    indicator: str
+    edges: list[float]
+    counts: list[int]
+    total: int
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,6 @@ reads return frozen dataclasses or numpy arrays. SQL lives here and nowhere else
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import math
 from contextlib import contextmanager
@@ -19,18 +17,14 @@ import numpy as np
 from sqlalchemy import (
     Connection,
     Engine,
-    and_,
-    cast,
     delete,
     func,
     insert,
-    literal,
     or_,
     select,
     tuple_,
     update,
 )
-from sqlalchemy import Integer as SqlInteger
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
 
@@ -41,7 +35,7 @@ from monitor.thresholds import ClassThresholds
 from monitor.store.bulk import SAMPLE_COLUMNS as _SAMPLE_INSERT_COLUMNS
 from monitor.store.bulk import SOURCE_KEY as _SOURCE_KEY
 from monitor.store.bulk import copy_samples
-from monitor.store.engine import DEFAULT_CONNECT_TIMEOUT_S, WRITE_OPTION, connect, safe_url
+from monitor.store.engine import DEFAULT_CONNECT_TIMEOUT_S, WRITE_OPTION, StoreError, connect, safe_url
 from monitor.store.locks import job_lock
 from monitor.store.models import (
     INDICATOR_COLUMNS,
@@ -57,7 +51,6 @@ from monitor.store.models import (
     SampleImage,
     SummaryWeights,
     Threshold,
-    current_label_of_sample,
 )
 from monitor.store.payloads import (
     AlertDocument,
@@ -67,45 +60,33 @@ from monitor.store.payloads import (
     ReportSummary,
     SummaryWeightsDocument,
 )
+from monitor.store.labels import LabelsAggregate
 from monitor.store.proposals import ProposalsAggregate
+from monitor.store.samples import SamplesAggregate
 from monitor.store.windows import WindowsAggregate
 from monitor.store.records import (
     LABEL_CODES,
     UNLABELLED,
     AlertRow,
     JobRunRow,
-    LabelRow,
     ModelRow,
     Policy,
     PurgeResult,
-    QueuePage,
-    RateBucket,
     RejectRecord,
     RejectRow,
     ReportRow,
     RetentionPolicy,
-    SampleDetail,
-    SampleSummary,
     ScoredSample,
     SourcePosition,
-    StoredImage,
     StoredJudgement,
     SummaryWeightsRow,
     ThresholdRecord,
     ThresholdRow,
     WindowScores,
     WriteResult,
-    check_label,
 )
 
 log = logging.getLogger(__name__)
-
-QUEUE_SORTS = ("score", "time")
-
-
-class StoreError(MonitorError):
-    """A write was refused by the database; nothing of the batch was stored."""
-
 
 def _finite_or_none(value: float | None) -> float | None:
     if value is None:
@@ -167,30 +148,11 @@ def _indicator_column(indicator: str):
         raise InputError(f"unknown indicator {indicator!r}; expected one of {', '.join(INDICATORS)}") from None
 
 
-def _encode_cursor(sort_value: Any, sample_id: int) -> str:
-    if isinstance(sort_value, datetime):
-        sort_value = sort_value.isoformat()
-    raw = json.dumps([sort_value, sample_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, sort: str) -> tuple[Any, int]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        sort_value, sample_id = json.loads(raw)
-        if sort == "time":
-            sort_value = datetime.fromisoformat(sort_value)
-        else:
-            sort_value = float(sort_value)
-        return sort_value, int(sample_id)
-    except (ValueError, TypeError, json.JSONDecodeError):
-        raise InputError(f"cursor: {cursor!r} is not a cursor of a {sort!r}-sorted queue page") from None
-
-
-class Store(ProposalsAggregate, WindowsAggregate):
+class Store(SamplesAggregate, LabelsAggregate, ProposalsAggregate, WindowsAggregate):
     """The service's database. Build it with `Store.open(url)` (or around an existing engine).
 
-    Proposals (monitor.store.proposals) and the jobs' sample windows (monitor.store.windows) are
+    Samples and their window aggregates (monitor.store.samples), labels (monitor.store.labels),
+    proposals (monitor.store.proposals) and the jobs' sample windows (monitor.store.windows) are
     aggregates of their own, mixed in here."""
 
     def __init__(self, engine: Engine):
@@ -284,8 +246,11 @@ class Store(ProposalsAggregate, WindowsAggregate):
         return ModelRow(**found._mapping) if found else None
 
     def list_models(self) -> list[ModelRow]:
+        """Every monitored model, newest first (the pages show the newest unless asked)."""
+        statement = select(MonitoredModel.__table__).order_by(MonitoredModel.created_at.desc(),
+                                                              MonitoredModel.id.desc())
         with self._reading() as connection:
-            rows = connection.execute(select(MonitoredModel.__table__).order_by(MonitoredModel.id)).all()
+            rows = connection.execute(statement).all()
         return [ModelRow(**row._mapping) for row in rows]
 
     def save_calibration(self, fingerprint: str, stats: Mapping[str, Any]) -> None:
@@ -454,194 +419,6 @@ class Store(ProposalsAggregate, WindowsAggregate):
     def write_rejects(self, rejects: Sequence[RejectRecord]) -> WriteResult:
         return self.write(rejects=rejects)
 
-    # --- samples ---------------------------------------------------------------------------
-
-    def count_samples(self, model_id: int | None = None, *, flagged: bool | None = None) -> int:
-        statement = select(func.count()).select_from(Sample)
-        if model_id is not None:
-            statement = statement.where(Sample.model_id == model_id)
-        if flagged is not None:
-            statement = statement.where(Sample.flagged == flagged)
-        with self._reading() as connection:
-            return int(connection.execute(statement).scalar_one())
-
-    def get_sample(self, sample_id: int) -> SampleDetail | None:
-        """A sample with every indicator value, its kept image (if any) and its label history."""
-        with self._reading() as connection:
-            row = connection.execute(select(Sample.__table__).where(Sample.id == sample_id)).first()
-            if row is None:
-                return None
-            image = connection.execute(
-                select(
-                    SampleImage.content_type,
-                    SampleImage.data,
-                    SampleImage.width,
-                    SampleImage.height,
-                    SampleImage.stored_at,
-                ).where(SampleImage.sample_id == sample_id)
-            ).first()
-            labels = connection.execute(
-                select(Label.__table__).where(Label.sample_id == sample_id).order_by(Label.id)
-            ).all()
-        values = row._mapping
-        return SampleDetail(
-            id=values["id"],
-            model_id=values["model_id"],
-            position=SourcePosition(values["source_topic"], values["source_partition"], values["source_offset"]),
-            sample_key=values["sample_key"],
-            produced_at=values["produced_at"],
-            received_at=values["received_at"],
-            scored_at=values["scored_at"],
-            predicted_class=values["predicted_class"],
-            scores={name: values[column.name] for name, column in INDICATOR_COLUMNS.items()},
-            score=values["score"],
-            score_indicator=values["score_indicator"],
-            flagged=values["flagged"],
-            threshold_id=values["threshold_id"],
-            image=StoredImage(**image._mapping) if image else None,
-            labels=[LabelRow(**label._mapping) for label in labels],
-        )
-
-    def find_sample(self, position: SourcePosition) -> int | None:
-        """The id of the sample stored for a source position, if any."""
-        with self._reading() as connection:
-            return connection.execute(
-                select(Sample.id).where(
-                    Sample.source_topic == position.topic,
-                    Sample.source_partition == position.partition,
-                    Sample.source_offset == position.offset,
-                )
-            ).scalar_one_or_none()
-
-    def flagged_queue(
-        self,
-        *,
-        model_id: int | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        predicted_class: int | None = None,
-        labelled: bool | None = None,
-        min_score: float | None = None,
-        max_score: float | None = None,
-        sort: str = "score",
-        descending: bool = True,
-        limit: int = 50,
-        cursor: str | None = None,
-        offset: int | None = None,
-    ) -> QueuePage:
-        """Flagged samples for operators: filtered, sorted by score or time, one page at a time.
-
-        Pagination is keyset (pass back `next_cursor`), which stays fast and stable while new
-        samples arrive; `offset` is accepted for numbered pages. `total` counts every match.
-        """
-        if sort not in QUEUE_SORTS:
-            raise InputError(f"sort: {sort!r} is not one of {', '.join(QUEUE_SORTS)}")
-        if not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise InputError(f"limit: must be an integer from 1 to 1000, got {limit!r}")
-        if cursor is not None and offset is not None:
-            raise InputError("pagination: give either cursor or offset, not both")
-        if offset is not None and (not isinstance(offset, int) or offset < 0):
-            raise InputError(f"offset: must be an integer >= 0, got {offset!r}")
-        conditions = [Sample.flagged.is_(True)]
-        if model_id is not None:
-            conditions.append(Sample.model_id == model_id)
-        if since is not None:
-            conditions.append(Sample.scored_at >= since)
-        if until is not None:
-            conditions.append(Sample.scored_at < until)
-        if predicted_class is not None:
-            conditions.append(Sample.predicted_class == predicted_class)
-        if min_score is not None:
-            conditions.append(Sample.score >= min_score)
-        if max_score is not None:
-            conditions.append(Sample.score <= max_score)
-        if labelled is not None:
-            current = current_label_of_sample()
-            conditions.append(current.is_not(None) if labelled else current.is_(None))
-        sort_column = Sample.score if sort == "score" else Sample.scored_at
-        page_conditions = list(conditions)
-        if cursor is not None:
-            sort_value, after_id = _decode_cursor(cursor, sort)
-            key, bound = tuple_(sort_column, Sample.id), tuple_(literal(sort_value, sort_column.type), after_id)
-            page_conditions.append(key < bound if descending else key > bound)
-        order = (sort_column.desc(), Sample.id.desc()) if descending else (sort_column.asc(), Sample.id.asc())
-        statement = (
-            select(
-                Sample.id,
-                Sample.model_id,
-                Sample.sample_key,
-                Sample.scored_at,
-                Sample.predicted_class,
-                Sample.score,
-                Sample.score_indicator,
-                Sample.flagged,
-                SampleImage.sample_id.is_not(None).label("has_image"),
-            )
-            .outerjoin(SampleImage, SampleImage.sample_id == Sample.id)
-            .where(and_(*page_conditions))
-            .order_by(*order)
-            .limit(limit + 1)
-        )
-        if offset:
-            statement = statement.offset(offset)
-        with self._reading() as connection:
-            rows = connection.execute(statement).all()
-            total = int(connection.execute(select(func.count()).select_from(Sample).where(and_(*conditions))).scalar_one())
-            more = len(rows) > limit
-            rows = rows[:limit]
-            current = self._current_labels(connection, [row.id for row in rows])
-        items = [
-            SampleSummary(**row._mapping, label=current.get(row.id)) for row in rows
-        ]
-        next_cursor = None
-        if more and items:
-            last = items[-1]
-            next_cursor = _encode_cursor(last.score if sort == "score" else last.scored_at, last.id)
-        return QueuePage(items=items, total=total, next_cursor=next_cursor)
-
-    # --- labels ----------------------------------------------------------------------------
-
-    @staticmethod
-    def _current_labels(connection: Connection, sample_ids: Sequence[int]) -> dict[int, str]:
-        if not sample_ids:
-            return {}
-        latest = (
-            select(func.max(Label.id).label("id")).where(Label.sample_id.in_(sample_ids)).group_by(Label.sample_id)
-        ).subquery()
-        rows = connection.execute(select(Label.sample_id, Label.label).join(latest, Label.id == latest.c.id))
-        return {sample_id: label for sample_id, label in rows}
-
-    def add_label(
-        self,
-        sample_id: int,
-        label: str,
-        labelled_by: str,
-        note: str | None = None,
-        labelled_at: datetime | None = None,
-    ) -> LabelRow:
-        """Record an operator's verdict; earlier labels stay in the history."""
-        label, note = check_label(label, note)
-        if not labelled_by:
-            raise InputError("label: labelled_by must name who labelled the sample")
-        row = {
-            "sample_id": sample_id,
-            "label": label,
-            "labelled_by": labelled_by,
-            "labelled_at": labelled_at or utc_now(),
-            "note": note,
-        }
-        with self._writing() as connection:
-            # The same row lock as an undo takes, so the two never interleave on one sample.
-            if connection.execute(select(Sample.id).where(Sample.id == sample_id).with_for_update()).first() is None:
-                raise InputError(f"label: no sample with id {sample_id}")
-            label_id = connection.execute(insert(Label).returning(Label.id), [row]).scalar_one()
-        return LabelRow(id=label_id, **{**row, "labelled_at": row["labelled_at"].astimezone(timezone.utc)})
-
-    def label_history(self, sample_id: int) -> list[LabelRow]:
-        with self._reading() as connection:
-            rows = connection.execute(select(Label.__table__).where(Label.sample_id == sample_id).order_by(Label.id))
-            return [LabelRow(**row._mapping) for row in rows]
-
     # --- windows for refitting and reports -------------------------------------------------
 
     def _window_conditions(self, model_id: int, since: datetime | None, until: datetime | None) -> list:
@@ -718,41 +495,6 @@ class Store(ProposalsAggregate, WindowsAggregate):
         inside[inside] = sorted_ids[positions[inside]] == labelled_ids[inside]
         labels[order[positions[inside]]] = codes[inside]
         return labels
-
-    def ood_rate(
-        self,
-        model_id: int,
-        *,
-        since: datetime,
-        until: datetime | None = None,
-        bucket_seconds: int = 3600,
-    ) -> list[RateBucket]:
-        """Flagged share per time bucket (UTC epoch-aligned), only buckets that hold samples."""
-        if not isinstance(bucket_seconds, int) or bucket_seconds < 1:
-            raise InputError(f"bucket_seconds: must be an integer >= 1, got {bucket_seconds!r}")
-        if self.dialect == "postgresql":
-            epoch = func.extract("epoch", Sample.scored_at)
-        else:
-            epoch = cast(func.strftime("%s", Sample.scored_at), SqlInteger)
-        bucket = (func.floor(epoch / bucket_seconds) * bucket_seconds).label("bucket")
-        statement = (
-            select(
-                cast(bucket, SqlInteger).label("bucket"),
-                func.count().label("total"),
-                func.sum(cast(Sample.flagged, SqlInteger)).label("flagged"),
-            )
-            .where(*self._window_conditions(model_id, since, until))
-            .group_by(cast(bucket, SqlInteger))
-            .order_by(cast(bucket, SqlInteger))
-        )
-        with self._reading() as connection:
-            rows = connection.execute(statement).all()
-        return [
-            RateBucket(
-                start=datetime.fromtimestamp(int(start), timezone.utc), total=int(total), flagged=int(flagged or 0)
-            )
-            for start, total, flagged in rows
-        ]
 
     # --- thresholds and 1C-Sum weights -----------------------------------------------------
 
@@ -857,7 +599,14 @@ class Store(ProposalsAggregate, WindowsAggregate):
             row = connection.execute(select(Threshold.__table__).where(Threshold.id == threshold_id)).first()
         return ThresholdRow(**row._mapping) if row else None
 
-    def threshold_history(self, model_id: int, indicator: str | None = None, *, limit: int = 100) -> list[ThresholdRow]:
+    def active_thresholds(self, model_id: int) -> list[ThresholdRow]:
+        """The active threshold of each indicator of a model, by indicator name."""
+        statement = (select(Threshold.__table__).where(Threshold.model_id == model_id, Threshold.active.is_(True))
+                     .order_by(Threshold.indicator))
+        with self._reading() as connection:
+            return [ThresholdRow(**row._mapping) for row in connection.execute(statement)]
+
+    def threshold_history(self, model_id: int, indicator: str | None = None, *, limit: int = 200) -> list[ThresholdRow]:
         """Thresholds of a model (optionally one indicator), newest first."""
         statement = select(Threshold.__table__).where(Threshold.model_id == model_id)
         if indicator is not None:
@@ -931,9 +680,11 @@ class Store(ProposalsAggregate, WindowsAggregate):
         kind: str | None = None,
         since: datetime | None = None,
         limit: int = 100,
+        offset: int = 0,
         oldest_first: bool = False,
     ) -> list[AlertRow]:
-        """Alerts, newest first (or oldest first, as a publisher drains them)."""
+        """Alerts, newest first by creation time (or in the order they were stored, as a publisher
+        drains them); `limit` and `offset` page through them."""
         statement = select(Alert.__table__)
         if unpublished_only:
             statement = statement.where(Alert.published_at.is_(None))
@@ -941,8 +692,8 @@ class Store(ProposalsAggregate, WindowsAggregate):
             statement = statement.where(Alert.kind == kind)
         if since is not None:
             statement = statement.where(Alert.created_at >= since)
-        order = (Alert.id.asc(),) if oldest_first else (Alert.id.desc(),)
-        statement = statement.order_by(*order).limit(limit)
+        order = (Alert.id.asc(),) if oldest_first else (Alert.created_at.desc(), Alert.id.desc())
+        statement = statement.order_by(*order).limit(limit).offset(offset)
         with self._reading() as connection:
             return [AlertRow(**row._mapping) for row in connection.execute(statement)]
 
@@ -1011,9 +762,12 @@ class Store(ProposalsAggregate, WindowsAggregate):
             ).one()
         return ReportRow(**row._mapping)
 
-    def list_reports(self, *, limit: int = 50) -> list[ReportRow]:
+    def list_reports(self, *, limit: int = 50, offset: int = 0) -> list[ReportRow]:
+        """Reports, newest first; `limit` and `offset` page through them."""
+        statement = (select(Report.__table__).order_by(Report.created_at.desc(), Report.id.desc())
+                     .limit(limit).offset(offset))
         with self._reading() as connection:
-            rows = connection.execute(select(Report.__table__).order_by(Report.id.desc()).limit(limit))
+            rows = connection.execute(statement)
             return [ReportRow(**row._mapping) for row in rows]
 
     def get_report(self, report_id: int) -> ReportRow | None:
@@ -1054,10 +808,11 @@ class Store(ProposalsAggregate, WindowsAggregate):
         return JobRunRow(**row._mapping)
 
     def list_job_runs(self, *, job: str | None = None, limit: int = 50) -> list[JobRunRow]:
+        """Runs of the scheduled jobs (or of one), the latest started first."""
         statement = select(JobRun.__table__)
         if job is not None:
             statement = statement.where(JobRun.job == job)
-        statement = statement.order_by(JobRun.id.desc()).limit(limit)
+        statement = statement.order_by(JobRun.started_at.desc(), JobRun.id.desc()).limit(limit)
         with self._reading() as connection:
             return [JobRunRow(**row._mapping) for row in connection.execute(statement)]
 

@@ -24,9 +24,10 @@ from monitor.clock import utc_now
 from monitor.errors import InputError, MonitorError
 from monitor import proposals
 from monitor.store.payloads import AlertDocument, Payload
+from monitor.store.labels import LabelConflict
 from monitor.store.proposals import ProposalConflict, ProposalRow
-from monitor.store.records import LABEL_ID, LABEL_OOD, MAX_NOTE_LENGTH
-from monitor.web import queries, views
+from monitor.store.records import LABEL_ID, LABEL_OOD, MAX_NOTE_LENGTH, QueuePage
+from monitor.web import views
 from monitor.web.app import REPORT_CSP, api_principal, image_response, state_of
 from monitor.web.auth import Principal
 from monitor.thresholds import METHODS, ClassThresholds
@@ -168,8 +169,7 @@ def accounts(request: Request, principal: Principal = Depends(admin)):
 
 @router.get("/models", summary="Monitored models, newest first")
 def models(request: Request, principal: Principal = Depends(viewer)):
-    with state_of(request).engine.connect() as connection:
-        return _json(queries.list_models(connection))
+    return _json(state_of(request).store.list_models())
 
 
 @router.get("/overview", summary="Volume and flagged share over the window, active thresholds, lag, jobs, alerts")
@@ -181,12 +181,11 @@ def overview(
 ):
     state = state_of(request)
     hours = parse_window_hours("window_hours", window_hours, state.settings.web.window_hours)
-    with state.engine.connect() as connection:
-        try:
-            chosen = views.pick_model(queries.list_models(connection), _model_param(request))
-        except views.NotFound as error:
-            raise _not_found(error) from None
-        data = views.overview(connection, chosen, hours, state.consumer_lag)
+    try:
+        chosen = views.pick_model(state.store.list_models(), _model_param(request))
+    except views.NotFound as error:
+        raise _not_found(error) from None
+    data = views.overview(state.store, chosen, hours, state.consumer_lag)
     body = jsonable_encoder(data)
     body["buckets"] = [
         {"start": b.start.isoformat(), "total": b.total, "flagged": b.flagged, "flagged_share": b.rate}
@@ -214,15 +213,14 @@ def flagged(
 ):
     state = state_of(request)
     filters = parse_queue_filters(request.query_params, state.settings.web.page_size)
-    with state.engine.connect() as connection:
-        try:
-            chosen = views.pick_model(queries.list_models(connection), _model_param(request))
-        except views.NotFound as error:
-            raise _not_found(error) from None
-        if chosen is None:
-            result = queries.QueueResult(items=[], total=0, page=filters.page, per_page=filters.per_page)
-        else:
-            result = queries.flagged_queue(connection, chosen.id, filters)
+    try:
+        chosen = views.pick_model(state.store.list_models(), _model_param(request))
+    except views.NotFound as error:
+        raise _not_found(error) from None
+    if chosen is None:
+        result = QueuePage(items=[], total=0, page=filters.page, per_page=filters.per_page)
+    else:
+        result = state.store.flagged_queue(chosen.id, filters)
     return _json({
         "model": chosen.id if chosen else None, "total": result.total, "page": result.page,
         "per_page": result.per_page, "pages": result.pages, "items": result.items,
@@ -232,12 +230,10 @@ def flagged(
 @router.get("/samples/{sample_id}", summary="A sample: every indicator with its percentile in the window, labels")
 def sample(request: Request, sample_id: RowId, principal: Principal = Depends(viewer)):
     state = state_of(request)
-    with state.engine.connect() as connection:
-        try:
-            report = views.sample_report(connection, sample_id, state.settings.web.window_hours,
-                                         state.store.policy)
-        except views.NotFound as error:
-            raise _not_found(error) from None
+    try:
+        report = views.sample_report(state.store, sample_id, state.settings.web.window_hours)
+    except views.NotFound as error:
+        raise _not_found(error) from None
     body = jsonable_encoder(report.sample)
     body["label"] = report.sample.label
     body["image_url"] = f"/api/samples/{sample_id}/image" if report.sample.image_content_type else None
@@ -255,11 +251,10 @@ def sample(request: Request, sample_id: RowId, principal: Principal = Depends(vi
     responses={200: {"content": {"image/*": {}}}},
 )
 def sample_image(request: Request, sample_id: RowId, principal: Principal = Depends(viewer)):
-    with state_of(request).engine.connect() as connection:
-        image = queries.get_image(connection, sample_id)
-        if image is None:
-            exists = queries.sample_exists(connection, sample_id)
+    store = state_of(request).store
+    image = store.get_image(sample_id)
     if image is None:
+        exists = store.sample_exists(sample_id)
         detail = f"sample {sample_id} has no stored image" if exists else f"sample {sample_id} not found"
         raise HTTPException(status_code=404, detail=detail)
     return image_response(image)
@@ -267,10 +262,10 @@ def sample_image(request: Request, sample_id: RowId, principal: Principal = Depe
 
 @router.get("/samples/{sample_id}/labels", summary="The sample's label history, oldest first")
 def sample_labels(request: Request, sample_id: RowId, principal: Principal = Depends(viewer)):
-    with state_of(request).engine.connect() as connection:
-        if not queries.sample_exists(connection, sample_id):
-            raise HTTPException(status_code=404, detail=f"sample {sample_id} not found")
-        history = queries.label_history(connection, sample_id)
+    store = state_of(request).store
+    if not store.sample_exists(sample_id):
+        raise HTTPException(status_code=404, detail=f"sample {sample_id} not found")
+    history = store.label_history(sample_id)
     return _json({"sample_id": sample_id, "current_label": history[-1].label if history else None, "history": history})
 
 
@@ -294,13 +289,11 @@ async def label_body(request: Request, principal: Principal = Depends(labeller))
                  "application/json": {"schema": LabelIn.model_json_schema()}}}})
 def add_label(request: Request, sample_id: RowId, principal: Principal = Depends(labeller),
               body: LabelIn = Depends(label_body)):
-    state = state_of(request)
-    with state.engine.connect() as connection:
-        if not queries.sample_exists(connection, sample_id):
-            raise HTTPException(status_code=404, detail=f"sample {sample_id} not found")
-    state.store.add_label(sample_id, body.label, principal.name, body.note)
-    with state.engine.connect() as connection:
-        history = queries.label_history(connection, sample_id)
+    store = state_of(request).store
+    if not store.sample_exists(sample_id):
+        raise HTTPException(status_code=404, detail=f"sample {sample_id} not found")
+    store.add_label(sample_id, body.label, principal.name, body.note)
+    history = store.label_history(sample_id)
     response = _label_answer(sample_id, history)
     response.status_code = 201
     return response
@@ -308,13 +301,12 @@ def add_label(request: Request, sample_id: RowId, principal: Principal = Depends
 
 @router.post("/samples/{sample_id}/labels/undo", summary="Undo the latest label by restoring the one before (labeller)")
 def undo_label(request: Request, sample_id: RowId, principal: Principal = Depends(labeller)):
-    state = state_of(request)
-    with state.engine.connect() as connection:
-        if not queries.sample_exists(connection, sample_id):
-            raise HTTPException(status_code=404, detail=f"sample {sample_id} not found")
+    store = state_of(request).store
+    if not store.sample_exists(sample_id):
+        raise HTTPException(status_code=404, detail=f"sample {sample_id} not found")
     try:
-        history = queries.undo_label(state.engine, sample_id, principal.name, principal.can("admin"))
-    except queries.LabelConflict as error:
+        history = store.undo_label(sample_id, principal.name, principal.can("admin"))
+    except LabelConflict as error:
         raise HTTPException(status_code=409, detail=str(error)) from None
     return _label_answer(sample_id, history)
 
@@ -335,13 +327,12 @@ def thresholds(
     chosen_indicator = parse_indicator("indicator", indicator, "") or None
     bin_count = parse_int("bins", bins or None, minimum=5, maximum=200) or 40
     chosen_class = parse_predicted_class("predicted_class", predicted_class)
-    with state.engine.connect() as connection:
-        try:
-            chosen = views.pick_model(queries.list_models(connection), _model_param(request))
-        except views.NotFound as error:
-            raise _not_found(error) from None
-        data = views.thresholds_view(connection, chosen, chosen_indicator, state.settings.stream.indicator, hours,
-                                     bin_count, predicted_class=chosen_class)
+    try:
+        chosen = views.pick_model(state.store.list_models(), _model_param(request))
+    except views.NotFound as error:
+        raise _not_found(error) from None
+    data = views.thresholds_view(state.store, chosen, chosen_indicator, state.settings.stream.indicator, hours,
+                                 bin_count, predicted_class=chosen_class)
     body = jsonable_encoder(data)
     body["classes"] = [{"predicted_class": index, "label": label} for index, label in data.classes]
     for row in body["history"]:
@@ -428,11 +419,10 @@ def what_if_evaluation(request: Request, model_id: int, indicator: str, hours: f
 def what_if(request: Request, principal: Principal = Depends(admin),
             body: WhatIfIn = Depends(_body_after(admin, WhatIfIn))):
     state = state_of(request)
-    with state.engine.connect() as connection:
-        try:
-            chosen = views.pick_model(queries.list_models(connection), body.model)
-        except views.NotFound as error:
-            raise _not_found(error) from None
+    try:
+        chosen = views.pick_model(state.store.list_models(), body.model)
+    except views.NotFound as error:
+        raise _not_found(error) from None
     if chosen is None:
         raise HTTPException(status_code=404, detail="no model has been scored yet")
     indicator = parse_indicator("indicator", body.indicator, "") or state.settings.stream.indicator
@@ -454,8 +444,7 @@ def alerts(
     principal: Principal = Depends(viewer),
 ):
     count, skip = parse_page_window(limit, offset)
-    with state_of(request).engine.connect() as connection:
-        return _json(queries.recent_alerts(connection, count, skip))
+    return _json(state_of(request).store.list_alerts(limit=count, offset=skip))
 
 
 @router.get("/jobs", summary="Recent runs of the scheduled jobs, newest first")
@@ -465,8 +454,7 @@ def jobs(
     principal: Principal = Depends(viewer),
 ):
     count, _ = parse_page_window(limit, None)
-    with state_of(request).engine.connect() as connection:
-        return _json(queries.recent_job_runs(connection, count))
+    return _json(state_of(request).store.list_job_runs(limit=count))
 
 
 @router.get("/reports", summary="Drift reports, newest first")
@@ -477,8 +465,7 @@ def reports(
     principal: Principal = Depends(viewer),
 ):
     count, skip = parse_page_window(limit, offset)
-    with state_of(request).engine.connect() as connection:
-        rows = queries.list_reports(connection, count, skip)
+    rows = state_of(request).store.list_reports(limit=count, offset=skip)
     # The server-side path stays private: clients fetch the file by report id.
     return _json([
         {**{k: v for k, v in jsonable_encoder(row).items() if k != "file_path"},
@@ -489,11 +476,10 @@ def reports(
 
 def report_file_response(request: Request, report_id: int):
     """The report's file as the job wrote it: the path comes from the database row, never the request."""
-    with state_of(request).engine.connect() as connection:
-        report = queries.get_report(connection, report_id)
+    report = state_of(request).store.get_report(report_id)
     if report is None:
         raise HTTPException(status_code=404, detail=f"report {report_id} not found")
-    path = queries.report_file(report, Path(state_of(request).settings.jobs.report_dir))
+    path = views.report_file(report, Path(state_of(request).settings.jobs.report_dir))
     if path is None:
         raise HTTPException(status_code=404, detail=f"report {report_id} has no file in the report directory "
                                                     "(removed, never written, or elsewhere)")

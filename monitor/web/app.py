@@ -19,7 +19,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import Engine
 
 from monitor.asgi import BodyLimit, HeadAsGet
 from monitor.errors import ConfigError
@@ -64,19 +63,17 @@ def _as_store(store):
 
     if isinstance(store, Store):
         return store
-    if isinstance(store, Engine):
-        return Store(store)
-    raise TypeError(f"create_app: store must be a monitor.store.Store or an SQLAlchemy Engine, got {type(store).__name__}")
+    raise TypeError(f"create_app: store must be a monitor.store.Store, got {type(store).__name__}")
 
 
 class WebState:
-    """What the routes share: settings, the database, the authenticator, templates."""
+    """What the routes share: settings, the store (every read and write of the database), the
+    authenticator, templates."""
 
     def __init__(self, settings, store, consumer_lag: Callable[[], int | None] | None):
         web = settings.web
         self.settings = settings
         self.store = store
-        self.engine: Engine = store.engine
         self.consumer_lag = consumer_lag
         secret = web.session_secret
         if secret is None:
@@ -187,7 +184,7 @@ def create_app(
     extra_routers: Iterable[APIRouter] = (),
     consumer_lag: Callable[[], int | None] | None = None,
 ) -> FastAPI:
-    """The operator app over `store` (a monitor Store or an SQLAlchemy Engine).
+    """The operator app over `store` (a monitor.store.Store).
 
     `extra_routers` are mounted as given and stay public (health and metrics probes);
     `consumer_lag` returns the consumer group's total lag in messages, or None if unknown.

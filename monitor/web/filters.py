@@ -7,17 +7,17 @@ API answers 422 with the message, a page shows it above the form.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Annotated, Mapping, Sequence
 
 from fastapi import Path
 
 from monitor.names import INDICATORS
-from monitor.store.records import LABELS
+from monitor.store.records import QUEUE_LABELLED, QUEUE_SORTS, QueueQuery
 
-LABELLED_CHOICES = ("any", "no", "yes", *LABELS)
-SORT_CHOICES = ("time_desc", "time_asc", "score_desc", "score_asc")
+LABELLED_CHOICES = QUEUE_LABELLED
+SORT_CHOICES = QUEUE_SORTS
 MAX_PER_PAGE = 200
 QUEUE_PARAMETERS = ("model", "since", "until", "class", "labelled", "min_score", "max_score", "sort", "page", "per_page",
                     "ids")
@@ -35,19 +35,8 @@ class FilterError(ValueError):
         self.message = message
 
 
-@dataclass(frozen=True)
-class QueueFilters:
-    since: datetime | None = None
-    until: datetime | None = None
-    predicted_class: int | None = None
-    labelled: str = "any"
-    min_score: float | None = None
-    max_score: float | None = None
-    sort: str = "time_desc"
-    page: int = 1
-    per_page: int = 48
-    # These samples only, flagged or not (the samples a shadow evaluation says change side).
-    sample_ids: tuple[int, ...] | None = None
+class QueueFilters(QueueQuery):
+    """The store's queue query as the page and the API parse it from request parameters."""
 
     def as_params(self, **changes) -> dict[str, str]:
         """The filters as query parameters (defaults left out), e.g. for pagination links."""

@@ -14,9 +14,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from monitor.clock import utc_now
 from monitor.errors import InputError, MonitorError
 from monitor.names import INDICATORS
-from monitor.store.records import MAX_NOTE_LENGTH, check_label
+from monitor.store.labels import LabelConflict
+from monitor.store.records import MAX_NOTE_LENGTH, QueuePage, check_label
 from monitor.thresholds import METHODS
-from monitor.web import charts, queries, views
+from monitor.web import charts, views
 from monitor.web.api import decide_or_answer, report_file_response, what_if_evaluation
 from monitor.web.app import client_address, image_response, state_of
 from monitor.web.auth import CSRF_FIELD, LOGIN_CSRF_COOKIE, SESSION_COOKIE, Principal, csrf_matches
@@ -106,13 +107,8 @@ def install_error_pages(app: FastAPI) -> None:
         return error_page(request, error.status_code, titles.get(error.status_code, "Error"), str(error.detail))
 
 
-def _models_and_choice(connection, request: Request):
-    models = queries.list_models(connection)
-    requested = parse_int("model", request.query_params.get("model") or None, minimum=1)
-    try:
-        return models, views.pick_model(models, requested)
-    except views.NotFound as error:
-        raise HTTPException(status_code=404, detail=str(error)) from None
+def _models_and_choice(request: Request):
+    return _models_and_choice_of(state_of(request).store, request.query_params.get("model"))
 
 
 # --- login --------------------------------------------------------------------------------------
@@ -187,9 +183,8 @@ def overview_page(request: Request):
     reject_unknown(request.query_params, ("model", "window_hours"))
     state = state_of(request)
     hours = parse_window_hours("window_hours", request.query_params.get("window_hours"), state.settings.web.window_hours)
-    with state.engine.connect() as connection:
-        models, model = _models_and_choice(connection, request)
-        data = views.overview(connection, model, hours, state.consumer_lag)
+    models, model = _models_and_choice(request)
+    data = views.overview(state.store, model, hours, state.consumer_lag)
     chart = charts.volume_chart(data.buckets, views.describe_bucket(data.bucket_s))
     return render(request, "overview.html", principal, active="overview", data=data, chart=chart, models=models,
                   windows=WINDOW_CHOICES, hours=hours, bucket_label=views.describe_bucket(data.bucket_s))
@@ -208,12 +203,11 @@ def queue_page(request: Request):
     except FilterError as problem:
         error = str(problem)
         filters = parse_queue_filters({}, state.settings.web.page_size)
-    with state.engine.connect() as connection:
-        models, model = _models_and_choice(connection, request)
-        if model is None:
-            result = queries.QueueResult(items=[], total=0, page=1, per_page=filters.per_page)
-        else:
-            result = queries.flagged_queue(connection, model.id, filters)
+    models, model = _models_and_choice(request)
+    if model is None:
+        result = QueuePage(items=[], total=0, page=1, per_page=filters.per_page)
+    else:
+        result = state.store.flagged_queue(model.id, filters)
     model_param = {"model": str(model.id)} if model and request.query_params.get("model") else {}
 
     def page_url(number: int) -> str:
@@ -243,12 +237,10 @@ def queue_page(request: Request):
 def sample_page(request: Request, sample_id: RowId):
     principal = page_principal(request)
     state = state_of(request)
-    with state.engine.connect() as connection:
-        try:
-            report = views.sample_report(connection, sample_id, state.settings.web.window_hours,
-                                         state.store.policy)
-        except views.NotFound as error:
-            raise HTTPException(status_code=404, detail=str(error)) from None
+    try:
+        report = views.sample_report(state.store, sample_id, state.settings.web.window_hours)
+    except views.NotFound as error:
+        raise HTTPException(status_code=404, detail=str(error)) from None
     notice = {"labelled": "Label saved.", "undone": "Label undone."}.get(request.query_params.get("done", ""))
     return render(request, "sample.html", principal, active="queue", report=report, sample=report.sample,
                   notice=notice, error=request.query_params.get("error") and _ERRORS.get(request.query_params["error"]),
@@ -264,8 +256,7 @@ _ERRORS = {
 @router.get("/samples/{sample_id}/image")
 def sample_image_page(request: Request, sample_id: RowId):
     page_principal(request)
-    with state_of(request).engine.connect() as connection:
-        image = queries.get_image(connection, sample_id)
+    image = state_of(request).store.get_image(sample_id)
     if image is None:
         raise HTTPException(status_code=404, detail=f"sample {sample_id} has no stored image")
     if image.content_type in NPY_TYPES:  # arrays are drawn for the page; the API gives the stored bytes
@@ -282,9 +273,8 @@ async def _label_form(request: Request, sample_id: int) -> tuple[Principal, dict
     form = await request.form()
     if not csrf_matches(principal.csrf, str(form.get(CSRF_FIELD) or "")):
         raise HTTPException(status_code=403, detail="missing or wrong CSRF token; reload the page and try again")
-    with state_of(request).engine.connect() as connection:
-        if not queries.sample_exists(connection, sample_id):
-            raise HTTPException(status_code=404, detail=f"sample {sample_id} not found")
+    if not await run_in_threadpool(state_of(request).store.sample_exists, sample_id):
+        raise HTTPException(status_code=404, detail=f"sample {sample_id} not found")
     return principal, {key: str(value) for key, value in form.items()}
 
 
@@ -310,9 +300,8 @@ async def label_form(request: Request, sample_id: RowId):
 async def undo_form(request: Request, sample_id: RowId):
     principal, form = await _label_form(request, sample_id)
     try:
-        await run_in_threadpool(queries.undo_label, state_of(request).engine, sample_id, principal.name,
-                                principal.can("admin"))
-    except queries.LabelConflict as conflict:
+        await run_in_threadpool(state_of(request).store.undo_label, sample_id, principal.name, principal.can("admin"))
+    except LabelConflict as conflict:
         text = str(conflict)
         code = "others" if "admin" in text else "nothing"
         return _back_to_sample(sample_id, form, error=code)
@@ -343,10 +332,9 @@ def _thresholds(request: Request, principal: Principal, params, *, what_if: dict
     indicator = parse_indicator("indicator", params.get("indicator"), "") or None
     predicted_class = parse_predicted_class("predicted_class", params.get("predicted_class"))
     also_drawn = [what_if["candidate"].threshold_of(predicted_class)] if what_if else []
-    with state.engine.connect() as connection:
-        models, model = _models_and_choice_of(connection, params.get("model"))
-        data = views.thresholds_view(connection, model, indicator, state.settings.stream.indicator, hours,
-                                     also_drawn=also_drawn, predicted_class=predicted_class)
+    models, model = _models_and_choice_of(state.store, params.get("model"))
+    data = views.thresholds_view(state.store, model, indicator, state.settings.stream.indicator, hours,
+                                 also_drawn=also_drawn, predicted_class=predicted_class)
     proposal = state.store.waiting_proposal(model.id, data.indicator, now=utc_now()) if model else None
 
     def own(thresholds) -> str:  # whose threshold the chart shows for the selected class
@@ -370,8 +358,8 @@ def _thresholds(request: Request, principal: Principal, params, *, what_if: dict
                   what_if_value=params.get("value", ""), what_if_method=params.get("method", ""))
 
 
-def _models_and_choice_of(connection, model_text: str | None):
-    models = queries.list_models(connection)
+def _models_and_choice_of(store, model_text: str | None):
+    models = store.list_models()
     requested = parse_int("model", model_text or None, minimum=1)
     try:
         return models, views.pick_model(models, requested)
@@ -419,8 +407,7 @@ def _what_if_page(request: Request, principal: Principal, form: dict) -> HTMLRes
         value = parse_float("value", value_text or None)
         hours = parse_window_hours("window_hours", form.get("window_hours"), state.settings.web.window_hours)
         indicator = parse_indicator("indicator", form.get("indicator"), "") or state.settings.stream.indicator
-        with state.engine.connect() as connection:
-            _, model = _models_and_choice_of(connection, form.get("model"))
+        _, model = _models_and_choice_of(state.store, form.get("model"))
         if model is None:
             raise InputError("no model has been scored yet")
         predicted_class = parse_predicted_class("predicted_class", form.get("predicted_class"))
@@ -439,10 +426,10 @@ def _what_if_page(request: Request, principal: Principal, form: dict) -> HTMLRes
 @router.get("/reports", response_class=HTMLResponse)
 def reports_page(request: Request):
     principal = page_principal(request)
-    with state_of(request).engine.connect() as connection:
-        reports = queries.list_reports(connection, 50)
-        alerts = queries.recent_alerts(connection, 100)
-        jobs = queries.recent_job_runs(connection, 30)
+    store = state_of(request).store
+    reports = store.list_reports(limit=50)
+    alerts = store.list_alerts(limit=100)
+    jobs = store.list_job_runs(limit=30)
     return render(request, "reports.html", principal, active="reports", reports=reports, alerts=alerts, jobs=jobs)
 
 

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Callable, Sequence
 
-from sqlalchemy import Connection
-
+from monitor.clock import utc_now
 from monitor.names import INDICATORS
-from monitor.store.records import AlertRow, JobRunRow, ModelRow, Policy, RateBucket, ThresholdRow
-from monitor.web import queries
-from monitor.web.queries import Histogram, SampleView, WindowCounts
+from monitor.store import Store
+from monitor.store.records import (
+    AlertRow,
+    Histogram,
+    JobRunRow,
+    ModelRow,
+    RateBucket,
+    ReportRow,
+    SampleDetail,
+    ThresholdRow,
+    WindowCounts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +38,28 @@ def pick_model(models: list[ModelRow], requested: int | None) -> ModelRow | None
         if model.id == requested:
             return model
     raise NotFound(f"model {requested} not found")
+
+
+def window_bounds(hours: float, end: datetime | None = None) -> tuple[datetime, datetime]:
+    end = end or utc_now()
+    return end - timedelta(hours=hours), end
+
+
+def report_file(report: ReportRow, report_dir: Path) -> Path | None:
+    """The file the job wrote for this report, if it still exists inside `report_dir`.
+
+    The path comes from the database row only, never the request; and only a file under the
+    configured report directory is served, whatever a row says (a row that points elsewhere
+    is logged and treated as having no file).
+    """
+    if not report.file_path:
+        return None
+    path = Path(report.file_path).resolve()
+    if not path.is_relative_to(report_dir.resolve()):
+        log.warning("report %s: its file %s is outside [jobs] report_dir %s; not served",
+                    report.id, path, report_dir.resolve())
+        return None
+    return path if path.is_file() else None
 
 
 def bucket_seconds(window_hours: float) -> int:
@@ -66,16 +97,16 @@ class Overview:
 
 
 def overview(
-    connection: Connection, model: ModelRow | None, window_hours: float, consumer_lag: Callable[[], int | None] | None
+    store: Store, model: ModelRow | None, window_hours: float, consumer_lag: Callable[[], int | None] | None
 ) -> Overview:
-    start, end = queries.window_bounds(window_hours)
+    start, end = window_bounds(window_hours)
     step = bucket_seconds(window_hours)
     if model is None:
         buckets, counts, active = [], WindowCounts(0, 0, 0), []
     else:
-        buckets = queries.volume_buckets(connection, model.id, start, end, step)
-        counts = queries.window_counts(connection, model.id, start, end, buckets)
-        active = queries.active_thresholds(connection, model.id)
+        buckets = store.ood_rate(model.id, since=start, until=end, bucket_seconds=step)
+        counts = store.window_counts(model.id, start, end, buckets)
+        active = store.active_thresholds(model.id)
     lag = None
     if consumer_lag is not None:
         try:
@@ -86,7 +117,7 @@ def overview(
     return Overview(
         model=model, window_start=start, window_end=end, window_hours=window_hours, bucket_s=step, buckets=buckets,
         counts=counts, active_thresholds=active, consumer_lag=lag,
-        job_runs=queries.recent_job_runs(connection, 10), alerts=queries.recent_alerts(connection, 10),
+        job_runs=store.list_job_runs(limit=10), alerts=store.list_alerts(limit=10),
     )
 
 
@@ -116,7 +147,7 @@ class JudgedBy:
 
 @dataclass(frozen=True)
 class SampleReport:
-    sample: SampleView
+    sample: SampleDetail
     readings: list[IndicatorReading]
     window_start: datetime
     window_end: datetime
@@ -125,15 +156,14 @@ class SampleReport:
     judged_by: JudgedBy | None = None  # None: judged without a threshold (no policy was active)
 
 
-def sample_report(connection: Connection, sample_id: int, window_hours: float,
-                  policy_of: Callable[[int], Policy | None] | None = None) -> SampleReport:
-    """`policy_of` (Store.policy) reads the policy version that judged the sample; with it the
-    report says which of its thresholds did (Policy.judgement)."""
-    sample = queries.get_sample(connection, sample_id)
+def sample_report(store: Store, sample_id: int, window_hours: float) -> SampleReport:
+    """With the policy version that judged the sample (Store.policy), the report says which of its
+    thresholds did (Policy.judgement)."""
+    sample = store.get_sample(sample_id)
     if sample is None:
         raise NotFound(f"sample {sample_id} not found")
-    start, end = queries.window_bounds(window_hours)
-    percentiles = queries.percentiles_in_window(connection, sample.model_id, sample.scores, start, end)
+    start, end = window_bounds(window_hours)
+    percentiles = store.percentiles_in_window(sample.model_id, sample.scores, start, end)
     readings = [
         IndicatorReading(
             name=name, value=sample.scores[name], percentile=percentiles.get(name),
@@ -142,17 +172,12 @@ def sample_report(connection: Connection, sample_id: int, window_hours: float,
         for name in INDICATORS
         if sample.scores.get(name) is not None
     ]
-    threshold = None
-    if sample.threshold_id is not None:
-        for row in queries.threshold_history(connection, sample.model_id, sample.score_indicator, limit=500):
-            if row.id == sample.threshold_id:
-                threshold = row
-                break
-    model = next((row for row in queries.list_models(connection) if row.id == sample.model_id), None)
+    threshold = store.get_threshold(sample.threshold_id) if sample.threshold_id is not None else None
+    model = store.get_model(sample.model_id)
     class_label = (model.preprocessing.class_label(sample.predicted_class) if model is not None
                    else f"class {sample.predicted_class}")
     judged_by = None
-    policy = policy_of(sample.threshold_id) if policy_of is not None and sample.threshold_id is not None else None
+    policy = store.policy(sample.threshold_id) if sample.threshold_id is not None else None
     if policy is not None:
         judgement = policy.judgement(sample.predicted_class)
         judged_by = JudgedBy(value=judgement.value, scope=judgement.scope, predicted_class=judgement.predicted_class,
@@ -199,14 +224,14 @@ class ThresholdsView:
 
 
 def thresholds_view(
-    connection: Connection, model: ModelRow | None, indicator: str | None, default_indicator: str,
+    store: Store, model: ModelRow | None, indicator: str | None, default_indicator: str,
     window_hours: float, bins: int = 40, also_drawn: Sequence[float] = (), predicted_class: int | None = None,
 ) -> ThresholdsView:
-    start, end = queries.window_bounds(window_hours)
+    start, end = window_bounds(window_hours)
     if model is None:
         empty = Histogram(indicator=indicator or default_indicator, edges=[], counts=[], total=0)
         return ThresholdsView(None, indicator or default_indicator, [], start, end, empty, [])
-    history = queries.threshold_history(connection, model.id)
+    history = store.threshold_history(model.id)
     fitted = sorted({row.indicator for row in history}, key=INDICATORS.index)
     if indicator is None:
         active = [row for row in history if row.active]
@@ -218,8 +243,8 @@ def thresholds_view(
     view = ThresholdsView(model=model, indicator=indicator, indicators_fitted=fitted, window_start=start,
                           window_end=end, histogram=Histogram(indicator, [], [], 0), history=history,
                           shown_on_chart=on_chart, predicted_class=predicted_class)
-    histogram = queries.score_histogram(
-        connection, model.id, indicator, start, end, bins=bins,
+    histogram = store.score_histogram(
+        model.id, indicator, start, end, bins=bins,
         include=[view.chart_value(row) for row in on_chart] + list(also_drawn), predicted_class=predicted_class,
     )
     return replace(view, histogram=histogram, classes=[(index, view.class_label(index)) for index in owners])

@@ -15,7 +15,7 @@ network) with a logged-in session, and each page is timed over several requests 
 
 beside two baselines measured in the same run: `/api/me` (an authenticated request that
 reads nothing: the framework's own cost) and `Store.flagged_queue` called directly (the
-store's keyset query for the same first page, no HTTP, no templates).
+query behind the queue page, for the same first page: no HTTP, no templates).
 
 Figures are printed and saved as JSON and Markdown (docs/benchmarks/web.{json,md} for a full
 run; a temporary folder for --quick unless --out-dir is given). The goal: queue and overview
@@ -143,7 +143,7 @@ def time_calls(call: Callable[[], Any], repeats: int) -> dict[str, float]:
 def run(samples: int, flagged: int, repeats: int, progress: bool) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
-    from monitor.store import Store, connect, upgrade
+    from monitor.store import QueueQuery, Store, connect, upgrade
     from monitor.web import create_app
     from tests.services import postgres_database
     from tests.web_data import PASSWORDS, web_settings
@@ -179,8 +179,8 @@ def run(samples: int, flagged: int, repeats: int, progress: bool) -> dict[str, A
             "sample page": page(f"/samples/{sample_id}"),
             "thresholds page": page("/thresholds"),
             "baseline: /api/me (no database)": page("/api/me"),
-            "baseline: Store.flagged_queue (no HTTP)": lambda: store.flagged_queue(model_id=seeded["model_id"],
-                                                                                    sort="time", limit=48),
+            "baseline: Store.flagged_queue (no HTTP)": lambda: store.flagged_queue(seeded["model_id"],
+                                                                                    QueueQuery(per_page=48)),
         }
         results = {}
         for name, call in tqdm(cases.items(), desc="time pages", unit="page", disable=not progress):

@@ -29,7 +29,7 @@ def test_retention_job_deletes_what_the_policy_no_longer_keeps(store):
     assert store.count_samples(model.id) == 30
     recent = store.window_scores(model.id, "1C-Sum", since=NOW - timedelta(days=4))
     details = [store.get_sample(int(sample_id)) for sample_id in recent.sample_ids]
-    assert sum(detail.image is not None for detail in details) == 10, "only the images younger than 2 days stay"
+    assert sum(detail.image_content_type is not None for detail in details) == 10, "only the images younger than 2 days stay"
     [row] = store.list_job_runs(job="retention")
     assert row.outcome == "ok" and row.error is None
 
@@ -45,4 +45,4 @@ def test_retention_keeps_at_most_the_configured_counts_of_samples_and_images(sto
     assert run.outcome == "ok" and "deleted 15 samples" in run.detail
     kept = [store.get_sample(sample_id) for sample_id in ids[15:]]
     assert store.count_samples(model.id) == 25 and all(detail is not None for detail in kept)
-    assert [detail.id for detail in kept if detail.image is not None] == ids[-10:], "the newest images stay"
+    assert [detail.id for detail in kept if detail.image_content_type is not None] == ids[-10:], "the newest images stay"

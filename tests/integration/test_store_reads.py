@@ -11,7 +11,7 @@ from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
 from monitor.errors import InputError
-from monitor.store import ThresholdRecord
+from monitor.store import LabelConflict, QueueQuery, StoreError, ThresholdRecord
 from monitor.store.models import Threshold
 from tests.integration.store_samples import T0, png_blob, scored
 from monitor.store.payloads import ThresholdCounts, ThresholdParameters
@@ -91,66 +91,63 @@ def queue(store, model, threshold):
 
 
 def test_the_queue_holds_flagged_samples_sorted_by_score(store, model, queue):
-    page = store.flagged_queue(limit=100)
+    page = store.flagged_queue(model.id, QueueQuery(sort="score_desc", per_page=100))
 
-    assert page.total == 10
+    assert page.total == 10 and page.pages == 1
     assert [item.score for item in page.items] == [float(i) for i in range(18, -1, -2)]
     assert all(item.flagged and item.has_image and item.label is None for item in page.items)
-    ascending = store.flagged_queue(sort="time", descending=False, limit=100)
+    ascending = store.flagged_queue(model.id, QueueQuery(sort="time_asc", per_page=100))
     assert [item.id for item in ascending.items] == [queue[i] for i in range(0, 20, 2)]
 
 
-def test_keyset_pages_cover_the_queue_once_even_with_tied_scores(store, model, threshold):
+def test_numbered_pages_cover_the_queue_once_even_with_tied_scores(store, model, threshold):
     store.write([scored(i, model.id, flagged=True, threshold_id=threshold.id, score=float(i // 3)) for i in range(25)])
-    for sort in ("score", "time"):
-        for descending in (True, False):
-            seen, cursor = [], None
-            while True:
-                page = store.flagged_queue(sort=sort, descending=descending, limit=4, cursor=cursor)
-                assert page.total == 25
-                seen.extend(item.id for item in page.items)
-                cursor = page.next_cursor
-                if cursor is None:
-                    break
-            assert len(seen) == 25 and len(set(seen)) == 25, (sort, descending)
+    for sort in ("score_desc", "score_asc", "time_desc", "time_asc"):
+        pages = [store.flagged_queue(model.id, QueueQuery(sort=sort, page=number, per_page=4)) for number in range(1, 8)]
+        seen = [item.id for page in pages for item in page.items]
+        assert all(page.total == 25 and page.pages == 7 for page in pages)
+        assert len(seen) == 25 and len(set(seen)) == 25, sort
 
 
-def test_offset_pages_number_the_queue(store, model, queue):
-    first = store.flagged_queue(limit=4, offset=0)
-    third = store.flagged_queue(limit=4, offset=8)
+def test_numbered_pages(store, model, queue):
+    first = store.flagged_queue(model.id, QueueQuery(sort="score_desc", per_page=4))
+    third = store.flagged_queue(model.id, QueueQuery(sort="score_desc", page=3, per_page=4))
 
     assert [item.score for item in first.items] == [18.0, 16.0, 14.0, 12.0]
     assert [item.score for item in third.items] == [2.0, 0.0]
-    assert third.next_cursor is None and third.total == 10
+    assert (third.page, third.pages, third.total) == (3, 3, 10)
 
 
 def test_queue_filters(store, model, queue):
     store.add_label(queue[4], "OOD", "alice")
     store.add_label(queue[6], "ID", "alice")
+    store.add_label(queue[8], "OOD", "alice")
+    store.undo_label(queue[8], "alice", may_undo_others=False)  # cleared: unlabelled again
 
-    def scores(**filters):
-        return sorted(item.score for item in store.flagged_queue(limit=100, **filters).items)
+    def scores(model_id=model.id, **filters):
+        return sorted(item.score for item in store.flagged_queue(model_id, QueueQuery(per_page=100, **filters)).items)
 
     assert scores(predicted_class=0) == [0.0, 6.0, 12.0, 18.0]
     assert scores(min_score=10, max_score=14) == [10.0, 12.0, 14.0]
-    assert scores(labelled=True) == [4.0, 6.0]
-    assert len(scores(labelled=False)) == 8
+    assert scores(labelled="yes") == [4.0, 6.0]
+    assert scores(labelled="OOD") == [4.0] and scores(labelled="ID") == [6.0]
+    assert len(scores(labelled="no")) == 8 and 8.0 in scores(labelled="no")
     assert scores(since=T0 + timedelta(seconds=15), until=T0 + timedelta(seconds=18)) == [16.0]
-    assert scores(model_id=model.id + 1) == []
-    labels = {item.score: item.label for item in store.flagged_queue(limit=100, labelled=True).items}
-    assert labels == {4.0: "OOD", 6.0: "ID"}
-    assert store.flagged_queue(predicted_class=0, limit=2).total == 4
+    assert scores(model.id + 1) == []
+    page = store.flagged_queue(model.id, QueueQuery(labelled="yes", per_page=100))
+    assert {item.score: item.label for item in page.items} == {4.0: "OOD", 6.0: "ID"}
+    assert store.flagged_queue(model.id, QueueQuery(predicted_class=0, per_page=2)).total == 4
 
 
-def test_queue_rejects_bad_arguments(store, queue):
+def test_queue_rejects_bad_arguments():
     with pytest.raises(InputError, match="sort: 'loudness'"):
-        store.flagged_queue(sort="loudness")
-    with pytest.raises(InputError, match="limit"):
-        store.flagged_queue(limit=0)
-    with pytest.raises(InputError, match="cursor"):
-        store.flagged_queue(cursor="not-a-cursor")
-    with pytest.raises(InputError, match="either cursor or offset"):
-        store.flagged_queue(cursor=store.flagged_queue(limit=1).next_cursor, offset=2)
+        QueueQuery(sort="loudness")
+    with pytest.raises(InputError, match="per_page"):
+        QueueQuery(per_page=0)
+    with pytest.raises(InputError, match="page"):
+        QueueQuery(page=0)
+    with pytest.raises(InputError, match="labelled: 'maybe'"):
+        QueueQuery(labelled="maybe")
 
 
 # --- samples and labels ------------------------------------------------------------------------
@@ -165,9 +162,26 @@ def test_a_sample_comes_with_its_label_history(store, model, queue):
     assert [(label.label, label.labelled_by) for label in detail.labels] == [("OOD", "alice"), ("ID", "bob")]
     assert detail.labels[0].note == "a boot on a shirt model"
     assert detail.label == "ID"
-    assert detail.image is not None
-    assert store.get_sample(queue[1]).image is None
+    assert detail.image_content_type == "image/png" and store.get_image(queue[2]).data == png_blob().data
+    assert store.get_sample(queue[1]).image_content_type is None and store.get_image(queue[1]) is None
     assert store.get_sample(10**9) is None
+
+
+def test_an_undo_restores_the_label_before_and_refuses_what_it_may_not(store, queue):
+    store.add_label(queue[0], "OOD", "alice")
+    store.add_label(queue[0], "ID", "bob")
+
+    with pytest.raises(LabelConflict, match="given by bob; only an admin"):
+        store.undo_label(queue[0], "alice", may_undo_others=False)
+    history = store.undo_label(queue[0], "alice", may_undo_others=True)
+
+    assert [(row.label, row.labelled_by) for row in history] == [("OOD", "alice"), ("ID", "bob"), ("OOD", "alice")]
+    assert history[-1].note == f"undo of label #{history[1].id} (ID by bob)"
+    with pytest.raises(LabelConflict, match="no label to undo") as refused:
+        store.undo_label(queue[2], "alice", may_undo_others=True)
+    assert isinstance(refused.value, StoreError) and store.label_history(queue[2]) == []
+    with pytest.raises(InputError, match="no sample with id 999999"):
+        store.undo_label(999999, "alice", may_undo_others=True)
 
 
 def test_labels_are_validated(store, queue):
@@ -292,10 +306,17 @@ def test_ood_rate_per_bucket(store, model, threshold):
     flags = {0: False, 10: True, 20: False, 59: False, 120: True, 150: True}
     store.write([scored(i, model.id, seconds=s, flagged=f, threshold_id=threshold.id) for i, (s, f) in enumerate(flags.items())])
 
-    buckets = store.ood_rate(model.id, since=T0, until=T0 + timedelta(hours=1), bucket_seconds=60)
+    buckets = store.ood_rate(model.id, since=T0, until=T0 + timedelta(minutes=4), bucket_seconds=60)
 
-    assert [(b.start, b.total, b.flagged) for b in buckets] == [(T0, 4, 1), (T0 + timedelta(minutes=2), 2, 2)]
+    assert [(b.start, b.total, b.flagged) for b in buckets] == [
+        (T0, 4, 1), (T0 + timedelta(minutes=1), 0, 0), (T0 + timedelta(minutes=2), 2, 2), (T0 + timedelta(minutes=3), 0, 0)]
     assert buckets[0].rate == 0.25
+    # Buckets align on the epoch, not on the window's start: a window from 0:30 starts at the minute.
+    shifted = store.ood_rate(model.id, since=T0 + timedelta(seconds=30), until=T0 + timedelta(minutes=3), bucket_seconds=60)
+    assert [(b.start, b.total) for b in shifted] == [(T0, 1), (T0 + timedelta(minutes=1), 0), (T0 + timedelta(minutes=2), 2)]
+    counts = store.window_counts(model.id, T0, T0 + timedelta(minutes=4))
+    assert (counts.scored, counts.flagged, counts.labelled) == (6, 3, 0)
+    assert store.window_counts(model.id, T0, T0 + timedelta(minutes=4), buckets) == counts
 
 
 # --- alerts, reports, job runs, rejects -----------------------------------------------------------
@@ -312,6 +333,7 @@ def test_alerts_wait_until_published(store):
     assert store.mark_alerts_published([first.id]) == 0  # already published: left as it was
     assert [alert.id for alert in store.list_alerts(unpublished_only=True)] == [second.id]
     assert [alert.id for alert in store.list_alerts()] == [second.id, first.id]
+    assert [alert.id for alert in store.list_alerts(limit=1, offset=1)] == [first.id]
     assert store.list_alerts(kind="job_failed")[-1].published_at is not None
 
 
@@ -349,6 +371,7 @@ def test_reports_are_listed_newest_first(store):
     second = store.add_report(T0 + timedelta(days=1), T0 + timedelta(days=2), report_summary(drifted=("MP",)), None)
 
     assert [report.id for report in store.list_reports()] == [second.id, first.id]
+    assert [report.id for report in store.list_reports(limit=1, offset=1)] == [first.id]
     assert store.get_report(first.id).summary == report_summary(samples=10)
     assert store.get_report(second.id).summary.drifted == ("MP",)
     with pytest.raises(InputError, match="before period_start"):
@@ -375,14 +398,13 @@ def test_a_cleared_label_leaves_the_sample_unlabelled_everywhere(store, model, q
 
     store.add_label(queue[4], "OOD", "alice")
     store.add_label(queue[6], "ID", "alice")
-    # An undone first label: a history row without a value (what the operator pages write).
-    with store.engine.begin() as connection:
-        connection.execute(insert(Label).values(sample_id=queue[4], label=None, labelled_by="alice",
-                                                labelled_at=T0 + timedelta(hours=1), note="undo"))
+    history = store.undo_label(queue[4], "alice", may_undo_others=False)  # an undone first label
+    assert [row.label for row in history] == ["OOD", None] and store.get_sample(queue[4]).label is None
 
-    labelled = store.flagged_queue(limit=100, labelled=True).items
+    labelled = store.flagged_queue(model.id, QueueQuery(labelled="yes", per_page=100)).items
     assert [item.score for item in labelled] == [6.0]
-    assert 4.0 in [item.score for item in store.flagged_queue(limit=100, labelled=False).items]
+    assert 4.0 in [item.score for item in store.flagged_queue(model.id, QueueQuery(labelled="no", per_page=100)).items]
+    assert store.window_counts(model.id, T0, T0 + timedelta(days=1)).labelled == 1
     assert store.label_counts(model.id, T0, T0 + timedelta(days=1)) == {"ID": 1, "OOD": 0, "unlabelled": 19}
     window = store.window_scores(model.id, "1C-Sum")
     codes = dict(zip(window.sample_ids.tolist(), window.labels.tolist()))

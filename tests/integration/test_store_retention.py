@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from monitor.errors import InputError
-from monitor.store import RejectRecord, RetentionPolicy, ThresholdRecord
+from monitor.store import QueueQuery, RejectRecord, RetentionPolicy, ThresholdRecord
 from tests.integration.store_samples import T0, png_blob, scored
 from tests.store_data import job_failed_alert, register_model
 
@@ -27,7 +27,8 @@ def filled(store):
 
 
 def image_count(store) -> int:
-    page = store.flagged_queue(limit=1000)
+    [model] = store.list_models()
+    page = store.flagged_queue(model.id, QueueQuery(per_page=1000))
     return sum(item.has_image for item in page.items)
 
 
@@ -45,7 +46,8 @@ def test_only_the_newest_images_are_kept_by_count(store, filled):
     result = store.purge(RetentionPolicy(image_max_count=4, chunk_size=3), now=T0)
 
     assert result.images == 26
-    kept = [item.score for item in store.flagged_queue(limit=1000).items if item.has_image]
+    [model] = store.list_models()
+    kept = [item.score for item in store.flagged_queue(model.id, QueueQuery(per_page=1000)).items if item.has_image]
     assert len(kept) == 4
 
 

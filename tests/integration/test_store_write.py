@@ -44,8 +44,8 @@ def test_a_sample_is_stored_with_every_field(store, model, threshold):
     assert (detail.score, detail.score_indicator) == (9.5, "1C-Sum")
     assert detail.scores["ODIN"] is None and detail.scores["ANG"] is None and detail.scores["DSS-EXT"] is None
     assert detail.scores["MP"] == 0.0 and detail.scores["1C-Sum"] == scores["1C-Sum"]
-    assert detail.image.data == png_blob(b"seven").data
-    assert (detail.image.content_type, detail.image.width, detail.image.height) == ("image/png", 28, 28)
+    assert store.get_image(detail.id).data == png_blob(b"seven").data
+    assert (detail.image_content_type, detail.image_width, detail.image_height) == ("image/png", 28, 28)
     assert detail.labels == [] and detail.label is None
 
 
@@ -147,7 +147,7 @@ def test_models_are_registered_once_per_name_and_weights(store):
 
     assert again == first
     assert retrained.id != first.id
-    assert [m.id for m in store.list_models()] == [first.id, retrained.id]
+    assert [m.id for m in store.list_models()] == [retrained.id, first.id]  # newest first
     assert store.get_model(first.id).preprocessing == ModelPreprocessing.from_json(FASHION_PREPROCESSING.to_dict())
     assert store.get_model(first.id).preprocessing.input_shape == (1, 28, 28)
 

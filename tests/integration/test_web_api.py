@@ -440,7 +440,7 @@ def test_images_are_the_stored_bytes_with_their_type_and_nosniff(web):
     answer = client.get(f"/api/samples/{sample}/image", headers=bearer("viewer-bot"))
     assert answer.headers["content-type"] == "image/png"
     assert answer.headers["x-content-type-options"] == "nosniff"
-    stored = store.get_sample(sample).image
+    stored = store.get_image(sample)
     assert answer.content == stored.data and answer.content.startswith(b"\x89PNG")
 
 
