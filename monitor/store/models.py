@@ -346,6 +346,10 @@ if _declared != set(COLUMNS.values()):  # pragma: no cover - guards a schema edi
     raise RuntimeError(f"samples indicator columns {sorted(_declared)} differ from monitor.names.COLUMNS")
 
 
+# A sample's current label is its latest label row (by id); None when never labelled or cleared by
+# an undo. Every read of it uses one of the two forms below: a subquery to join, or a per-row scalar.
+
+
 def current_labels(*conditions):
     """(sample_id, label): the latest label row of each labelled sample (among the samples that
     meet `conditions`, if given), as a subquery to join. label None: the verdict was cleared."""

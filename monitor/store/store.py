@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -18,7 +19,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     delete,
-    func,
     insert,
     or_,
     select,
@@ -43,7 +43,6 @@ from monitor.store.models import (
     Alert,
     Calibration,
     JobRun,
-    Label,
     MonitoredModel,
     Reject,
     Report,
@@ -51,6 +50,7 @@ from monitor.store.models import (
     SampleImage,
     SummaryWeights,
     Threshold,
+    current_labels,
 )
 from monitor.store.payloads import (
     AlertDocument,
@@ -158,6 +158,7 @@ class Store(SamplesAggregate, LabelsAggregate, ProposalsAggregate, WindowsAggreg
     def __init__(self, engine: Engine):
         self.engine = engine
         self.dialect = engine.dialect.name
+        self._pinned: ContextVar[Connection | None] = ContextVar(f"store-reads-{id(self)}", default=None)
 
     @classmethod
     def open(
@@ -215,7 +216,26 @@ class Store(SamplesAggregate, LabelsAggregate, ProposalsAggregate, WindowsAggreg
             raise StoreError(f"the database refused the write, nothing was stored: {reason}") from error
 
     @contextmanager
+    def reads(self) -> Iterator[None]:
+        """Group the reads made inside (on this thread or task) on one connection: one pool
+        checkout instead of one per read, for a page that reads several things. Reads only:
+        on SQLite the group sees one snapshot, so a write made inside is not seen by later reads."""
+        if self._pinned.get() is not None:
+            yield
+            return
+        with self.engine.connect() as connection:
+            token = self._pinned.set(connection)
+            try:
+                yield
+            finally:
+                self._pinned.reset(token)
+
+    @contextmanager
     def _reading(self) -> Iterator[Connection]:
+        pinned = self._pinned.get()
+        if pinned is not None:
+            yield pinned
+            return
         with self.engine.connect() as connection:
             yield connection
 
@@ -478,12 +498,8 @@ class Store(SamplesAggregate, LabelsAggregate, ProposalsAggregate, WindowsAggreg
         """Current label codes for the given sample ids (few labels, many samples: look labels up)."""
         labels = np.full(sample_ids.shape[0], UNLABELLED, dtype=np.int8)
         low, high = int(sample_ids.min()), int(sample_ids.max())
-        latest = (
-            select(func.max(Label.id).label("id"))
-            .where(Label.sample_id >= low, Label.sample_id <= high)
-            .group_by(Label.sample_id)
-        ).subquery()
-        found = connection.execute(select(Label.sample_id, Label.label).join(latest, Label.id == latest.c.id)).all()
+        current = current_labels(Sample.id >= low, Sample.id <= high)
+        found = connection.execute(select(current.c.sample_id, current.c.label)).all()
         if not found:
             return labels
         order = np.argsort(sample_ids, kind="stable")

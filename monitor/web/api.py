@@ -181,11 +181,12 @@ def overview(
 ):
     state = state_of(request)
     hours = parse_window_hours("window_hours", window_hours, state.settings.web.window_hours)
-    try:
-        chosen = views.pick_model(state.store.list_models(), _model_param(request))
-    except views.NotFound as error:
-        raise _not_found(error) from None
-    data = views.overview(state.store, chosen, hours, state.consumer_lag)
+    with state.store.reads():
+        try:
+            chosen = views.pick_model(state.store.list_models(), _model_param(request))
+        except views.NotFound as error:
+            raise _not_found(error) from None
+        data = views.overview(state.store, chosen, hours, state.consumer_lag)
     body = jsonable_encoder(data)
     body["buckets"] = [
         {"start": b.start.isoformat(), "total": b.total, "flagged": b.flagged, "flagged_share": b.rate}
@@ -213,14 +214,15 @@ def flagged(
 ):
     state = state_of(request)
     filters = parse_queue_filters(request.query_params, state.settings.web.page_size)
-    try:
-        chosen = views.pick_model(state.store.list_models(), _model_param(request))
-    except views.NotFound as error:
-        raise _not_found(error) from None
-    if chosen is None:
-        result = QueuePage(items=[], total=0, page=filters.page, per_page=filters.per_page)
-    else:
-        result = state.store.flagged_queue(chosen.id, filters)
+    with state.store.reads():
+        try:
+            chosen = views.pick_model(state.store.list_models(), _model_param(request))
+        except views.NotFound as error:
+            raise _not_found(error) from None
+        if chosen is None:
+            result = QueuePage(items=[], total=0, page=filters.page, per_page=filters.per_page)
+        else:
+            result = state.store.flagged_queue(chosen.id, filters)
     return _json({
         "model": chosen.id if chosen else None, "total": result.total, "page": result.page,
         "per_page": result.per_page, "pages": result.pages, "items": result.items,
@@ -231,7 +233,8 @@ def flagged(
 def sample(request: Request, sample_id: RowId, principal: Principal = Depends(viewer)):
     state = state_of(request)
     try:
-        report = views.sample_report(state.store, sample_id, state.settings.web.window_hours)
+        with state.store.reads():
+            report = views.sample_report(state.store, sample_id, state.settings.web.window_hours)
     except views.NotFound as error:
         raise _not_found(error) from None
     body = jsonable_encoder(report.sample)
@@ -327,12 +330,13 @@ def thresholds(
     chosen_indicator = parse_indicator("indicator", indicator, "") or None
     bin_count = parse_int("bins", bins or None, minimum=5, maximum=200) or 40
     chosen_class = parse_predicted_class("predicted_class", predicted_class)
-    try:
-        chosen = views.pick_model(state.store.list_models(), _model_param(request))
-    except views.NotFound as error:
-        raise _not_found(error) from None
-    data = views.thresholds_view(state.store, chosen, chosen_indicator, state.settings.stream.indicator, hours,
-                                 bin_count, predicted_class=chosen_class)
+    with state.store.reads():
+        try:
+            chosen = views.pick_model(state.store.list_models(), _model_param(request))
+        except views.NotFound as error:
+            raise _not_found(error) from None
+        data = views.thresholds_view(state.store, chosen, chosen_indicator, state.settings.stream.indicator, hours,
+                                     bin_count, predicted_class=chosen_class)
     body = jsonable_encoder(data)
     body["classes"] = [{"predicted_class": index, "label": label} for index, label in data.classes]
     for row in body["history"]:

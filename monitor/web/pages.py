@@ -183,8 +183,9 @@ def overview_page(request: Request):
     reject_unknown(request.query_params, ("model", "window_hours"))
     state = state_of(request)
     hours = parse_window_hours("window_hours", request.query_params.get("window_hours"), state.settings.web.window_hours)
-    models, model = _models_and_choice(request)
-    data = views.overview(state.store, model, hours, state.consumer_lag)
+    with state.store.reads():
+        models, model = _models_and_choice(request)
+        data = views.overview(state.store, model, hours, state.consumer_lag)
     chart = charts.volume_chart(data.buckets, views.describe_bucket(data.bucket_s))
     return render(request, "overview.html", principal, active="overview", data=data, chart=chart, models=models,
                   windows=WINDOW_CHOICES, hours=hours, bucket_label=views.describe_bucket(data.bucket_s))
@@ -203,11 +204,12 @@ def queue_page(request: Request):
     except FilterError as problem:
         error = str(problem)
         filters = parse_queue_filters({}, state.settings.web.page_size)
-    models, model = _models_and_choice(request)
-    if model is None:
-        result = QueuePage(items=[], total=0, page=1, per_page=filters.per_page)
-    else:
-        result = state.store.flagged_queue(model.id, filters)
+    with state.store.reads():
+        models, model = _models_and_choice(request)
+        if model is None:
+            result = QueuePage(items=[], total=0, page=1, per_page=filters.per_page)
+        else:
+            result = state.store.flagged_queue(model.id, filters)
     model_param = {"model": str(model.id)} if model and request.query_params.get("model") else {}
 
     def page_url(number: int) -> str:
@@ -238,7 +240,8 @@ def sample_page(request: Request, sample_id: RowId):
     principal = page_principal(request)
     state = state_of(request)
     try:
-        report = views.sample_report(state.store, sample_id, state.settings.web.window_hours)
+        with state.store.reads():
+            report = views.sample_report(state.store, sample_id, state.settings.web.window_hours)
     except views.NotFound as error:
         raise HTTPException(status_code=404, detail=str(error)) from None
     notice = {"labelled": "Label saved.", "undone": "Label undone."}.get(request.query_params.get("done", ""))
@@ -332,10 +335,11 @@ def _thresholds(request: Request, principal: Principal, params, *, what_if: dict
     indicator = parse_indicator("indicator", params.get("indicator"), "") or None
     predicted_class = parse_predicted_class("predicted_class", params.get("predicted_class"))
     also_drawn = [what_if["candidate"].threshold_of(predicted_class)] if what_if else []
-    models, model = _models_and_choice_of(state.store, params.get("model"))
-    data = views.thresholds_view(state.store, model, indicator, state.settings.stream.indicator, hours,
-                                 also_drawn=also_drawn, predicted_class=predicted_class)
-    proposal = state.store.waiting_proposal(model.id, data.indicator, now=utc_now()) if model else None
+    with state.store.reads():
+        models, model = _models_and_choice_of(state.store, params.get("model"))
+        data = views.thresholds_view(state.store, model, indicator, state.settings.stream.indicator, hours,
+                                     also_drawn=also_drawn, predicted_class=predicted_class)
+        proposal = state.store.waiting_proposal(model.id, data.indicator, now=utc_now()) if model else None
 
     def own(thresholds) -> str:  # whose threshold the chart shows for the selected class
         return " (own)" if thresholds.judged_by(predicted_class) is not None else ""
@@ -427,9 +431,10 @@ def _what_if_page(request: Request, principal: Principal, form: dict) -> HTMLRes
 def reports_page(request: Request):
     principal = page_principal(request)
     store = state_of(request).store
-    reports = store.list_reports(limit=50)
-    alerts = store.list_alerts(limit=100)
-    jobs = store.list_job_runs(limit=30)
+    with store.reads():
+        reports = store.list_reports(limit=50)
+        alerts = store.list_alerts(limit=100)
+        jobs = store.list_job_runs(limit=30)
     return render(request, "reports.html", principal, active="reports", reports=reports, alerts=alerts, jobs=jobs)
 
 

@@ -412,3 +412,16 @@ def test_a_cleared_label_leaves_the_sample_unlabelled_everywhere(store, model, q
     with pytest.raises(IntegrityError), store.engine.begin() as connection:
         connection.execute(insert(Label).values(sample_id=queue[4], label="XX", labelled_by="alice",
                                                 labelled_at=T0, note=None))
+
+
+def test_grouped_reads_share_one_connection(store, model, queue):
+    before = store.engine.pool.checkedout()
+    with store.reads():
+        models = store.list_models()
+        with store.reads():  # nested groups join the outer one
+            page = store.flagged_queue(model.id, QueueQuery(per_page=5))
+            assert store.engine.pool.checkedout() == before + 1
+        detail = store.get_sample(page.items[0].id)
+        assert store.engine.pool.checkedout() == before + 1
+    assert store.engine.pool.checkedout() == before
+    assert [m.id for m in models] == [model.id] and detail.id == page.items[0].id and page.total == 10
