@@ -9,10 +9,9 @@ A `drift` alert is raised when at least one indicator drifts (monitor.reports.dr
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -161,15 +160,8 @@ def _count(store, model_id: int, start: datetime, end: datetime) -> int:
 def _volume(store, model_id: int, start: datetime, end: datetime) -> list[VolumeBin]:
     """Bins covering [start, end) on the store's epoch-aligned buckets; empty bins included."""
     width = bin_seconds_for(end - start)
-    buckets = {bucket.start: bucket for bucket in store.ood_rate(model_id, since=start, until=end, bucket_seconds=width)}
-    first = datetime.fromtimestamp(math.floor(start.timestamp() / width) * width, timezone.utc)
-    bins = []
-    moment = first
-    while moment < end:
-        bucket = buckets.get(moment)
-        bins.append(VolumeBin(moment, bucket.total if bucket else 0, bucket.flagged if bucket else 0))
-        moment += timedelta(seconds=width)
-    return bins
+    return [VolumeBin(bucket.start, bucket.total, bucket.flagged)
+            for bucket in store.ood_rate(model_id, since=start, until=end, bucket_seconds=width)]
 
 
 def _report_directory(directory: Path) -> Path:

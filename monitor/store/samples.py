@@ -9,6 +9,7 @@ value that reaches SQL is a bound parameter or an expression built here from a c
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
@@ -205,7 +206,9 @@ class SamplesAggregate:
                 index = (int((_utc(key) - origin_at).total_seconds()) // bucket_seconds if isinstance(key, datetime)
                          else int(key))
                 found[index] = (int(row.total), int(row.flagged or 0))
-        count = max(1, -(-(int(until.timestamp()) - origin) // bucket_seconds))
+        # Up to the bucket holding `until` (exclusive), to the microsecond: a window ending just past a
+        # bucket's start still shows that bucket.
+        count = max(1, math.ceil((until.timestamp() - origin) / bucket_seconds))
         return [
             RateBucket(start=origin_at + timedelta(seconds=index * bucket_seconds),
                        total=found.get(index, (0, 0))[0], flagged=found.get(index, (0, 0))[1])

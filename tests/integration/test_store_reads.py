@@ -314,6 +314,9 @@ def test_ood_rate_per_bucket(store, model, threshold):
     # Buckets align on the epoch, not on the window's start: a window from 0:30 starts at the minute.
     shifted = store.ood_rate(model.id, since=T0 + timedelta(seconds=30), until=T0 + timedelta(minutes=3), bucket_seconds=60)
     assert [(b.start, b.total) for b in shifted] == [(T0, 1), (T0 + timedelta(minutes=1), 0), (T0 + timedelta(minutes=2), 2)]
+    # A window ending just past a bucket's start still shows that bucket (the overview ends at "now").
+    ragged = store.ood_rate(model.id, since=T0, until=T0 + timedelta(minutes=2, microseconds=500), bucket_seconds=60)
+    assert [(b.start, b.total) for b in ragged] == [(T0, 4), (T0 + timedelta(minutes=1), 0), (T0 + timedelta(minutes=2), 1)]
     counts = store.window_counts(model.id, T0, T0 + timedelta(minutes=4))
     assert (counts.scored, counts.flagged, counts.labelled) == (6, 3, 0)
     assert store.window_counts(model.id, T0, T0 + timedelta(minutes=4), buckets) == counts
