@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from sqlalchemy import (
@@ -36,16 +36,13 @@ from monitor.store.bulk import SAMPLE_COLUMNS as _SAMPLE_INSERT_COLUMNS
 from monitor.store.bulk import SOURCE_KEY as _SOURCE_KEY
 from monitor.store.bulk import copy_samples
 from monitor.store.engine import DEFAULT_CONNECT_TIMEOUT_S, WRITE_OPTION, StoreError, connect, safe_url
-from monitor.store.locks import job_lock
 from monitor.store.models import (
     INDICATOR_COLUMNS,
-    JOB_OUTCOMES,
     Alert,
     Calibration,
     JobRun,
     MonitoredModel,
     Reject,
-    Report,
     Sample,
     SampleImage,
     SummaryWeights,
@@ -53,28 +50,25 @@ from monitor.store.models import (
     current_labels,
 )
 from monitor.store.payloads import (
-    AlertDocument,
     ModelPreprocessing,
     NoiseCalibration,
-    OodRateAlert,
-    ReportSummary,
     SummaryWeightsDocument,
 )
+from monitor.store.alerts import AlertsAggregate
 from monitor.store.labels import LabelsAggregate
 from monitor.store.proposals import ProposalsAggregate
+from monitor.store.reports import ReportsAggregate
+from monitor.store.runs import RunsAggregate
 from monitor.store.samples import SamplesAggregate
 from monitor.store.windows import WindowsAggregate
 from monitor.store.records import (
     LABEL_CODES,
     UNLABELLED,
-    AlertRow,
-    JobRunRow,
     ModelRow,
     Policy,
     PurgeResult,
     RejectRecord,
     RejectRow,
-    ReportRow,
     RetentionPolicy,
     ScoredSample,
     SourcePosition,
@@ -148,11 +142,13 @@ def _indicator_column(indicator: str):
         raise InputError(f"unknown indicator {indicator!r}; expected one of {', '.join(INDICATORS)}") from None
 
 
-class Store(SamplesAggregate, LabelsAggregate, ProposalsAggregate, WindowsAggregate):
+class Store(SamplesAggregate, LabelsAggregate, ProposalsAggregate, WindowsAggregate, AlertsAggregate, ReportsAggregate,
+            RunsAggregate):
     """The service's database. Build it with `Store.open(url)` (or around an existing engine).
 
     Samples and their window aggregates (monitor.store.samples), labels (monitor.store.labels),
-    proposals (monitor.store.proposals) and the jobs' sample windows (monitor.store.windows) are
+    proposals (monitor.store.proposals), the jobs' sample windows (monitor.store.windows), alerts
+    (monitor.store.alerts), reports (monitor.store.reports) and job runs (monitor.store.runs) are
     aggregates of their own, mixed in here."""
 
     def __init__(self, engine: Engine):
@@ -678,63 +674,7 @@ class Store(SamplesAggregate, LabelsAggregate, ProposalsAggregate, WindowsAggreg
                 select(SummaryWeights.__table__).where(SummaryWeights.id == weights_id)).first()
         return SummaryWeightsRow(**row._mapping) if row else None
 
-    # --- alerts, rejects, reports, job runs ------------------------------------------------
-
-    def add_alert(self, document: AlertDocument, *, created_at: datetime | None = None) -> AlertRow:
-        with self._writing() as connection:
-            row = connection.execute(
-                insert(Alert).returning(*Alert.__table__.c),
-                [{"kind": document.kind, "payload": document, "created_at": created_at or utc_now(),
-                  "published_at": None}],
-            ).one()
-        return AlertRow(**row._mapping)
-
-    def list_alerts(
-        self,
-        *,
-        unpublished_only: bool = False,
-        kind: str | None = None,
-        since: datetime | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        oldest_first: bool = False,
-    ) -> list[AlertRow]:
-        """Alerts, newest first by creation time (or in the order they were stored, as a publisher
-        drains them); `limit` and `offset` page through them."""
-        statement = select(Alert.__table__)
-        if unpublished_only:
-            statement = statement.where(Alert.published_at.is_(None))
-        if kind is not None:
-            statement = statement.where(Alert.kind == kind)
-        if since is not None:
-            statement = statement.where(Alert.created_at >= since)
-        order = (Alert.id.asc(),) if oldest_first else (Alert.created_at.desc(), Alert.id.desc())
-        statement = statement.order_by(*order).limit(limit).offset(offset)
-        with self._reading() as connection:
-            return [AlertRow(**row._mapping) for row in connection.execute(statement)]
-
-    def latest_rate_alert(self, model_id: int) -> OodRateAlert | None:
-        """The newest ood_rate alert of a model (its episode's state). The model is matched in Python:
-        JSON operators differ between SQLite and PostgreSQL; the scan stops at the first match."""
-        statement = select(Alert.payload).where(Alert.kind == OodRateAlert.KIND).order_by(Alert.id.desc())
-        with self._reading() as connection:
-            for document in connection.execution_options(yield_per=200).execute(statement).scalars():
-                if document.payload.model_id == model_id:
-                    return document.payload
-        return None
-
-    def mark_alerts_published(self, alert_ids: Iterable[int], *, published_at: datetime | None = None) -> int:
-        """Set published_at on alerts not yet published; returns how many changed."""
-        ids = list(alert_ids)
-        if not ids:
-            return 0
-        with self._writing() as connection:
-            result = connection.execute(
-                update(Alert)
-                .where(Alert.id.in_(ids), Alert.published_at.is_(None))
-                .values(published_at=published_at or utc_now())
-            )
-            return int(result.rowcount)
+    # --- rejects ---------------------------------------------------------------------------
 
     def list_rejects(self, *, since: datetime | None = None, reason: str | None = None, limit: int = 100) -> list[RejectRow]:
         statement = select(Reject.__table__)
@@ -757,98 +697,6 @@ class Store(SamplesAggregate, LabelsAggregate, ProposalsAggregate, WindowsAggreg
             )
             for row in rows
         ]
-
-    def add_report(
-        self, period_start: datetime, period_end: datetime, summary: ReportSummary, file_path: str | None = None
-    ) -> ReportRow:
-        if period_end < period_start:
-            raise InputError(f"report: period_end {period_end} is before period_start {period_start}")
-        with self._writing() as connection:
-            row = connection.execute(
-                insert(Report).returning(*Report.__table__.c),
-                [
-                    {
-                        "period_start": period_start,
-                        "period_end": period_end,
-                        "summary": summary,
-                        "file_path": file_path,
-                        "created_at": utc_now(),
-                    }
-                ],
-            ).one()
-        return ReportRow(**row._mapping)
-
-    def list_reports(self, *, limit: int = 50, offset: int = 0) -> list[ReportRow]:
-        """Reports, newest first; `limit` and `offset` page through them."""
-        statement = (select(Report.__table__).order_by(Report.created_at.desc(), Report.id.desc())
-                     .limit(limit).offset(offset))
-        with self._reading() as connection:
-            rows = connection.execute(statement)
-            return [ReportRow(**row._mapping) for row in rows]
-
-    def get_report(self, report_id: int) -> ReportRow | None:
-        with self._reading() as connection:
-            row = connection.execute(select(Report.__table__).where(Report.id == report_id)).first()
-        return ReportRow(**row._mapping) if row else None
-
-    def job_lock(self, job_name: str):
-        """Context manager: try to take the lock of `job_name` without waiting; yields whether this
-        process holds it (monitor.store.locks; one replica at a time runs a scheduled job)."""
-        return job_lock(self.engine, job_name)
-
-    def start_job_run(self, job: str, *, started_at: datetime | None = None, runner: str | None = None) -> JobRunRow:
-        if not job:
-            raise InputError("job run: job must be named")
-        with self._writing() as connection:
-            row = connection.execute(
-                insert(JobRun).returning(*JobRun.__table__.c),
-                [{"job": job, "started_at": started_at or utc_now(), "outcome": "running", "error": None,
-                  "runner": runner[:255] if runner else None}],
-            ).one()
-        return JobRunRow(**row._mapping)
-
-    def finish_job_run(
-        self, run_id: int, outcome: str, *, error: str | None = None, finished_at: datetime | None = None
-    ) -> JobRunRow:
-        if outcome not in JOB_OUTCOMES or outcome == "running":
-            raise InputError(f"job run: outcome {outcome!r} is not one of ok, failed, skipped")
-        with self._writing() as connection:
-            row = connection.execute(
-                update(JobRun)
-                .where(JobRun.id == run_id)
-                .values(outcome=outcome, error=error, finished_at=finished_at or utc_now())
-                .returning(*JobRun.__table__.c)
-            ).first()
-            if row is None:
-                raise InputError(f"job run: no run with id {run_id}")
-        return JobRunRow(**row._mapping)
-
-    def list_job_runs(self, *, job: str | None = None, limit: int = 50) -> list[JobRunRow]:
-        """Runs of the scheduled jobs (or of one), the latest started first."""
-        statement = select(JobRun.__table__)
-        if job is not None:
-            statement = statement.where(JobRun.job == job)
-        statement = statement.order_by(JobRun.started_at.desc(), JobRun.id.desc()).limit(limit)
-        with self._reading() as connection:
-            return [JobRunRow(**row._mapping) for row in connection.execute(statement)]
-
-    def close_interrupted_runs(self, job: str, reason: str, now: datetime) -> list[JobRunRow]:
-        """Mark as failed the runs of `job` still 'running'. Call only while holding the job's lock:
-        then no live process is running it, so those runs died with their process."""
-        with self._writing() as connection:
-            rows = connection.execute(
-                update(JobRun)
-                .where(JobRun.job == job, JobRun.outcome == "running")
-                .values(outcome="failed", error=reason, finished_at=now)
-                .returning(*JobRun.__table__.c)
-            ).all()
-        return sorted((JobRunRow(**row._mapping) for row in rows), key=lambda run: run.id)
-
-    def run_started_since(self, job: str, moment: datetime) -> bool:
-        """Whether a run of `job` started at or after `moment` (another replica ran this slot)."""
-        statement = select(JobRun.id).where(JobRun.job == job, JobRun.started_at >= moment).limit(1)
-        with self._reading() as connection:
-            return connection.execute(statement).first() is not None
 
     # --- retention -------------------------------------------------------------------------
 
