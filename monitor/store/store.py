@@ -429,12 +429,6 @@ class Store(SamplesAggregate, LabelsAggregate, ProposalsAggregate, WindowsAggreg
             in rows
         }
 
-    def write_samples(self, samples: Sequence[ScoredSample]) -> WriteResult:
-        return self.write(samples=samples)
-
-    def write_rejects(self, rejects: Sequence[RejectRecord]) -> WriteResult:
-        return self.write(rejects=rejects)
-
     # --- windows for refitting and reports -------------------------------------------------
 
     def _window_conditions(self, model_id: int, since: datetime | None, until: datetime | None) -> list:
