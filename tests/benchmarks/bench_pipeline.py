@@ -53,9 +53,9 @@ LATENCY_LOAD = 0.25  # the latency run sends at this share of the measured throu
 QUICK_LATENCY_SECONDS = 4.0
 
 
-def benchmark_images(count: int, side: int | None = None) -> list[bytes]:
-    """PNG bytes of Fashion-MNIST test images (the bundled samples, repeated, without the dataset);
-    with `side`, enlarged to side x side RGB (what an ImageNet-sized model takes)."""
+def benchmark_images(count: int, side: int | None = None, fmt: str = "PNG") -> list[bytes]:
+    """PNG (or `fmt`: JPEG...) bytes of Fashion-MNIST test images (the bundled samples, repeated,
+    without the dataset); with `side`, resized to side x side RGB (what an ImageNet-sized model takes)."""
     from PIL import Image
 
     from monitor import fashion_mnist
@@ -72,7 +72,7 @@ def benchmark_images(count: int, side: int | None = None) -> list[bytes]:
         if side:
             picture = picture.convert("RGB").resize((side, side), Image.BILINEAR)
         buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
+        picture.save(buffer, format=fmt)
         out.append(buffer.getvalue())
     return out
 
