@@ -30,19 +30,25 @@ QUICK_DEATH_S = 30.0  # a child that lived less than this and died counts toward
 STOP_MARGIN_S = 2.0  # beyond [stream] shutdown_grace_s, at which a worker ends itself: its exit
 
 
+GPU_WORKERS = 2
+CPU_THREADS_PER_WORKER = 2
+
+
 def auto_workers(settings: Any) -> int:
-    """`[stream] workers = 0`: two workers per GPU (one scores while the other decodes and stores),
-    else one per two cores (each with the torch threads of its share), at least one."""
+    """`[stream] workers = 0`: two workers when the model runs on a GPU (one scores while the other
+    decodes and stores); on the CPU one per `[model] torch_threads` cores (two when it is not set:
+    each worker then takes two torch threads), at least one. Measured: docs/daemon.md, "Scaling"."""
     device = settings.model.device
     if device in ("auto", "cuda"):
         try:
             import torch
 
             if torch.cuda.is_available():
-                return 2
+                return GPU_WORKERS
         except ImportError:  # pragma: no cover - torch is a dependency
             pass
-    return max(1, (os.cpu_count() or 1) // 2)
+    threads = settings.model.torch_threads or CPU_THREADS_PER_WORKER
+    return max(1, (os.cpu_count() or 1) // threads)
 
 
 @dataclass

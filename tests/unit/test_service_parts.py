@@ -87,3 +87,30 @@ def test_worker_metrics_are_summed_and_a_replaced_worker_keeps_its_counts():
     assert _value(merged, "ood_monitor_images_flagged_total") == 3
     assert _value(merged, "ood_monitor_assigned_partitions") == 1  # gauges: live workers only
     assert not any(sample.name.endswith("_created") for family in merged for sample in family.samples)
+
+
+@pytest.mark.parametrize("cores, torch_threads, expected", [
+    (2, None, 1), (16, None, 8), (1, None, 1), (2, 1, 2), (16, 4, 4), (3, 8, 1), (None, None, 1),
+])
+def test_default_workers_on_the_cpu_share_the_cores_by_torch_threads(monkeypatch, cores, torch_threads, expected):
+    from monitor.service import supervisor
+    from monitor.settings import settings_from_mapping
+
+    monkeypatch.setattr(supervisor.os, "cpu_count", lambda: cores)
+    model = {"device": "cpu"} if torch_threads is None else {"device": "cpu", "torch_threads": torch_threads}
+    assert supervisor.auto_workers(settings_from_mapping({"model": model}, {})) == expected
+
+
+def test_default_workers_on_a_gpu_is_two(monkeypatch):
+    # No GPU here: torch is told it has one (the rule reads nothing else from the device).
+    import torch
+
+    from monitor.service import supervisor
+    from monitor.settings import settings_from_mapping
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(supervisor.os, "cpu_count", lambda: 16)
+    assert supervisor.auto_workers(settings_from_mapping({"model": {"device": "auto"}}, {})) == 2
+    assert supervisor.auto_workers(settings_from_mapping({"model": {"device": "cuda"}}, {})) == 2
+    # A model pinned to the CPU shares the cores even on a machine with a GPU.
+    assert supervisor.auto_workers(settings_from_mapping({"model": {"device": "cpu"}}, {})) == 8

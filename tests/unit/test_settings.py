@@ -96,9 +96,19 @@ def test_unknown_section_and_unknown_environment_key():
     ({"model": {"device": "gpu"}}, "[model] device: 'gpu' is not one of auto, cpu, cuda"),
     ({"stream": {"indicator": "ang++"}}, "[stream] indicator: 'ang++' is not one of MP, H"),
     ({"kafka": {"topics": []}}, "[kafka] topics: must not be empty"),
+    ({"stream": {"workers": -1}}, "[stream] workers: -1 is below the minimum 0"),
+    ({"stream": {"workers": 257}}, "[stream] workers: 257 is above the maximum 256"),
+    ({"stream": {"workers": "auto"}}, "[stream] workers: expected an integer, got 'auto'"),
+    ({"stream": {"workers": 1.5}}, "[stream] workers: expected an integer, got 1.5"),
 ])
 def test_wrong_type_or_range_names_key_and_problem(data, expected):
     assert expected in _error(data)
+
+
+def test_workers_from_the_environment_is_checked_like_the_file():
+    assert "[stream] workers: expected an integer, got 'two' (from $MONITOR_STREAM__WORKERS)" in _error(
+        environ={"MONITOR_STREAM__WORKERS": "two"})
+    assert "[stream] workers: -3 is below the minimum 0" in _error(environ={"MONITOR_STREAM__WORKERS": "-3"})
 
 
 def test_environment_value_of_wrong_type():

@@ -22,6 +22,20 @@ def test_run_with_an_invalid_setting_names_the_key(tmp_path, capsys):
     assert "unknown key [stream] batch_sise (did you mean batch_size?)" in capsys.readouterr().err
 
 
+def test_run_refuses_a_negative_or_non_numeric_worker_count(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text("[stream]\nworkers = -2\n")
+    assert main(["run", "--config", str(config)]) == 2
+    assert "[stream] workers: -2 is below the minimum 0" in capsys.readouterr().err
+    for value in ("-1", "two"):
+        try:
+            code = main(["run", "--workers", value])
+        except SystemExit as exited:  # argparse's own exit
+            code = exited.code
+        assert code == 2
+        assert f"--workers: expected 0 or a positive integer, not '{value}'" in capsys.readouterr().err
+
+
 def test_produce_refuses_a_missing_path(tmp_path, capsys):
     code = main(["produce", str(tmp_path / "nothing-here"), "--topic", "t", "--bootstrap-servers", "127.0.0.1:9"])
     assert code == 2
