@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Every GPU figure the project owes, in one run on a machine with an NVIDIA GPU (sized for an H200
+# with 16 cores: about 8 minutes after the installation). Each figure is saved with the machine it
+# ran on (CPU, cores, load average, and nvidia-smi's line for the card):
+#
+#   1. the Scorer over the bare eager forward pass at batch 64, without and with ODIN
+#      (tests/benchmarks/bench_scorer_overhead.py);
+#   2. worker processes end to end over the Scorer alone on CUDA, JPEG messages decoded on the GPU
+#      ([imaging] device_decode = on) and on the CPU (off), PNG beside them
+#      (tests/benchmarks/bench_workers.py).
+#
+#   tests/benchmarks/gpu_checks.sh                 # into $OUT when set, else var/gpu-checks/
+#   tests/benchmarks/gpu_checks.sh --dry-run       # the same steps on the CPU, tiny sizes: a smoke run
+#
+# Installation: $PYTHON when set, else .venv/bin/python when it has the package and torch, else
+# deploy/local/bootstrap.sh (torch from the machine's local disk when pip finds it there; set
+# PIP_FIND_LINKS=DIR PIP_NO_INDEX=1 for a machine without a registry). What it writes: gpu-checks.log,
+# summary.md (every table, one after the other) and gpu-checks.tar.gz (the JSON, Markdown and PNG files).
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+dry=0
+[[ "${1:-}" == "--dry-run" ]] && dry=1
+out="${OUT:-$root/var/gpu-checks}"
+mkdir -p "$out"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+log="$out/gpu-checks.log"
+: >"$log"
+export PYTHONUNBUFFERED=1
+say() { echo "[gpu-checks $(date -u +%H:%M:%S)] $*" | tee -a "$log"; }
+
+python="${PYTHON:-}"
+if [[ -z "$python" ]]; then
+  if [[ -x .venv/bin/python ]] && .venv/bin/python -c "import monitor, torch, kafka" >/dev/null 2>&1; then
+    python=.venv/bin/python
+  else
+    say "installing: deploy/local/bootstrap.sh --test"
+    deploy/local/bootstrap.sh --test 2>&1 | tee -a "$log" || say "bootstrap failed: trying what is installed"
+    python=.venv/bin/python
+  fi
+fi
+"$python" - <<'PY' 2>&1 | tee -a "$log"
+import os, torch
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available: {torch.cuda.is_available()}, "
+      f"{os.cpu_count()} cores, load average {os.getloadavg()}")
+if torch.cuda.is_available():
+    print("GPU:", torch.cuda.get_device_name(0))
+PY
+if (( dry )); then
+  device=cpu
+else
+  device=cuda
+  nvidia-smi 2>&1 | tee "$work/nvidia-smi.txt" >>"$log" || say "nvidia-smi failed"
+  "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+    || { say "CUDA is not available to torch here: nothing to measure"; exit 1; }
+fi
+
+failed=0
+step() {  # step NAME SECONDS COMMAND...: runs with a time limit; a failure is logged, the rest still runs
+  local name=$1 limit=$2
+  shift 2
+  say "$name (at most ${limit} s)"
+  if ! timeout --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tr '\r' '\n' | grep --line-buffered -v -E '\[[0-9]{2}:[0-9]{2}' | tee -a "$log"; then
+    say "$name: FAILED or cut at its limit"
+    failed=1
+  fi
+}
+
+if (( dry )); then
+  step "Scorer over forward" 300 "$python" -m tests.benchmarks.bench_scorer_overhead --device cpu --quick \
+    --out-dir "$work/scorer"
+  step "workers, device decode on" 300 "$python" -m tests.benchmarks.bench_workers --device cpu --quick \
+    --messages 64 --workers 1 --device-decode on --out-dir "$work/decode-on"
+  step "workers, device decode off" 300 "$python" -m tests.benchmarks.bench_workers --device cpu --quick \
+    --messages 64 --workers 1 --formats jpeg --device-decode off --out-dir "$work/decode-off"
+else
+  step "Scorer over forward, batch 64" 90 "$python" -m tests.benchmarks.bench_scorer_overhead --device cuda \
+    --batch-size 64 --out-dir "$work/scorer"
+  step "workers, ResNet-18 224, device decode on" 150 "$python" -m tests.benchmarks.bench_workers --device cuda \
+    --subjects resnet18-224 --messages 3072 --device-decode on --out-dir "$work/decode-on-224"
+  step "workers, ResNet-18 224, device decode off" 110 "$python" -m tests.benchmarks.bench_workers --device cuda \
+    --subjects resnet18-224 --messages 3072 --formats jpeg --device-decode off --out-dir "$work/decode-off-224"
+  step "workers, demo and ResNet-18 32, device decode on" 150 "$python" -m tests.benchmarks.bench_workers \
+    --device cuda --subjects demo,resnet18-32 --messages 6144 --device-decode on --out-dir "$work/decode-on-small"
+  step "workers, demo, device decode off" 80 "$python" -m tests.benchmarks.bench_workers --device cuda \
+    --subjects demo --messages 6144 --formats jpeg --device-decode off --out-dir "$work/decode-off-small"
+fi
+
+{
+  echo "# GPU checks ($(date -u +%Y-%m-%dT%H:%M:%SZ), $([[ $dry == 1 ]] && echo 'dry run on the CPU' || echo "device $device"))"
+  echo
+  [[ -f "$work/nvidia-smi.txt" ]] && { echo '```'; cat "$work/nvidia-smi.txt"; echo '```'; echo; }
+  for md in $(find "$work" -name '*.md' | sort); do
+    echo "<!-- ${md#$work/} -->"
+    cat "$md"
+    echo
+  done
+} >"$out/summary.md"
+tar -czf "$out/gpu-checks.tar.gz" -C "$work" .
+say "wrote $out/summary.md and $out/gpu-checks.tar.gz$([[ $failed == 1 ]] && echo '; some steps failed (see above)')"
+exit $failed
