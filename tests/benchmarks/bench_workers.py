@@ -1,7 +1,7 @@
 """Worker processes end to end beside the Scorer alone, in one run: how much of the Scorer's rate
 `ood-monitor run --workers N` keeps, per model, input size, image format and number of workers.
 
-    python -m tests.benchmarks.bench_workers              # the full run (about 10 minutes on 2 cores)
+    python -m tests.benchmarks.bench_workers              # the full run (30 minutes on 2 busy cores)
     python -m tests.benchmarks.bench_workers --quick      # demo model, 128 messages, 1 round: a smoke run
     python -m tests.benchmarks.bench_workers --device cuda --device-decode on --out-dir "$OUT"
 
