@@ -393,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         workdir = Path(scratch)
         from kafka import KafkaProducer
 
+        out_dir = args.out_dir or (workdir / "out" if args.quick else ROOT / "docs" / "benchmarks")
         broker = start_broker(args.broker, workdir)
         producer = None
         try:
@@ -407,22 +408,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                       decode_threads=args.decode_threads)
                 report["subjects"].append(outcome)
                 report["device"] = outcome["device"]
+                stem, text = save(report, out_dir)  # after each subject: a run cut short keeps what it measured
         finally:
             if producer is not None:
                 producer.close()
             broker.stop()
-        report["machine"] = machine(report["device"])
-        suffix = "-cuda" if report["device"].startswith("cuda") else ""
-        out_dir = args.out_dir or (workdir / "out" if args.quick else ROOT / "docs" / "benchmarks")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stem = out_dir / f"workers{suffix}"
-        stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        text = markdown(report)
-        stem.with_suffix(".md").write_text(text)
-        plot(report, stem.with_suffix(".png"))
         print(text)
         print(f"saved {stem}.json, {stem}.md and {stem}.png")
     return report
+
+
+def save(report: dict[str, Any], out_dir: Path) -> tuple[Path, str]:
+    report["machine"] = machine(report["device"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"workers{'-cuda' if report['device'].startswith('cuda') else ''}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    stem.with_suffix(".md").write_text(text)
+    plot(report, stem.with_suffix(".png"))
+    return stem, text
 
 
 if __name__ == "__main__":
