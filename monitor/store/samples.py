@@ -66,13 +66,13 @@ def _queue_conditions(model_id: int, query: QueueQuery) -> list[ColumnElement]:
         conditions.append(Sample.score >= query.min_score)
     if query.max_score is not None:
         conditions.append(Sample.score <= query.max_score)
-    current = current_label_of_sample()
-    if query.labelled == "no":
-        conditions.append(current.is_(None))
-    elif query.labelled == "yes":
-        conditions.append(current.is_not(None))
-    elif query.labelled in LABELS:
-        conditions.append(current == query.labelled)
+    if query.labelled in ("no", "yes", *LABELS):
+        # The samples whose current label is a verdict (or this verdict), read once as a set: a
+        # per-row lookup of the latest label made counting a large queue many times slower.
+        verdicts = current_labels()
+        given = select(verdicts.c.sample_id).where(
+            verdicts.c.label == query.labelled if query.labelled in LABELS else verdicts.c.label.is_not(None))
+        conditions.append(Sample.id.not_in(given) if query.labelled == "no" else Sample.id.in_(given))
     return conditions
 
 
