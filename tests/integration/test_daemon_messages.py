@@ -53,7 +53,7 @@ def test_each_message_ends_as_one_row_and_rejects_as_dead_letters(broker, tmp_pa
         "jobs": {"enabled": False},
     })
     daemon = Daemon(settings, install_signal_handlers=False)
-    runner = threading.Thread(target=daemon.run, name="daemon")
+    runner = threading.Thread(target=daemon.run, name="daemon", daemon=True)
     runner.start()
     rows = StoredRows(store_url)
     try:
@@ -125,7 +125,7 @@ def test_each_message_ends_as_one_row_and_rejects_as_dead_letters(broker, tmp_pa
 def _running_daemon(settings, store_url):
     """A daemon consuming on a thread, and the rows it stores; stopped and closed afterwards."""
     daemon = Daemon(settings, install_signal_handlers=False)
-    runner = threading.Thread(target=daemon.run, name="daemon")
+    runner = threading.Thread(target=daemon.run, name="daemon", daemon=True)
     runner.start()
     rows = StoredRows(store_url)
     try:
@@ -244,7 +244,7 @@ def test_while_the_database_is_locked_the_consumer_stays_in_its_group(tansu, tmp
 
     valid = message_corpus(MAX_BYTES)["valid"][0]
     daemon = Daemon(settings, install_signal_handlers=False)
-    runner = threading.Thread(target=daemon.run, name="daemon")
+    runner = threading.Thread(target=daemon.run, name="daemon", daemon=True)
     caplog.set_level(logging.INFO, logger="monitor.stream")
     runner.start()
     rows = StoredRows(store_url)

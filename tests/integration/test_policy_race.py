@@ -74,7 +74,7 @@ def test_a_refit_racing_the_stream_never_scores_and_judges_a_batch_with_two_poli
         while not done.is_set():
             refits.append(refit(len(refits) + 1).id)
 
-    refitter = threading.Thread(target=keep_refitting, name="refit")
+    refitter = threading.Thread(target=keep_refitting, name="refit", daemon=True)
     refitter.start()
     try:
         while messages := consumer.poll():

@@ -81,7 +81,9 @@ class _RunningDaemon:
 
     def __init__(self, settings):
         self.daemon = Daemon(settings, install_signal_handlers=False)
-        self.thread = threading.Thread(target=self.daemon.run, name="daemon")
+        # A daemon thread: one that never stops (its broker died under it) must fail its test, not
+        # keep the test run from ever exiting.
+        self.thread = threading.Thread(target=self.daemon.run, name="daemon", daemon=True)
 
     def __enter__(self):
         self.thread.start()
@@ -92,9 +94,11 @@ class _RunningDaemon:
                    "the daemon to join its group")
         assert self.thread.is_alive(), "the daemon stopped at start"
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         self.daemon.request_stop(5.0)
         self.thread.join(60)
+        if self.thread.is_alive() and exc_type is None:
+            raise AssertionError("the daemon did not stop within 60 s of its stop request")
 
 
 def _read_back(rows: StoredRows, broker, name: str, topic: str, delivered: Delivered, rejects: int) -> None:
