@@ -28,7 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from monitor.names import COLUMNS
+from monitor.errors import InputError
+from monitor.names import COLUMNS, INDICATORS
 from monitor.store.payloads import (
     AlertDocument,
     ClassThresholdsDocument,
@@ -340,6 +341,14 @@ class ThresholdProposal(Base):
 
 INDICATOR_COLUMNS: dict[str, Any] = {name: Sample.__table__.c[column] for name, column in COLUMNS.items()}
 """Canonical indicator name -> its column of `samples`."""
+
+
+def indicator_column(name: str) -> Any:
+    """The `samples` column of an indicator; InputError naming the known ones for any other name."""
+    try:
+        return INDICATOR_COLUMNS[name]
+    except (KeyError, TypeError):
+        raise InputError(f"unknown indicator {name!r}; expected one of {', '.join(INDICATORS)}") from None
 
 _declared = {c.name for c in Sample.__table__.c if isinstance(c.type, Float)} - {"score"}
 if _declared != set(COLUMNS.values()):  # pragma: no cover - guards a schema edit that forgets a name

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import (
@@ -23,14 +23,12 @@ from sqlalchemy import (
     or_,
     select,
     tuple_,
-    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
 
 from monitor.clock import utc_now
 from monitor.errors import InputError, MonitorError
-from monitor.names import INDICATORS
 from monitor.thresholds import ClassThresholds
 from monitor.store.bulk import SAMPLE_COLUMNS as _SAMPLE_INSERT_COLUMNS
 from monitor.store.bulk import SOURCE_KEY as _SOURCE_KEY
@@ -39,24 +37,19 @@ from monitor.store.engine import DEFAULT_CONNECT_TIMEOUT_S, WRITE_OPTION, StoreE
 from monitor.store.models import (
     INDICATOR_COLUMNS,
     Alert,
-    Calibration,
     JobRun,
-    MonitoredModel,
     Reject,
     Sample,
     SampleImage,
-    SummaryWeights,
     Threshold,
     current_labels,
-)
-from monitor.store.payloads import (
-    ModelPreprocessing,
-    NoiseCalibration,
-    SummaryWeightsDocument,
+    indicator_column,
 )
 from monitor.store.alerts import AlertsAggregate
 from monitor.store.labels import LabelsAggregate
+from monitor.store.policy import PolicyAggregate
 from monitor.store.proposals import ProposalsAggregate
+from monitor.store.registry import RegistryAggregate
 from monitor.store.reports import ReportsAggregate
 from monitor.store.runs import RunsAggregate
 from monitor.store.samples import SamplesAggregate
@@ -64,8 +57,6 @@ from monitor.store.windows import WindowsAggregate
 from monitor.store.records import (
     LABEL_CODES,
     UNLABELLED,
-    ModelRow,
-    Policy,
     PurgeResult,
     RejectRecord,
     RejectRow,
@@ -73,9 +64,6 @@ from monitor.store.records import (
     ScoredSample,
     SourcePosition,
     StoredJudgement,
-    SummaryWeightsRow,
-    ThresholdRecord,
-    ThresholdRow,
     WindowScores,
     WriteResult,
 )
@@ -135,19 +123,13 @@ def _check_last(last: int | None) -> None:
         raise InputError(f"window: last must be an integer >= 1, got {last!r}")
 
 
-def _indicator_column(indicator: str):
-    try:
-        return INDICATOR_COLUMNS[indicator]
-    except KeyError:
-        raise InputError(f"unknown indicator {indicator!r}; expected one of {', '.join(INDICATORS)}") from None
-
-
-class Store(SamplesAggregate, LabelsAggregate, ProposalsAggregate, WindowsAggregate, AlertsAggregate, ReportsAggregate,
-            RunsAggregate):
+class Store(SamplesAggregate, LabelsAggregate, PolicyAggregate, ProposalsAggregate, RegistryAggregate, WindowsAggregate,
+            AlertsAggregate, ReportsAggregate, RunsAggregate):
     """The service's database. Build it with `Store.open(url)` (or around an existing engine).
 
     Samples and their window aggregates (monitor.store.samples), labels (monitor.store.labels),
-    proposals (monitor.store.proposals), the jobs' sample windows (monitor.store.windows), alerts
+    the policy of thresholds and 1C-Sum weights (monitor.store.policy), models and calibrations
+    (monitor.store.registry), proposals (monitor.store.proposals), the jobs' sample windows (monitor.store.windows), alerts
     (monitor.store.alerts), reports (monitor.store.reports) and job runs (monitor.store.runs) are
     aggregates of their own, mixed in here."""
 
@@ -237,55 +219,6 @@ class Store(SamplesAggregate, LabelsAggregate, ProposalsAggregate, WindowsAggreg
 
     def _insert(self, table):
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
-
-    # --- models and calibrations -----------------------------------------------------------
-
-    def register_model(self, name: str, fingerprint: str, preprocessing: Mapping[str, Any]) -> ModelRow:
-        """The row of this model and weights, created on first use (safe under concurrency).
-        `preprocessing`: monitor.classifiers.Preprocessing.to_dict(), checked by ModelPreprocessing."""
-        if not name or not fingerprint:
-            raise InputError("model: name and weights fingerprint must be non-empty")
-        row = {"name": name, "fingerprint": fingerprint, "preprocessing": ModelPreprocessing.from_json(preprocessing),
-               "created_at": utc_now()}
-        with self._writing() as connection:
-            connection.execute(self._insert(MonitoredModel).on_conflict_do_nothing(), [row])
-            found = connection.execute(
-                select(MonitoredModel.__table__).where(
-                    MonitoredModel.name == name, MonitoredModel.fingerprint == fingerprint
-                )
-            ).one()
-        return ModelRow(**found._mapping)
-
-    def get_model(self, model_id: int) -> ModelRow | None:
-        with self._reading() as connection:
-            found = connection.execute(select(MonitoredModel.__table__).where(MonitoredModel.id == model_id)).first()
-        return ModelRow(**found._mapping) if found else None
-
-    def list_models(self) -> list[ModelRow]:
-        """Every monitored model, newest first (the pages show the newest unless asked)."""
-        statement = select(MonitoredModel.__table__).order_by(MonitoredModel.created_at.desc(),
-                                                              MonitoredModel.id.desc())
-        with self._reading() as connection:
-            rows = connection.execute(statement).all()
-        return [ModelRow(**row._mapping) for row in rows]
-
-    def save_calibration(self, fingerprint: str, stats: Mapping[str, Any]) -> None:
-        """Store (or replace) the 1C-Sum noise statistics of a weights fingerprint.
-        `stats`: monitor.indicators.Calibration.to_dict(), checked by NoiseCalibration."""
-        statement = self._insert(Calibration).values(
-            fingerprint=fingerprint, stats=NoiseCalibration.from_json(stats), created_at=utc_now())
-        statement = statement.on_conflict_do_update(
-            index_elements=[Calibration.fingerprint],
-            set_={"stats": statement.excluded.stats, "created_at": statement.excluded.created_at},
-        )
-        with self._writing() as connection:
-            connection.execute(statement)
-
-    def get_calibration(self, fingerprint: str) -> NoiseCalibration | None:
-        with self._reading() as connection:
-            return connection.execute(
-                select(Calibration.stats).where(Calibration.fingerprint == fingerprint)
-            ).scalar_one_or_none()
 
     # --- the write path --------------------------------------------------------------------
 
@@ -455,7 +388,7 @@ class Store(SamplesAggregate, LabelsAggregate, ProposalsAggregate, WindowsAggreg
         (both optional). Samples where the indicator is NULL are left out. Oldest first.
         """
         _check_last(last)
-        column = _indicator_column(indicator)
+        column = indicator_column(indicator)
         conditions = [*self._window_conditions(model_id, since, until), column.is_not(None)]
         statement = select(Sample.id, column, Sample.predicted_class).where(*conditions)
         if last is not None:
@@ -501,172 +434,6 @@ class Store(SamplesAggregate, LabelsAggregate, ProposalsAggregate, WindowsAggreg
         inside[inside] = sorted_ids[positions[inside]] == labelled_ids[inside]
         labels[order[positions[inside]]] = codes[inside]
         return labels
-
-    # --- thresholds and 1C-Sum weights -----------------------------------------------------
-
-    def add_threshold(self, record: ThresholdRecord, *, weights: SummaryWeightsDocument | None = None,
-                      activate: bool = True) -> ThresholdRow:
-        """Store a threshold (with the own thresholds of predicted classes the record carries) and
-        the 1C-Sum weights that go with it, in one transaction: they are one policy (see `active_policy`). Without `weights` the threshold keeps the model's active
-        weights, the ones the scores it was fitted on were made with. With `activate` the new policy
-        replaces the active one atomically."""
-        row = {
-            "model_id": record.model_id,
-            "indicator": record.indicator,
-            "method": record.method,
-            "parameters": record.parameters,
-            "window_start": record.window_start,
-            "window_end": record.window_end,
-            "counts": record.counts,
-            "value": float(record.value),
-            "active": False,
-            "created_at": utc_now(),
-            "fitted_by": record.fitted_by,
-            "class_thresholds": record.class_thresholds,
-        }
-        if weights is not None and not isinstance(weights, SummaryWeightsDocument):
-            raise InputError(f"threshold: weights must be a SummaryWeightsDocument, got {type(weights).__name__}")
-        with self._writing() as connection:
-            self._lock_model(connection, record.model_id)
-            if weights is None:
-                row["summary_weights_id"] = connection.execute(
-                    select(SummaryWeights.id).where(SummaryWeights.model_id == record.model_id,
-                                                    SummaryWeights.active.is_(True))
-                ).scalar_one_or_none()
-            else:
-                row["summary_weights_id"] = connection.execute(
-                    insert(SummaryWeights).returning(SummaryWeights.id),
-                    [{"model_id": record.model_id, "weights": weights, "created_at": row["created_at"],
-                      "active": False}],
-                ).scalar_one()
-            threshold_id = connection.execute(insert(Threshold).returning(Threshold.id), [row]).scalar_one()
-            if activate:
-                self._activate(connection, threshold_id, record.model_id, record.indicator, row["summary_weights_id"])
-            return self._threshold(connection, threshold_id)
-
-    def activate_threshold(self, threshold_id: int) -> ThresholdRow:
-        """Make a stored threshold the active one of its model and indicator (e.g. a rollback)."""
-        with self._writing() as connection:
-            found = connection.execute(
-                select(Threshold.model_id, Threshold.indicator, Threshold.summary_weights_id)
-                .where(Threshold.id == threshold_id)
-            ).first()
-            if found is None:
-                raise InputError(f"threshold: no threshold with id {threshold_id}")
-            self._lock_model(connection, found.model_id)
-            self._activate(connection, threshold_id, found.model_id, found.indicator, found.summary_weights_id)
-            return self._threshold(connection, threshold_id)
-
-    def _lock_model(self, connection: Connection, model_id: int) -> None:
-        # Serialises activations per model on PostgreSQL; SQLite's write lock already does.
-        statement = select(MonitoredModel.id).where(MonitoredModel.id == model_id)
-        if self.dialect == "postgresql":
-            statement = statement.with_for_update()
-        if connection.execute(statement).first() is None:
-            raise InputError(f"no monitored model with id {model_id}")
-
-    @staticmethod
-    def _activate(connection: Connection, threshold_id: int, model_id: int, indicator: str,
-                  weights_id: int | None) -> None:
-        """The threshold becomes the active one of its model and indicator, and its weights (if
-        any) the model's active weights, which a threshold stored later without weights keeps."""
-        connection.execute(
-            update(Threshold)
-            .where(Threshold.model_id == model_id, Threshold.indicator == indicator, Threshold.active.is_(True))
-            .values(active=False)
-        )
-        connection.execute(update(Threshold).where(Threshold.id == threshold_id).values(active=True))
-        if weights_id is not None:
-            connection.execute(
-                update(SummaryWeights)
-                .where(SummaryWeights.model_id == model_id, SummaryWeights.active.is_(True),
-                       SummaryWeights.id != weights_id)
-                .values(active=False)
-            )
-            connection.execute(update(SummaryWeights).where(SummaryWeights.id == weights_id).values(active=True))
-
-    @staticmethod
-    def _threshold(connection: Connection, threshold_id: int) -> ThresholdRow:
-        row = connection.execute(select(Threshold.__table__).where(Threshold.id == threshold_id)).one()
-        return ThresholdRow(**row._mapping)
-
-    def active_threshold(self, model_id: int, indicator: str) -> ThresholdRow | None:
-        _indicator_column(indicator)
-        with self._reading() as connection:
-            row = connection.execute(
-                select(Threshold.__table__).where(
-                    Threshold.model_id == model_id, Threshold.indicator == indicator, Threshold.active.is_(True)
-                )
-            ).first()
-        return ThresholdRow(**row._mapping) if row else None
-
-    def get_threshold(self, threshold_id: int) -> ThresholdRow | None:
-        with self._reading() as connection:
-            row = connection.execute(select(Threshold.__table__).where(Threshold.id == threshold_id)).first()
-        return ThresholdRow(**row._mapping) if row else None
-
-    def active_thresholds(self, model_id: int) -> list[ThresholdRow]:
-        """The active threshold of each indicator of a model, by indicator name."""
-        statement = (select(Threshold.__table__).where(Threshold.model_id == model_id, Threshold.active.is_(True))
-                     .order_by(Threshold.indicator))
-        with self._reading() as connection:
-            return [ThresholdRow(**row._mapping) for row in connection.execute(statement)]
-
-    def threshold_history(self, model_id: int, indicator: str | None = None, *, limit: int = 200) -> list[ThresholdRow]:
-        """Thresholds of a model (optionally one indicator), newest first."""
-        statement = select(Threshold.__table__).where(Threshold.model_id == model_id)
-        if indicator is not None:
-            _indicator_column(indicator)
-            statement = statement.where(Threshold.indicator == indicator)
-        statement = statement.order_by(Threshold.created_at.desc(), Threshold.id.desc()).limit(limit)
-        with self._reading() as connection:
-            return [ThresholdRow(**row._mapping) for row in connection.execute(statement)]
-
-    def active_policy(self, model_id: int, indicator: str) -> Policy | None:
-        """The active threshold of (model, indicator) with its own thresholds of predicted classes
-        and its 1C-Sum weights, in one query: a policy written in one transaction is read whole or
-        not at all. None: no active threshold."""
-        _indicator_column(indicator)
-        return self._policy(Threshold.model_id == model_id, Threshold.indicator == indicator,
-                            Threshold.active.is_(True))
-
-    def policy(self, version: int) -> Policy | None:
-        """The policy of a stored threshold, active or not (a score row's `threshold_id` names the
-        version that judged it). None: no such threshold."""
-        return self._policy(Threshold.id == version)
-
-    def _policy(self, *conditions) -> Policy | None:
-        statement = (
-            select(Threshold.id, Threshold.model_id, Threshold.indicator, Threshold.value,
-                   Threshold.class_thresholds, Threshold.summary_weights_id, SummaryWeights.weights)
-            .select_from(Threshold.__table__.outerjoin(
-                SummaryWeights.__table__, SummaryWeights.id == Threshold.summary_weights_id))
-            .where(*conditions)
-        )
-        with self._reading() as connection:
-            row = connection.execute(statement).first()
-        if row is None:
-            return None
-        return Policy(version=row.id, model_id=row.model_id, indicator=row.indicator, threshold=float(row.value),
-                      summary_weights_id=row.summary_weights_id,
-                      weights=row.weights.weights if row.weights is not None else None,
-                      per_class=row.class_thresholds.per_class() if row.class_thresholds is not None else {})
-
-    def active_summary_weights(self, model_id: int) -> SummaryWeightsRow | None:
-        """The model's weights of its latest activated policy (those a new threshold keeps)."""
-        with self._reading() as connection:
-            row = connection.execute(
-                select(SummaryWeights.__table__).where(
-                    SummaryWeights.model_id == model_id, SummaryWeights.active.is_(True)
-                )
-            ).first()
-        return SummaryWeightsRow(**row._mapping) if row else None
-
-    def get_summary_weights(self, weights_id: int) -> SummaryWeightsRow | None:
-        with self._reading() as connection:
-            row = connection.execute(
-                select(SummaryWeights.__table__).where(SummaryWeights.id == weights_id)).first()
-        return SummaryWeightsRow(**row._mapping) if row else None
 
     # --- rejects ---------------------------------------------------------------------------
 
