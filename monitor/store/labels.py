@@ -28,7 +28,7 @@ def _lock_sample(connection: Connection, sample_id: int) -> None:
         raise InputError(f"label: no sample with id {sample_id}")
 
 
-def _history(connection: Connection, sample_id: int) -> list[LabelRow]:
+def label_rows(connection: Connection, sample_id: int) -> list[LabelRow]:
     rows = connection.execute(select(Label.__table__).where(Label.sample_id == sample_id).order_by(Label.id))
     return [LabelRow(**row._mapping) for row in rows]
 
@@ -71,7 +71,7 @@ class LabelsAggregate:
             raise InputError("label: an undo must name who asked for it")
         with self._writing() as connection:
             _lock_sample(connection, sample_id)
-            history = _history(connection, sample_id)
+            history = label_rows(connection, sample_id)
             if not history:
                 raise LabelConflict("the sample has no label to undo")
             latest = history[-1]
@@ -84,9 +84,9 @@ class LabelsAggregate:
                 "sample_id": sample_id, "label": restored, "labelled_by": requested_by, "labelled_at": utc_now(),
                 "note": f"undo of label #{latest.id} ({latest.label or 'cleared'} by {latest.labelled_by})",
             }])
-            return _history(connection, sample_id)
+            return label_rows(connection, sample_id)
 
     def label_history(self, sample_id: int) -> list[LabelRow]:
         """A sample's labels, oldest first (the last is its current label; None: cleared by an undo)."""
         with self._reading() as connection:
-            return _history(connection, sample_id)
+            return label_rows(connection, sample_id)

@@ -19,7 +19,7 @@ from monitor.store.payloads import SummaryWeightsDocument
 from monitor.store.records import Policy, SummaryWeightsRow, ThresholdRecord, ThresholdRow
 
 
-def _thresholds(connection: Connection, *conditions, limit: int | None = None) -> list[ThresholdRow]:
+def threshold_rows(connection: Connection, *conditions, limit: int | None = None) -> list[ThresholdRow]:
     """The one read of threshold rows: those matching, newest first."""
     statement = (select(Threshold.__table__).where(*conditions)
                  .order_by(Threshold.created_at.desc(), Threshold.id.desc()).limit(limit))
@@ -76,19 +76,19 @@ class PolicyAggregate:
             threshold_id = connection.execute(insert(Threshold).returning(Threshold.id), [row]).scalar_one()
             if activate:
                 self._activate(connection, threshold_id, record.model_id, record.indicator, row["summary_weights_id"])
-            return _thresholds(connection, Threshold.id == threshold_id)[0]
+            return threshold_rows(connection, Threshold.id == threshold_id)[0]
 
     def activate_threshold(self, threshold_id: int) -> ThresholdRow:
         """Make a stored threshold the active one of its model and indicator (e.g. a rollback)."""
         with self._writing() as connection:
-            found = _thresholds(connection, Threshold.id == threshold_id)
+            found = threshold_rows(connection, Threshold.id == threshold_id)
             if not found:
                 raise InputError(f"threshold: no threshold with id {threshold_id}")
             threshold = found[0]
             self._lock_model(connection, threshold.model_id)
             self._activate(connection, threshold_id, threshold.model_id, threshold.indicator,
                            threshold.summary_weights_id)
-            return _thresholds(connection, Threshold.id == threshold_id)[0]
+            return threshold_rows(connection, Threshold.id == threshold_id)[0]
 
     def _lock_model(self, connection: Connection, model_id: int) -> None:
         # Serialises activations per model on PostgreSQL; SQLite's write lock already does.
@@ -120,19 +120,19 @@ class PolicyAggregate:
     def active_threshold(self, model_id: int, indicator: str) -> ThresholdRow | None:
         indicator_column(indicator)
         with self._reading() as connection:
-            found = _thresholds(connection, Threshold.model_id == model_id, Threshold.indicator == indicator,
+            found = threshold_rows(connection, Threshold.model_id == model_id, Threshold.indicator == indicator,
                                 Threshold.active.is_(True), limit=1)
         return found[0] if found else None
 
     def get_threshold(self, threshold_id: int) -> ThresholdRow | None:
         with self._reading() as connection:
-            found = _thresholds(connection, Threshold.id == threshold_id)
+            found = threshold_rows(connection, Threshold.id == threshold_id)
         return found[0] if found else None
 
     def active_thresholds(self, model_id: int) -> list[ThresholdRow]:
         """The active threshold of each indicator of a model, by indicator name."""
         with self._reading() as connection:
-            found = _thresholds(connection, Threshold.model_id == model_id, Threshold.active.is_(True))
+            found = threshold_rows(connection, Threshold.model_id == model_id, Threshold.active.is_(True))
         return sorted(found, key=lambda threshold: threshold.indicator)
 
     def threshold_history(self, model_id: int, indicator: str | None = None, *, limit: int = 200) -> list[ThresholdRow]:
@@ -142,7 +142,7 @@ class PolicyAggregate:
             indicator_column(indicator)
             conditions.append(Threshold.indicator == indicator)
         with self._reading() as connection:
-            return _thresholds(connection, *conditions, limit=limit)
+            return threshold_rows(connection, *conditions, limit=limit)
 
     def active_policy(self, model_id: int, indicator: str) -> Policy | None:
         """The active threshold of (model, indicator) with its own thresholds of predicted classes

@@ -19,15 +19,16 @@ from sqlalchemy import Connection, case, insert, select, update
 from monitor.errors import InputError
 from monitor.clock import iso_utc
 from monitor.store.models import (
-    INDICATOR_COLUMNS,
     Alert,
     PROPOSAL_STATUSES,
     Sample,
     Threshold,
     ThresholdProposal,
     current_label_of_sample,
+    indicator_column,
 )
 from monitor.store.payloads import AlertDocument, ProposalEvaluation, ThresholdActivatedAlert
+from monitor.store.policy import threshold_rows
 
 WAITING, APPROVED, REJECTED, EXPIRED = PROPOSAL_STATUSES
 DECISIONS = {"approve": APPROVED, "reject": REJECTED}
@@ -112,11 +113,7 @@ class ProposalsAggregate:
                     last: int | None = None, labelled: bool = False) -> ShadowRows:
         """The model's samples with the named indicators: those scored since `since`, or the `last`
         newest, or (with `labelled`) every sample whose current label is ID or OOD."""
-        columns = []
-        for name in indicators:
-            if name not in INDICATOR_COLUMNS:
-                raise InputError(f"unknown indicator {name!r}")
-            columns.append(INDICATOR_COLUMNS[name])
+        columns = [indicator_column(name) for name in indicators]
         statement = select(Sample.id, Sample.predicted_class, _LABEL_CODE.label("label"), *columns).where(
             Sample.model_id == model_id)
         if labelled:
@@ -141,8 +138,8 @@ class ProposalsAggregate:
         """Store a waiting proposal; one that still waited for the same model and indicator expires."""
         with self._writing() as connection:
             self._lock_model(connection, record.model_id)
-            threshold = connection.execute(select(Threshold.model_id, Threshold.indicator, Threshold.active).where(
-                Threshold.id == record.threshold_id)).first()
+            found = threshold_rows(connection, Threshold.id == record.threshold_id)
+            threshold = found[0] if found else None
             if threshold is None or threshold.model_id != record.model_id or threshold.indicator != record.indicator:
                 raise InputError(f"proposal: threshold #{record.threshold_id} is not one of model "
                                  f"{record.model_id}'s {record.indicator} thresholds")
@@ -189,15 +186,14 @@ class ProposalsAggregate:
             else:
                 conflict = None
                 if decision == "approve":
-                    previous = connection.execute(select(Threshold.id, Threshold.value).where(
-                        Threshold.model_id == proposal.model_id, Threshold.indicator == proposal.indicator,
-                        Threshold.active.is_(True))).first()
+                    active = threshold_rows(connection, Threshold.model_id == proposal.model_id,
+                                            Threshold.indicator == proposal.indicator, Threshold.active.is_(True))
+                    previous = active[0] if active else None
                     # The proposed threshold comes with the weights stored with it: one policy.
-                    weights_id, classes = connection.execute(
-                        select(Threshold.summary_weights_id, Threshold.class_thresholds)
-                        .where(Threshold.id == proposal.threshold_id)).one()
+                    proposed = threshold_rows(connection, Threshold.id == proposal.threshold_id)[0]
+                    classes = proposed.class_thresholds
                     self._activate(connection, proposal.threshold_id, proposal.model_id, proposal.indicator,
-                                   weights_id)
+                                   proposed.summary_weights_id)
                 connection.execute(update(ThresholdProposal).where(ThresholdProposal.id == proposal_id).values(
                     status=DECISIONS[decision], decided_at=now, decided_by=by, decision_note=note or None))
                 if decision == "approve":  # the alert row commits with the activation; redelivery publishes it

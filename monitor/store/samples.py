@@ -18,11 +18,18 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from monitor.errors import InputError
 from monitor.names import INDICATORS
-from monitor.store.models import INDICATOR_COLUMNS, Label, Sample, SampleImage, current_label_of_sample, current_labels
+from monitor.store.labels import label_rows
+from monitor.store.models import (
+    INDICATOR_COLUMNS,
+    Sample,
+    SampleImage,
+    current_label_of_sample,
+    current_labels,
+    indicator_column,
+)
 from monitor.store.records import (
     LABELS,
     Histogram,
-    LabelRow,
     QueuePage,
     QueueQuery,
     RateBucket,
@@ -115,8 +122,7 @@ class SamplesAggregate:
                 select(SampleImage.content_type, SampleImage.width, SampleImage.height)
                 .where(SampleImage.sample_id == sample_id)
             ).first()
-            labels = connection.execute(
-                select(Label.__table__).where(Label.sample_id == sample_id).order_by(Label.id)).all()
+            labels = label_rows(connection, sample_id)
         values = row._mapping
         return SampleDetail(
             id=values["id"], model_id=values["model_id"],
@@ -128,7 +134,7 @@ class SamplesAggregate:
             threshold_id=values["threshold_id"],
             image_content_type=image.content_type if image else None,
             image_width=image.width if image else None, image_height=image.height if image else None,
-            labels=[LabelRow(**label._mapping) for label in labels],
+            labels=labels,
         )
 
     def get_image(self, sample_id: int) -> StoredImage | None:
@@ -239,7 +245,7 @@ class SamplesAggregate:
 
         The range covers the data and the values in `include` (the thresholds drawn on it).
         """
-        column = INDICATOR_COLUMNS[indicator]
+        column = indicator_column(indicator)
         in_window = and_(
             Sample.model_id == model_id, Sample.scored_at >= start, Sample.scored_at < end, column.is_not(None),
             *([Sample.predicted_class == predicted_class] if predicted_class is not None else []),
@@ -271,7 +277,7 @@ class SamplesAggregate:
             return {name: None for name in values}
         columns = []
         for name, value in present.items():
-            column = INDICATOR_COLUMNS[name]
+            column = indicator_column(name)
             columns.append(func.sum(case((column <= value, 1), else_=0)))
             columns.append(func.count(column))
         with self._reading() as connection:

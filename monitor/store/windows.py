@@ -12,8 +12,7 @@ from datetime import datetime
 import numpy as np
 from sqlalchemy import Integer, cast, func, select
 
-from monitor.errors import InputError
-from monitor.store.models import INDICATOR_COLUMNS, Sample, SampleImage, current_labels
+from monitor.store.models import Sample, SampleImage, current_labels, indicator_column
 from monitor.store.records import LABEL_CODES, LABELS, UNLABELLED
 
 
@@ -48,10 +47,7 @@ class TopSample:
 
 
 def _columns(indicators) -> list:
-    try:
-        return [INDICATOR_COLUMNS[name] for name in indicators]
-    except KeyError as error:
-        raise InputError(f"unknown indicator {error.args[0]!r}") from None
+    return [indicator_column(name) for name in indicators]
 
 
 class WindowsAggregate:
