@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    case,
     func,
     select,
     text,
@@ -357,6 +358,11 @@ if _declared != set(COLUMNS.values()):  # pragma: no cover - guards a schema edi
 
 # A sample's current label is its latest label row (by id); None when never labelled or cleared by
 # an undo. Every read of it uses one of the two forms below: a subquery to join, or a per-row scalar.
+
+
+def flagged_count():
+    """How many of the selected samples were flagged: the one count the OOD rate reads use."""
+    return func.sum(case((Sample.flagged, 1), else_=0))
 
 
 def current_labels(*conditions):

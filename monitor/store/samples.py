@@ -25,6 +25,7 @@ from monitor.store.models import (
     SampleImage,
     current_label_of_sample,
     current_labels,
+    flagged_count,
     indicator_column,
 )
 from monitor.store.records import (
@@ -202,7 +203,7 @@ class SamplesAggregate:
                 bucket = ((_epoch_seconds(connection, Sample.scored_at) - origin) // bucket_seconds).label("bucket")
             statement = (
                 select(bucket, func.count().label("total"),
-                       func.sum(case((Sample.flagged, 1), else_=0)).label("flagged"))
+                       flagged_count().label("flagged"))
                 .where(Sample.model_id == model_id, Sample.scored_at >= since, Sample.scored_at < until)
                 .group_by(bucket)
             )
@@ -228,7 +229,7 @@ class SamplesAggregate:
         with self._reading() as connection:
             if buckets is None:
                 scored, flagged = connection.execute(
-                    select(func.count(), func.sum(case((Sample.flagged, 1), else_=0))).where(in_window)
+                    select(func.count(), flagged_count()).where(in_window)
                 ).one()
             else:
                 scored, flagged = sum(b.total for b in buckets), sum(b.flagged for b in buckets)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import Integer, cast, func, select
+from sqlalchemy import func, select
 
-from monitor.store.models import Sample, SampleImage, current_labels, indicator_column
+from monitor.store.models import Sample, SampleImage, current_labels, flagged_count, indicator_column
 from monitor.store.records import LABEL_CODES, LABELS, UNLABELLED
 
 
@@ -57,7 +57,7 @@ class WindowsAggregate:
         """Per model: samples scored in [start, end) and how many of them were flagged."""
         with self._reading() as connection:
             rows = connection.execute(
-                select(Sample.model_id, func.count(), func.sum(cast(Sample.flagged, Integer)))
+                select(Sample.model_id, func.count(), flagged_count())
                 .where(Sample.scored_at >= start, Sample.scored_at < end)
                 .group_by(Sample.model_id)
             ).all()
