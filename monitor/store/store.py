@@ -14,7 +14,6 @@ from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 from sqlalchemy import (
     Connection,
     Engine,
@@ -28,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
 
 from monitor.clock import utc_now
-from monitor.errors import InputError, MonitorError
+from monitor.errors import MonitorError
 from monitor.thresholds import ClassThresholds
 from monitor.store.bulk import SAMPLE_COLUMNS as _SAMPLE_INSERT_COLUMNS
 from monitor.store.bulk import SOURCE_KEY as _SOURCE_KEY
@@ -42,8 +41,6 @@ from monitor.store.models import (
     Sample,
     SampleImage,
     Threshold,
-    current_labels,
-    indicator_column,
 )
 from monitor.store.alerts import AlertsAggregate
 from monitor.store.labels import LabelsAggregate
@@ -55,8 +52,6 @@ from monitor.store.runs import RunsAggregate
 from monitor.store.samples import SamplesAggregate
 from monitor.store.windows import WindowsAggregate
 from monitor.store.records import (
-    LABEL_CODES,
-    UNLABELLED,
     PurgeResult,
     RejectRecord,
     RejectRow,
@@ -64,7 +59,6 @@ from monitor.store.records import (
     ScoredSample,
     SourcePosition,
     StoredJudgement,
-    WindowScores,
     WriteResult,
 )
 
@@ -103,24 +97,6 @@ def _sample_insert(marker: str) -> str:
         f"INSERT INTO samples ({', '.join(_SAMPLE_INSERT_COLUMNS)}) VALUES ({values}) "
         f"ON CONFLICT ({_SOURCE_KEY}) DO NOTHING"
     )
-
-
-def _plain_rows(connection: Connection, statement) -> list[tuple]:
-    """The driver's own rows of a query whose columns are plain numbers (no result processing).
-
-    SQLAlchemy binds the parameters; skipping its Row objects makes a 10^6-row window
-    read about 40 % faster, which matters to the refit job.
-    """
-    result = connection.execute(statement)
-    try:
-        return result.cursor.fetchall()
-    finally:
-        result.close()
-
-
-def _check_last(last: int | None) -> None:
-    if last is not None and (not isinstance(last, int) or last < 1):
-        raise InputError(f"window: last must be an integer >= 1, got {last!r}")
 
 
 class Store(SamplesAggregate, LabelsAggregate, PolicyAggregate, ProposalsAggregate, RegistryAggregate, WindowsAggregate,
@@ -361,79 +337,6 @@ class Store(SamplesAggregate, LabelsAggregate, PolicyAggregate, ProposalsAggrega
             for sample_id, topic, partition, offset, flagged, score, indicator, predicted, threshold, own, threshold_id
             in rows
         }
-
-    # --- windows for refitting and reports -------------------------------------------------
-
-    def _window_conditions(self, model_id: int, since: datetime | None, until: datetime | None) -> list:
-        conditions = [Sample.model_id == model_id]
-        if since is not None:
-            conditions.append(Sample.scored_at >= since)
-        if until is not None:
-            conditions.append(Sample.scored_at < until)
-        return conditions
-
-    def window_scores(
-        self,
-        model_id: int,
-        indicator: str,
-        *,
-        last: int | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> WindowScores:
-        """An indicator's values over a window with the current labels (1 OOD, 0 ID, -1 none) and
-        the predicted classes aligned.
-
-        The window is the samples scored in [since, until), and of those the `last` most recent
-        (both optional). Samples where the indicator is NULL are left out. Oldest first.
-        """
-        _check_last(last)
-        column = indicator_column(indicator)
-        conditions = [*self._window_conditions(model_id, since, until), column.is_not(None)]
-        statement = select(Sample.id, column, Sample.predicted_class).where(*conditions)
-        if last is not None:
-            statement = statement.order_by(Sample.scored_at.desc(), Sample.id.desc()).limit(last)
-        else:
-            statement = statement.order_by(Sample.scored_at, Sample.id)
-        with self._reading() as connection:
-            rows = np.array(_plain_rows(connection, statement), dtype=np.float64).reshape(-1, 3)
-            if last is not None:
-                rows = rows[::-1]
-            sample_ids = rows[:, 0].astype(np.int64)
-            values = np.ascontiguousarray(rows[:, 1])
-            predicted = rows[:, 2].astype(np.int64)
-            labels = np.full(sample_ids.shape[0], UNLABELLED, dtype=np.int8)
-            start = end = None
-            if sample_ids.size:
-                labels = self._aligned_labels(connection, sample_ids, model_id)
-                bounds = connection.execute(
-                    select(Sample.id, Sample.scored_at).where(
-                        Sample.id.in_([int(sample_ids[0]), int(sample_ids[-1])])
-                    )
-                ).all()
-                times = dict(bounds)
-                start, end = times[int(sample_ids[0])], times[int(sample_ids[-1])]
-        return WindowScores(indicator=indicator, sample_ids=sample_ids, values=values, labels=labels, start=start, end=end,
-                            predicted=predicted)
-
-    @staticmethod
-    def _aligned_labels(connection: Connection, sample_ids: np.ndarray, model_id: int) -> np.ndarray:
-        """Current label codes for the given sample ids (few labels, many samples: look labels up)."""
-        labels = np.full(sample_ids.shape[0], UNLABELLED, dtype=np.int8)
-        low, high = int(sample_ids.min()), int(sample_ids.max())
-        current = current_labels(Sample.id >= low, Sample.id <= high)
-        found = connection.execute(select(current.c.sample_id, current.c.label)).all()
-        if not found:
-            return labels
-        order = np.argsort(sample_ids, kind="stable")
-        sorted_ids = sample_ids[order]
-        labelled_ids = np.array([sample_id for sample_id, _ in found], dtype=np.int64)
-        codes = np.array([LABEL_CODES.get(label, UNLABELLED) for _, label in found], dtype=np.int8)
-        positions = np.searchsorted(sorted_ids, labelled_ids)
-        inside = positions < sorted_ids.shape[0]
-        inside[inside] = sorted_ids[positions[inside]] == labelled_ids[inside]
-        labels[order[positions[inside]]] = codes[inside]
-        return labels
 
     # --- rejects ---------------------------------------------------------------------------
 
