@@ -315,7 +315,8 @@ class Scorer:
                     for row in range(count):
                         torch.rand(self._input_shape, generator=generator, out=noise[row])
                     pixels = noise[:count].to(self._device, self._dtype)
-                    values, _, _ = self._single_pass(pixels)
+                    values, _, _, finite = self._single_pass(pixels)
+                    self._check_finite(finite)
                     stacked = torch.stack([values[name] for name in self._members]).cpu().numpy()
                     for index, name in enumerate(self._members):
                         columns[name].append(stacked[index])
@@ -348,21 +349,26 @@ class Scorer:
         return self.score_batch(images).indicators
 
     def score_batch(self, images: Tensor) -> ScoreBatch:
-        """Indicators, predicted class and logits of a batch (see ScoreBatch)."""
+        """Indicators, predicted class and logits of a batch (see ScoreBatch).
+
+        One device-to-host copy per batch (to_host): the checks on the pixels and on the
+        logits stay on the device until then, and their errors are raised after it.
+        """
         with self._lock:
-            pixels = self._validate(images)
+            pixels, pixel_range = self._validate(images)
             if self._calibration is None:
+                # Bad input fails before the one-off calibration runs.
+                self._check_pixels(pixels, *pixel_range.tolist())
                 log.info(
                     "1C-Sum has no calibration yet: calibrating now on %d noise images "
                     "(reuse one with monitor.calibration_cache.load_or_calibrate)",
                     DEFAULT_CALIBRATION_SAMPLES,
                 )
                 self.calibrate()
-            values, logits, predicted = self._single_pass(pixels)
+            values, logits, predicted, finite = self._single_pass(pixels)
             if self._odin:
                 values["ODIN"] = self._odin_values(pixels)
-            # Every indicator in one [A, N] table; 1C-Sum is a linear form of its rows; one
-            # device-to-host copy for all of them.
+            # Every indicator in one [A, N] table; 1C-Sum is a linear form of its rows.
             names = self._available[:-1]  # "1C-Sum" comes last
             table = torch.stack([values[name] for name in names])
             index, scale, offset = self._summary_form(names, table.device)
@@ -371,9 +377,33 @@ class Scorer:
                 summary = table.new_zeros((1, table.shape[1]))
             else:
                 summary = (scale @ table[index] - offset).unsqueeze(0)
-            table = torch.cat([table, summary]).cpu()
+            table = torch.cat([table, summary])
+            table, predicted, logits, finite, pixel_range = self._fetch(
+                [table, predicted, logits, finite, pixel_range]
+            )
+            self._check_pixels(pixels, *pixel_range.tolist())
+            self._check_finite(finite)
             indicators = dict(zip(self._available, table.unbind(0)))
-            return ScoreBatch(indicators=indicators, predicted=predicted.cpu(), logits=logits.cpu())
+            return ScoreBatch(indicators=indicators, predicted=predicted, logits=logits)
+
+    def _fetch(self, tensors: list[Tensor]) -> list[Tensor]:
+        """The tensors on the host, those on the model's device brought in ONE copy (to_host):
+        flattened side by side as float64, which holds every float of a narrower type and every
+        integer below 2**53 (class indices, 0/1 flags) exactly, then cut and cast back.
+        Tensors already on the host (the compiled kernels' results next to a GPU) stay there."""
+        shipped = [t for t in tensors if t.device == self._device]
+        if not shipped:
+            return tensors
+        buffer = to_host(torch.cat([t.reshape(-1).to(torch.float64) for t in shipped]))
+        result, start = [], 0
+        for tensor in tensors:
+            if tensor.device != self._device:
+                result.append(tensor)
+                continue
+            end = start + tensor.numel()
+            result.append(buffer[start:end].view(tensor.shape).to(tensor.dtype))
+            start = end
+        return result
 
     def _summary_form(
         self, names: tuple[str, ...], device: torch.device
@@ -393,9 +423,10 @@ class Scorer:
         self._summary_cache = (self._calibration, key, form)
         return form
 
-    def _single_pass(self, pixels: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    def _single_pass(self, pixels: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
         """Every indicator but ODIN and 1C-Sum from one forward pass (float64 on device), the
-        logits and the predicted classes."""
+        logits, the predicted classes and whether each sample's logits are finite (bool [N] on
+        the device: see _check_finite)."""
         # Any submodule in training mode would use batch statistics and overwrite the running ones.
         if any(module.training for module in self._modules):
             log.warning("part of the monitored model was in training mode; putting it back in eval")
@@ -403,7 +434,7 @@ class Scorer:
         with torch.inference_mode():
             with self._probe.capture() as capture:
                 logits = self._model(self._normalize(pixels))
-            self._check_logits(logits, pixels.shape[0])
+            finite = self._check_logits(logits, pixels.shape[0])
             values, predicted = self._optimality(capture, logits)
             # The input normalisation is the pseudo batch-norm layer of B (section 2.2).
             mean, variance = reduce_activation(pixels, self._probe.buffers, "input")
@@ -426,7 +457,7 @@ class Scorer:
                 layers += capture.layers
             whole = self._probe.buffers.whole(["input", *capture.keys], [layer.mean for layer in layers])
             values.update(self._batchnorm_reducer(layers, whole))
-        return values, logits, predicted
+        return values, logits, predicted, finite
 
     def _optimality(self, capture: Capture, logits: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """The softmax and latent families (float64 [N] each) and the predicted classes."""
@@ -475,7 +506,9 @@ class Scorer:
             )
         return latent
 
-    def _check_logits(self, logits: Any, batch: int) -> None:
+    def _check_logits(self, logits: Any, batch: int) -> Tensor:
+        """Shape checks now; returns whether each sample's logits are finite (bool [N] on the
+        device) for _check_finite after the batch's one copy to the host."""
         if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != batch:
             shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ModelError(f"the model must return logits [N, K] = [{batch}, K]; it returned {shape}")
@@ -484,17 +517,22 @@ class Scorer:
                 f"the model returns {logits.shape[1]} logit per sample; OOD scoring needs K >= 2 classes"
             )
         finite = torch.isfinite(logits).all(dim=1)
+        head = self._probe.head
+        if head is not None and head.out_features != logits.shape[1]:
+            self._check_finite(finite)  # non-finite logits are reported first
+            raise ModelError(
+                f"the head {self.head_name!r} has {head.out_features} outputs but the model returns "
+                f"{logits.shape[1]} logits: name the classifier's final nn.Linear with head='...'"
+            )
+        return finite
+
+    @staticmethod
+    def _check_finite(finite: Tensor) -> None:
         if not bool(finite.all()):
             bad = torch.nonzero(~finite).flatten().tolist()
             raise InputError(
                 f"the model returned non-finite logits (NaN or inf) for sample(s) {bad[:10]}: "
                 "no indicator can be trusted for them"
-            )
-        head = self._probe.head
-        if head is not None and head.out_features != logits.shape[1]:
-            raise ModelError(
-                f"the head {self.head_name!r} has {head.out_features} outputs but the model returns "
-                f"{logits.shape[1]} logits: name the classifier's final nn.Linear with head='...'"
             )
 
     # --- input validation (once, at the boundary) -----------------------------------------
@@ -514,7 +552,8 @@ class Scorer:
             raise ConfigError(f"input_shape = {values}: images need at least 2 pixels")
         return values  # type: ignore[return-value]
 
-    def _validate(self, images: Any) -> Tensor:
+    def _validate(self, images: Any) -> tuple[Tensor, Tensor]:
+        """The images on the model's device, and their (min, max) as a device tensor [2]."""
         if isinstance(images, np.ndarray):
             images = torch.from_numpy(images)
         if not isinstance(images, Tensor):
@@ -540,7 +579,17 @@ class Scorer:
         if height * width < 2:
             raise InputError(f"images are {height}x{width}; they need at least 2 pixels")
         pixels = images.to(self._device, self._dtype)
-        low, high = torch.stack(torch.aminmax(pixels)).tolist()
+        # (low, high) stays on the device until the batch's one copy; see _check_pixels.
+        pixel_range = torch.stack(torch.aminmax(pixels))
+        if self._input_shape is None:
+            # The shape is taken from valid pixels only: this first batch is checked now.
+            self._check_pixels(pixels, *pixel_range.tolist())
+            self._input_shape = (channels, height, width)
+            log.info("input shape taken from the first batch: %s", self._input_shape)
+        return pixels, pixel_range
+
+    @staticmethod
+    def _check_pixels(pixels: Tensor, low: float, high: float) -> None:
         if not (math.isfinite(low) and math.isfinite(high)):
             bad = (~torch.isfinite(pixels)).flatten(1).any(dim=1).nonzero().flatten().tolist()
             raise InputError(f"images contain NaN or infinite pixels (samples {_few(bad)})")
@@ -551,10 +600,10 @@ class Scorer:
                 f"pixels must lie in [0, 1] (pixel space, before normalisation); found values in "
                 f"[{low:.4g}, {high:.4g}] (samples {_few(bad)})"
             )
-        if self._input_shape is None:
-            self._input_shape = (channels, height, width)
-            log.info("input shape taken from the first batch: %s", self._input_shape)
-        return pixels
+
+def to_host(buffer: Tensor) -> Tensor:
+    """The Scorer's one device-to-host copy of a batch: on a GPU, its one synchronisation."""
+    return buffer.cpu()
 
 
 def _few(indices: list[int], limit: int = 10) -> str:
