@@ -378,32 +378,13 @@ class Scorer:
             else:
                 summary = (scale @ table[index] - offset).unsqueeze(0)
             table = torch.cat([table, summary])
-            table, predicted, logits, finite, pixel_range = self._fetch(
+            table, predicted, logits, finite, pixel_range = to_host(
                 [table, predicted, logits, finite, pixel_range]
             )
             self._check_pixels(pixels, *pixel_range.tolist())
             self._check_finite(finite)
             indicators = dict(zip(self._available, table.unbind(0)))
             return ScoreBatch(indicators=indicators, predicted=predicted, logits=logits)
-
-    def _fetch(self, tensors: list[Tensor]) -> list[Tensor]:
-        """The tensors on the host, those on the model's device brought in ONE copy (to_host):
-        flattened side by side as float64, which holds every float of a narrower type and every
-        integer below 2**53 (class indices, 0/1 flags) exactly, then cut and cast back.
-        Tensors already on the host (the compiled kernels' results next to a GPU) stay there."""
-        shipped = [t for t in tensors if t.device == self._device]
-        if not shipped:
-            return tensors
-        buffer = to_host(torch.cat([t.reshape(-1).to(torch.float64) for t in shipped]))
-        result, start = [], 0
-        for tensor in tensors:
-            if tensor.device != self._device:
-                result.append(tensor)
-                continue
-            end = start + tensor.numel()
-            result.append(buffer[start:end].view(tensor.shape).to(tensor.dtype))
-            start = end
-        return result
 
     def _summary_form(
         self, names: tuple[str, ...], device: torch.device
@@ -601,9 +582,28 @@ class Scorer:
                 f"[{low:.4g}, {high:.4g}] (samples {_few(bad)})"
             )
 
-def to_host(buffer: Tensor) -> Tensor:
-    """The Scorer's one device-to-host copy of a batch: on a GPU, its one synchronisation."""
-    return buffer.cpu()
+def to_host(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """The tensors on the host: the Scorer's one device-to-host copy of a batch, hence on a GPU
+    its one synchronisation. Tensors already on the host (all of them for a CPU model; the
+    compiled kernels' results next to a GPU) are returned as they are."""
+    on_device = [tensor for tensor in tensors if not tensor.is_cpu]
+    if not on_device:
+        return list(tensors)
+    copied = iter(_one_buffer_copy(on_device))
+    return [tensor if tensor.is_cpu else next(copied) for tensor in tensors]
+
+
+def _one_buffer_copy(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """The tensors brought to the host in ONE copy: flattened side by side as float64, which
+    holds every float of a narrower type and every integer below 2**53 (class indices, 0/1
+    flags) exactly, then cut and cast back to their shapes and dtypes."""
+    buffer = torch.cat([tensor.reshape(-1).to(torch.float64) for tensor in tensors]).cpu()
+    result, start = [], 0
+    for tensor in tensors:
+        end = start + tensor.numel()
+        result.append(buffer[start:end].view(tensor.shape).to(tensor.dtype))
+        start = end
+    return result
 
 
 def _few(indices: list[int], limit: int = 10) -> str:

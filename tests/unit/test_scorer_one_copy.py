@@ -1,6 +1,7 @@
 """The Scorer brings a batch back from the model's device in one copy (monitor.indicators.scorer.to_host):
-on a GPU, one synchronisation per batch. The seam is checked on the CPU: the copy is made once per
-batch, no result tensor is read back in any other way, and the values come back exactly."""
+on a GPU, one synchronisation per batch. The seam is checked on the CPU: to_host is called once per
+batch (for a CPU model it has nothing to copy), no result tensor is read back in any other way before
+it, and the one buffer it uses on a GPU gives every value back exactly."""
 
 from __future__ import annotations
 
@@ -44,9 +45,9 @@ def test_one_batch_is_one_copy_to_the_host_and_nothing_else_is_read_back(monkeyp
     copies, reads = [], []
     real_to_host = scorer_module.to_host
 
-    def counting_to_host(buffer):
-        copies.append(buffer.shape)
-        return real_to_host(buffer)
+    def counting_to_host(tensors):
+        copies.append(len(tensors))
+        return real_to_host(tensors)
 
     def spy(method):
         original = getattr(torch.Tensor, method)
@@ -76,8 +77,8 @@ def test_one_batch_is_one_copy_to_the_host_and_nothing_else_is_read_back(monkeyp
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64,
                                    torch.bool])
-def test_the_one_copy_returns_every_tensor_exactly(dtype):
-    scorer = Scorer(small_cnn(channels=1, classes=4), mean=(0.5,), std=(0.25,))
+def test_the_one_buffer_returns_every_tensor_exactly(dtype):
+    """What to_host does with tensors on a GPU, run here on CPU tensors."""
     generator = torch.Generator().manual_seed(2)
     if dtype == torch.bool:
         tensor = torch.rand((5, 3), generator=generator) > 0.5
@@ -86,7 +87,7 @@ def test_the_one_copy_returns_every_tensor_exactly(dtype):
     else:
         tensor = (torch.randn((5, 3), generator=generator) * 1e3).to(dtype)
     other = torch.randn((4,), generator=generator, dtype=torch.float64)
-    back, other_back = scorer._fetch([tensor, other])
+    back, other_back = scorer_module._one_buffer_copy([tensor, other])
     assert back.dtype == tensor.dtype and torch.equal(back, tensor)
     assert torch.equal(other_back, other)
 
