@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from monitor.cli import main
-from monitor.store import Store
+from monitor.store import QueueQuery, Store
 from tests.integration.conftest import create_topic
 from tests.integration.daemon_support import consume_all, fashion_samples
 from tests.services import ROOT, Kafka09Broker, free_port, wait_until
@@ -97,7 +97,7 @@ def test_demo_streams_scores_flags_and_rejects_runs_the_jobs_then_stops_cleanly(
         store = Store.open(f"sqlite:///{data_dir / 'demo.db'}")
         model_id = store.list_models()[0].id
         # An operator labels flagged samples OOD and unflagged ones ID (what the page's buttons store).
-        flagged = store.flagged_queue(model_id=model_id, limit=5).items
+        flagged = store.flagged_queue(model_id, QueueQuery(per_page=5)).items
         assert flagged, "the demo flags samples"
         for item in flagged:
             store.add_label(item.id, "OOD", "demo")
