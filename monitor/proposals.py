@@ -19,7 +19,8 @@ import numpy as np
 from monitor.errors import InputError
 from monitor.shadow import ShadowEvaluation, ShadowSamples, shadow_evaluation
 from monitor.store.payloads import ClassThresholdsDocument, NoiseCalibration, ProposalEvaluation, json_value
-from monitor.store.proposals import ProposalRow, ShadowRows
+from monitor.store import IndicatorWindow
+from monitor.store.proposals import ProposalRow
 from monitor.thresholds import ClassThresholds, ThresholdFit, fit_class_thresholds, fit_threshold
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 MAX_IDS = 500
 """Ids of samples that change side kept with a proposal (the counts stay exact)."""
 
-CandidateValues = Callable[[ShadowRows], np.ndarray]
+CandidateValues = Callable[[IndicatorWindow], np.ndarray]
 """The candidate's indicator values for some samples (e.g. 1C-Sum with re-fitted weights)."""
 
 
@@ -97,13 +98,13 @@ def evaluate(store: Any, model_id: int, indicator: str, candidate: ClassThreshol
     """
     names = (indicator, *[name for name in members if name != indicator])
 
-    def samples(rows: ShadowRows, name: str) -> ShadowSamples:
+    def samples(rows: IndicatorWindow, name: str) -> ShadowSamples:
         active = rows.values[indicator]
         candidate_array = candidate_values(rows) if candidate_values is not None else None
-        return ShadowSamples.of(rows.ids, rows.predicted, active, candidate_array, rows.labels, name=name)
+        return ShadowSamples.of(rows.sample_ids, rows.predicted, active, candidate_array, rows.labels, name=name)
 
-    window_rows = store.shadow_rows(model_id, names, since=window.since, last=window.last)
-    labelled_rows = store.shadow_rows(model_id, names, labelled=True)
+    window_rows = store.indicator_window(model_id, names, since=window.since, last=window.last)
+    labelled_rows = store.indicator_window(model_id, names, labelled_only=True)
     return shadow_evaluation(active_policy(store, model_id, indicator), candidate,
                              samples(window_rows, "window"), samples(labelled_rows, "labelled"))
 
@@ -170,7 +171,7 @@ def what_if_fit(store: Any, settings: Any, model_id: int, indicator: str, method
 def summary_values(fitted: Any, members: tuple[str, ...], calibration: NoiseCalibration) -> CandidateValues:
     """1C-Sum recomputed with re-fitted weights; NaN where a member value is missing."""
 
-    def values(rows: ShadowRows) -> np.ndarray:
+    def values(rows: IndicatorWindow) -> np.ndarray:
         result = np.full(len(rows), np.nan)
         complete = np.all([np.isfinite(rows.values[name]) for name in members], axis=0) if len(rows) else []
         if len(rows) and np.any(complete):

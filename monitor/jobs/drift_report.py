@@ -70,11 +70,10 @@ def make_report(context: JobContext, start: datetime, end: datetime) -> ReportRe
     steps = tqdm(total=4, desc="report data", unit="query", disable=not context.progress)
     bins = _volume(store, model_id, start, end)
     steps.update()
-    period = store.indicator_window(model_id, list(INDICATORS), start=start, end=end,
-                                      max_rows=MAX_VALUES_PER_WINDOW)
+    period = store.indicator_window(model_id, INDICATORS, since=start, until=end, max_rows=MAX_VALUES_PER_WINDOW)
     steps.update()
-    reference = store.indicator_window(model_id, list(INDICATORS), start=reference_start, end=start,
-                                         max_rows=MAX_VALUES_PER_WINDOW)
+    reference = store.indicator_window(model_id, INDICATORS, since=reference_start, until=start,
+                                       max_rows=MAX_VALUES_PER_WINDOW)
     steps.update()
     present = [name for name in INDICATORS
                if _has_values(period.values[name]) or _has_values(reference.values[name])]

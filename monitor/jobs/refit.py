@@ -208,8 +208,8 @@ def _fit_summary_weights(context: JobContext, model_id: int, window: Any) -> Rew
         return Reweighting("1C-Sum weights unchanged: no noise calibration stored for the model's weights")
     members = tuple(name for name in INDICATORS
                     if name in calibration.means and name not in SUMMARY_MEMBERS_EXCLUDED)
-    rows = context.store.indicator_window(model_id, list(members), start=window.start,
-                                    end=window.end + timedelta(microseconds=1))
+    rows = context.store.indicator_window(model_id, members, since=window.start,
+                                          until=window.end + timedelta(microseconds=1))
     in_window = np.isin(rows.sample_ids, window.sample_ids)
     complete = in_window & np.all([np.isfinite(rows.values[name]) for name in members], axis=0)
     labelled = complete & (rows.labels >= 0)

@@ -3,29 +3,25 @@
 A proposal points at a threshold (and 1C-Sum weights, when re-fitted) stored inactive. Its
 status is `waiting` until an admin approves it (the threshold and its weights become active in
 the same transaction), rejects it, or it expires; a newer proposal for the same model and
-indicator expires the one that waited. Decisions keep who, when and a note. Also here: the
-samples a shadow evaluation judges (the recent window and every labelled sample).
+indicator expires the one that waited. Decisions keep who, when and a note. The samples a
+shadow evaluation judges are read with the other windows (`monitor.store.windows`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Mapping, Sequence
+from typing import Sequence
 
-import numpy as np
-from sqlalchemy import Connection, case, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from monitor.errors import InputError
 from monitor.clock import iso_utc
 from monitor.store.models import (
     Alert,
     PROPOSAL_STATUSES,
-    Sample,
     Threshold,
     ThresholdProposal,
-    current_label_of_sample,
-    indicator_column,
 )
 from monitor.store.payloads import AlertDocument, ProposalEvaluation, ThresholdActivatedAlert
 from monitor.store.policy import threshold_rows
@@ -40,20 +36,6 @@ class ProposalConflict(InputError):
 
 
 # --- records ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ShadowRows:
-    """Samples for a shadow evaluation, oldest first: ids, predicted classes, current labels
-    (1 OOD, 0 ID, -1 unknown) and the values of the indicators asked for (NaN where NULL)."""
-
-    ids: np.ndarray
-    predicted: np.ndarray
-    labels: np.ndarray
-    values: Mapping[str, np.ndarray]
-
-    def __len__(self) -> int:
-        return int(self.ids.size)
 
 
 @dataclass(frozen=True)
@@ -94,9 +76,6 @@ class ProposalRow:
 
 # --- the aggregate ---------------------------------------------------------------------------------
 
-_LABEL_CODE = case((current_label_of_sample() == "OOD", 1), (current_label_of_sample() == "ID", 0), else_=-1)
-
-
 def _proposal_query():
     return select(ThresholdProposal.__table__, Threshold.value, Threshold.method).join(
         Threshold, Threshold.id == ThresholdProposal.threshold_id)
@@ -108,31 +87,6 @@ def _row(found) -> ProposalRow:
 
 class ProposalsAggregate:
     """The proposal queries of `monitor.store.Store` (which supplies the engine and transactions)."""
-
-    def shadow_rows(self, model_id: int, indicators: Sequence[str], *, since: datetime | None = None,
-                    last: int | None = None, labelled: bool = False) -> ShadowRows:
-        """The model's samples with the named indicators: those scored since `since`, or the `last`
-        newest, or (with `labelled`) every sample whose current label is ID or OOD."""
-        columns = [indicator_column(name) for name in indicators]
-        statement = select(Sample.id, Sample.predicted_class, _LABEL_CODE.label("label"), *columns).where(
-            Sample.model_id == model_id)
-        if labelled:
-            statement = statement.where(current_label_of_sample().is_not(None))
-        if since is not None:
-            statement = statement.where(Sample.scored_at >= since)
-        if last is not None:
-            if not isinstance(last, int) or last < 1:
-                raise InputError(f"window: last must be an integer >= 1, got {last!r}")
-            statement = statement.order_by(Sample.scored_at.desc(), Sample.id.desc()).limit(last)
-        with self._reading() as connection:
-            rows = connection.execute(statement).all()
-        rows.sort(key=lambda row: row[0])  # ids grow with arrival: oldest first
-        ids = np.array([row[0] for row in rows], dtype=np.int64)
-        predicted = np.array([row[1] for row in rows], dtype=np.int64)
-        labels = np.array([row[2] for row in rows], dtype=np.int8)
-        values = {name: np.array([np.nan if row[3 + i] is None else row[3 + i] for row in rows], dtype=np.float64)
-                  for i, name in enumerate(indicators)}
-        return ShadowRows(ids, predicted, labels, values)
 
     def add_proposal(self, record: ProposalRecord, *, now: datetime) -> ProposalRow:
         """Store a waiting proposal; one that still waited for the same model and indicator expires."""

@@ -1,6 +1,9 @@
 """Windows of scored samples, as the scheduled jobs read them: per-model counts, the indicator
-values of a time window with current labels (`indicator_window` for the refit and report jobs,
-`window_scores` for a fit and a proposal's evaluation), label counts and the top-scored samples.
+values of a window with current labels, label counts and the top-scored samples.
+
+One read selects a window and codes its labels (`_read_window`); `window_scores` (one indicator,
+the window a fit reads) and `indicator_window` (several, NaN where NULL: the refit and report
+jobs' member indicators and a proposal's shadow evaluation) are its two shapes.
 
 Mixed into `monitor.store.Store`, which supplies the engine and the read transaction.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Sequence
 
 import numpy as np
 from sqlalchemy import Connection, func, select
@@ -27,12 +31,16 @@ class FlaggedCount:
 
 @dataclass(frozen=True)
 class IndicatorWindow:
-    """Indicator values of a window (oldest first), with current labels (1 OOD, 0 ID, -1 none)."""
+    """Indicator values of a window, oldest first: sample ids, predicted classes, current labels
+    (1 OOD, 0 ID, -1 none), each asked indicator (float64, NaN where NULL) and the times of the
+    first and last sample (None for an empty window)."""
 
     sample_ids: np.ndarray
-    scored_at: list[datetime]
-    values: dict[str, np.ndarray]  # canonical name -> float array, NaN where NULL
+    predicted: np.ndarray
     labels: np.ndarray
+    values: dict[str, np.ndarray]  # canonical name -> float array, NaN where NULL
+    start: datetime | None
+    end: datetime | None
 
     def __len__(self) -> int:
         return int(self.sample_ids.shape[0])
@@ -73,14 +81,6 @@ def _columns(indicators) -> list:
 class WindowsAggregate:
     """The window reads of `monitor.store.Store` (which supplies the engine and transactions)."""
 
-    def _window_conditions(self, model_id: int, since: datetime | None, until: datetime | None) -> list:
-        conditions = [Sample.model_id == model_id]
-        if since is not None:
-            conditions.append(Sample.scored_at >= since)
-        if until is not None:
-            conditions.append(Sample.scored_at < until)
-        return conditions
-
     def window_scores(
         self,
         model_id: int,
@@ -91,43 +91,82 @@ class WindowsAggregate:
         until: datetime | None = None,
     ) -> WindowScores:
         """An indicator's values over a window with the current labels (1 OOD, 0 ID, -1 none) and
-        the predicted classes aligned.
+        the predicted classes aligned: the window a fit reads.
 
         The window is the samples scored in [since, until), and of those the `last` most recent
         (both optional). Samples where the indicator is NULL are left out. Oldest first.
         """
+        window = self._read_window(model_id, [indicator], since=since, until=until, last=last, complete=True)
+        return WindowScores(indicator=indicator, sample_ids=window.sample_ids, values=window.values[indicator],
+                            labels=window.labels, start=window.start, end=window.end, predicted=window.predicted)
+
+    def indicator_window(self, model_id: int, indicators: Sequence[str], *, since: datetime | None = None,
+                         until: datetime | None = None, last: int | None = None, labelled_only: bool = False,
+                         max_rows: int | None = None) -> IndicatorWindow:
+        """Samples of a model with every asked indicator (NaN where NULL) and current labels; oldest first.
+
+        The window is the samples scored in [since, until) (both optional), and of those the `last`
+        most recent. `labelled_only` keeps the samples whose current label is ID or OOD. `max_rows`
+        bounds memory on busy streams: above it, an even subsample (every k-th sample id) is read,
+        which keeps the distributions.
+        """
+        return self._read_window(model_id, indicators, since=since, until=until, last=last,
+                                 labelled_only=labelled_only, max_rows=max_rows)
+
+    def _read_window(self, model_id: int, indicators: Sequence[str], *, since: datetime | None = None,
+                     until: datetime | None = None, last: int | None = None, labelled_only: bool = False,
+                     max_rows: int | None = None, complete: bool = False) -> IndicatorWindow:
+        """The one window read: selects the samples (model, [since, until), labelled only, an even
+        subsample under `max_rows`, the `last` N), reads ids, predicted classes and the indicators as
+        plain numbers, and codes the current labels (`_aligned_labels`). `complete` leaves out the
+        samples where an asked indicator is NULL."""
         _check_last(last)
-        column = indicator_column(indicator)
-        conditions = [*self._window_conditions(model_id, since, until), column.is_not(None)]
-        statement = select(Sample.id, column, Sample.predicted_class).where(*conditions)
-        if last is not None:
-            statement = statement.order_by(Sample.scored_at.desc(), Sample.id.desc()).limit(last)
-        else:
-            statement = statement.order_by(Sample.scored_at, Sample.id)
+        if max_rows is not None and (not isinstance(max_rows, int) or max_rows < 1):
+            raise InputError(f"window: max_rows must be an integer >= 1, got {max_rows!r}")
+        columns = _columns(indicators)
+        conditions = [Sample.model_id == model_id]
+        if since is not None:
+            conditions.append(Sample.scored_at >= since)
+        if until is not None:
+            conditions.append(Sample.scored_at < until)
+        if complete:
+            conditions.extend(column.is_not(None) for column in columns)
+        if labelled_only:
+            current = current_labels()
+            conditions.append(Sample.id.in_(select(current.c.sample_id).where(current.c.label.is_not(None))))
         with self._reading() as connection:
-            rows = np.array(_plain_rows(connection, statement), dtype=np.float64).reshape(-1, 3)
+            if max_rows is not None:
+                total = connection.execute(select(func.count()).select_from(Sample).where(*conditions)).scalar_one()
+                stride = -(-int(total) // max_rows)
+                if stride > 1:
+                    conditions.append(Sample.id % stride == 0)
+            statement = select(Sample.id, Sample.predicted_class, *columns).where(*conditions)
+            if last is not None:
+                statement = statement.order_by(Sample.scored_at.desc(), Sample.id.desc()).limit(last)
+            else:
+                statement = statement.order_by(Sample.scored_at, Sample.id)
+            # float64 throughout: NULL becomes NaN, and ids and classes are exact far beyond their range.
+            rows = np.array(_plain_rows(connection, statement), dtype=np.float64).reshape(-1, 2 + len(columns))
             if last is not None:
                 rows = rows[::-1]
             sample_ids = rows[:, 0].astype(np.int64)
-            values = np.ascontiguousarray(rows[:, 1])
-            predicted = rows[:, 2].astype(np.int64)
+            predicted = rows[:, 1].astype(np.int64)
+            values = {name: np.ascontiguousarray(rows[:, 2 + index]) for index, name in enumerate(indicators)}
             labels = np.full(sample_ids.shape[0], UNLABELLED, dtype=np.int8)
             start = end = None
             if sample_ids.size:
-                labels = self._aligned_labels(connection, sample_ids, model_id)
-                bounds = connection.execute(
-                    select(Sample.id, Sample.scored_at).where(
-                        Sample.id.in_([int(sample_ids[0]), int(sample_ids[-1])])
-                    )
-                ).all()
-                times = dict(bounds)
-                start, end = times[int(sample_ids[0])], times[int(sample_ids[-1])]
-        return WindowScores(indicator=indicator, sample_ids=sample_ids, values=values, labels=labels, start=start, end=end,
-                            predicted=predicted)
+                labels = self._aligned_labels(connection, sample_ids)
+                first, final = int(sample_ids[0]), int(sample_ids[-1])
+                times = dict(connection.execute(
+                    select(Sample.id, Sample.scored_at).where(Sample.id.in_([first, final]))).all())
+                start, end = times[first], times[final]
+        return IndicatorWindow(sample_ids, predicted, labels, values, start, end)
 
     @staticmethod
-    def _aligned_labels(connection: Connection, sample_ids: np.ndarray, model_id: int) -> np.ndarray:
-        """Current label codes for the given sample ids (few labels, many samples: look labels up)."""
+    def _aligned_labels(connection: Connection, sample_ids: np.ndarray) -> np.ndarray:
+        """Current label codes (LABEL_CODES; -1 none) for the given sample ids: the one place a
+        window's labels are coded. Few labels, many samples: the labels of the id range are looked
+        up rather than joined to every sample."""
         labels = np.full(sample_ids.shape[0], UNLABELLED, dtype=np.int8)
         low, high = int(sample_ids.min()), int(sample_ids.max())
         current = current_labels(Sample.id >= low, Sample.id <= high)
@@ -161,40 +200,6 @@ class WindowsAggregate:
             statement = statement.where(Sample.scored_at < until)
         with self._reading() as connection:
             return connection.execute(statement).scalar()
-
-    def indicator_window(self, model_id: int, indicators: list[str], *, start: datetime, end: datetime,
-                         labelled_only: bool = False, max_rows: int | None = None) -> IndicatorWindow:
-        """Samples of a model scored in [start, end), every asked indicator, current labels; oldest first.
-
-        `labelled_only` keeps the samples with a label. `max_rows` bounds memory on busy streams:
-        above it, an even subsample (every k-th sample id) is read, which keeps the distributions.
-        """
-        current = current_labels()
-        columns = _columns(indicators)
-        conditions = [Sample.model_id == model_id, Sample.scored_at >= start, Sample.scored_at < end]
-        if labelled_only:
-            conditions.append(current.c.label.is_not(None))
-        with self._reading() as connection:
-            if max_rows is not None:
-                total = connection.execute(select(func.count()).select_from(Sample)
-                                           .outerjoin(current, current.c.sample_id == Sample.id)
-                                           .where(*conditions)).scalar_one()
-                stride = -(-int(total) // max_rows)
-                if stride > 1:
-                    conditions.append(Sample.id % stride == 0)
-            rows = connection.execute(
-                select(Sample.id, Sample.scored_at, current.c.label, *columns)
-                .outerjoin(current, current.c.sample_id == Sample.id)
-                .where(*conditions)
-                .order_by(Sample.scored_at, Sample.id)
-            ).all()
-        sample_ids = np.array([row[0] for row in rows], dtype=np.int64)
-        labels = np.array([LABEL_CODES.get(row[2], UNLABELLED) for row in rows], dtype=np.int64)
-        values = {
-            name: np.array([row[3 + index] for row in rows], dtype=float)  # None becomes NaN
-            for index, name in enumerate(indicators)
-        }
-        return IndicatorWindow(sample_ids, [row[1] for row in rows], values, labels)
 
     def label_counts(self, model_id: int, start: datetime, end: datetime) -> dict[str, int]:
         """Samples of a model scored in [start, end) by current label: ID, OOD, unlabelled."""

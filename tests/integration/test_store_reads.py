@@ -203,18 +203,22 @@ def test_the_jobs_windows_see_the_current_labels(store, model, queue):
     store.add_label(queue[15], "OOD", "alice")
     end = T0 + timedelta(seconds=10)
 
-    window = store.indicator_window(model.id, ["MP", "1C-Sum"], start=T0, end=end)
-    labelled = store.indicator_window(model.id, ["MP"], start=T0, end=T0 + timedelta(days=1), labelled_only=True)
-    sampled = store.indicator_window(model.id, ["MP"], start=T0, end=end, max_rows=5)
+    window = store.indicator_window(model.id, ["MP", "1C-Sum"], since=T0, until=end)
+    labelled = store.indicator_window(model.id, ["MP"], since=T0, until=T0 + timedelta(days=1), labelled_only=True)
+    sampled = store.indicator_window(model.id, ["MP"], since=T0, until=end, max_rows=5)
+    newest = store.indicator_window(model.id, ["MP"], last=3)
 
     assert window.sample_ids.tolist() == queue[:10]
     assert window.labels.tolist() == [-1, 0] + [-1] * 8
     assert window.values["1C-Sum"].tolist() == [scored(i, model.id).score for i in range(10)]
     assert labelled.sample_ids.tolist() == [queue[1], queue[15]] and labelled.labels.tolist() == [0, 1]
     assert len(sampled) == 5 and all(sample_id % 2 == 0 for sample_id in sampled.sample_ids.tolist())
+    assert newest.sample_ids.tolist() == queue[17:] and newest.predicted.tolist() == [17 % 3, 18 % 3, 19 % 3]
+    assert (newest.start, newest.end) == (T0 + timedelta(seconds=17), T0 + timedelta(seconds=19))
+    assert (window.start, window.end) == (T0, T0 + timedelta(seconds=9))
     assert store.label_counts(model.id, T0, end) == {"ID": 1, "OOD": 0, "unlabelled": 9}
     with pytest.raises(InputError, match="unknown indicator 'mp'"):
-        store.indicator_window(model.id, ["mp"], start=T0, end=end)
+        store.indicator_window(model.id, ["mp"], since=T0, until=end)
 
 
 def test_the_jobs_windows_count_flags_and_find_the_top_samples(store, model, queue):
