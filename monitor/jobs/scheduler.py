@@ -69,10 +69,6 @@ class JobContext:
     # (job, outcome, detail) after each scheduled run of this process; detail: what the job reported
     on_run: Callable[[str, str, str], None] | None = None
 
-    @property
-    def engine(self):
-        return self.store.engine
-
 
 @dataclass(frozen=True)
 class JobRunResult:

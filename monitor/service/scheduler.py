@@ -66,10 +66,9 @@ def database_problem(store: Any) -> str | None:
     """None when the store's database answers; else a problem for /readyz, which is public: the full
     error, which can name hosts and users, goes to the log only."""
     from monitor.errors import MonitorError
-    from monitor.store.engine import check_connection
 
     try:
-        check_connection(store.engine)
+        store.check_connection()
     except MonitorError as error:
         log.warning("readiness: %s", error)
         return "database unreachable (see the log)"

@@ -32,7 +32,14 @@ from monitor.thresholds import ClassThresholds
 from monitor.store.bulk import SAMPLE_COLUMNS as _SAMPLE_INSERT_COLUMNS
 from monitor.store.bulk import SOURCE_KEY as _SOURCE_KEY
 from monitor.store.bulk import copy_samples
-from monitor.store.engine import DEFAULT_CONNECT_TIMEOUT_S, WRITE_OPTION, StoreError, connect, safe_url
+from monitor.store.engine import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    WRITE_OPTION,
+    StoreError,
+    check_connection,
+    connect,
+    safe_url,
+)
 from monitor.store.models import (
     INDICATOR_COLUMNS,
     Alert,
@@ -141,6 +148,11 @@ class Store(SamplesAggregate, LabelsAggregate, PolicyAggregate, ProposalsAggrega
             engine.dispose()
             raise
         return cls(engine)
+
+    def check_connection(self) -> None:
+        """Open and close one connection (the readiness probes); MonitorError naming host and port,
+        never the password, when the database does not answer."""
+        check_connection(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, insert, inspect, select
+from sqlalchemy import create_engine, func, insert, inspect, select
 
 from monitor.cli import main
 from monitor.errors import MonitorError
@@ -251,6 +251,25 @@ def test_an_unreachable_server_is_named_without_its_password(capsys):
     with pytest.raises(MonitorError, match="cannot reach PostgreSQL") as caught:
         connect(url)
     assert "s3cret-pw" not in str(caught.value)
+
+
+def test_readiness_asks_the_store_whether_its_database_answers(fresh_url, caplog):
+    from monitor.service.scheduler import database_problem
+
+    with Store.open(fresh_url, require_current_schema=False) as store:
+        store.check_connection()
+        assert database_problem(store) is None
+    closed_port = POSTGRES_PORT + 1 if POSTGRES_PORT < 65535 else 1
+    gone = Store(create_engine(f"postgresql+psycopg://monitor:s3cret-pw@{POSTGRES_HOST}:{closed_port}/monitor"))
+    try:
+        with pytest.raises(MonitorError, match=f"cannot reach PostgreSQL at {POSTGRES_HOST}:{closed_port}") as caught:
+            gone.check_connection()
+        assert "s3cret-pw" not in str(caught.value)
+        # /readyz is public: it says only that the database is unreachable; the log says why.
+        assert database_problem(gone) == "database unreachable (see the log)"
+        assert f"cannot reach PostgreSQL at {POSTGRES_HOST}:{closed_port}" in caplog.text
+    finally:
+        gone.close()
 
 
 def test_db_command_takes_the_url_from_the_settings_file(fresh_url, tmp_path, monkeypatch, capsys):
