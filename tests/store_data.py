@@ -64,3 +64,23 @@ def summary_weights(weights: dict[str, float]) -> SummaryWeightsDocument:
     fitted = SummaryWeights(weights=weights, offset=0.0, used_labels=True, reason="fitted on labels",
                             n_labelled_ood=10, n_labelled_id=10)
     return SummaryWeightsDocument.from_json({**fitted.to_dict(), "members": list(weights)})
+
+
+def approve(store, threshold, by: str = "admin"):
+    """Make a stored threshold (and the weights stored with it) active the way the service does:
+    proposed with its shadow evaluation (monitor.jobs.proposals.propose) and approved by an admin
+    (monitor.proposals.decide). Returns the decided proposal."""
+    from datetime import timedelta
+
+    from monitor.proposals import Window, decide, document, evaluate
+    from monitor.store.proposals import ProposalRecord
+    from monitor.thresholds import ClassThresholds
+
+    now = utc_now()
+    evaluation = evaluate(store, threshold.model_id, threshold.indicator, ClassThresholds(threshold.value),
+                          Window(last=1000))
+    proposal = store.add_proposal(ProposalRecord(
+        model_id=threshold.model_id, indicator=threshold.indicator, threshold_id=threshold.id,
+        summary_weights_id=threshold.summary_weights_id, evaluation=document(evaluation),
+        expires_at=now + timedelta(hours=1), proposed_by="refit"), now=now)
+    return decide(store, proposal.id, "approve", by=by, note=None, now=now)

@@ -2,7 +2,7 @@
 carries, and the 1C-Sum weights the scores it judges were made with. A threshold and its
 weights are stored in one transaction and read in one query (`active_policy`), so a policy is
 seen whole or not at all; the threshold's id is the policy's version, recorded on every score
-row it judged. Activating a threshold (a fit, an approved proposal, a rollback) makes its
+row it judged. Activating a threshold (a fit, an approved proposal) makes its
 weights the model's active ones in the same transaction.
 
 Mixed into `monitor.store.Store`, which supplies the engine and the transactions.
@@ -16,7 +16,7 @@ from monitor.clock import utc_now
 from monitor.errors import InputError
 from monitor.store.models import MonitoredModel, SummaryWeights, Threshold, indicator_column
 from monitor.store.payloads import SummaryWeightsDocument
-from monitor.store.records import Policy, SummaryWeightsRow, ThresholdRecord, ThresholdRow
+from monitor.store.records import Policy, ThresholdRecord, ThresholdRow
 
 
 def threshold_rows(connection: Connection, *conditions, limit: int | None = None) -> list[ThresholdRow]:
@@ -26,10 +26,9 @@ def threshold_rows(connection: Connection, *conditions, limit: int | None = None
     return [ThresholdRow(**row._mapping) for row in connection.execute(statement)]
 
 
-def _weights(connection: Connection, *conditions) -> SummaryWeightsRow | None:
-    """The one read of a stored set of 1C-Sum weights."""
-    row = connection.execute(select(SummaryWeights.__table__).where(*conditions)).first()
-    return SummaryWeightsRow(**row._mapping) if row else None
+def _active_weights_id(connection: Connection, model_id: int) -> int | None:
+    """The model's weights of its latest activated policy: those a threshold stored without weights keeps."""
+    return connection.execute(select(SummaryWeights.id).where(*_active_weights_of(model_id))).scalar()
 
 
 def _active_weights_of(model_id: int) -> tuple:
@@ -65,8 +64,7 @@ class PolicyAggregate:
         with self._writing() as connection:
             self._lock_model(connection, record.model_id)
             if weights is None:
-                kept = _weights(connection, *_active_weights_of(record.model_id))
-                row["summary_weights_id"] = kept.id if kept is not None else None
+                row["summary_weights_id"] = _active_weights_id(connection, record.model_id)
             else:
                 row["summary_weights_id"] = connection.execute(
                     insert(SummaryWeights).returning(SummaryWeights.id),
@@ -76,18 +74,6 @@ class PolicyAggregate:
             threshold_id = connection.execute(insert(Threshold).returning(Threshold.id), [row]).scalar_one()
             if activate:
                 self._activate(connection, threshold_id, record.model_id, record.indicator, row["summary_weights_id"])
-            return threshold_rows(connection, Threshold.id == threshold_id)[0]
-
-    def activate_threshold(self, threshold_id: int) -> ThresholdRow:
-        """Make a stored threshold the active one of its model and indicator (e.g. a rollback)."""
-        with self._writing() as connection:
-            found = threshold_rows(connection, Threshold.id == threshold_id)
-            if not found:
-                raise InputError(f"threshold: no threshold with id {threshold_id}")
-            threshold = found[0]
-            self._lock_model(connection, threshold.model_id)
-            self._activate(connection, threshold_id, threshold.model_id, threshold.indicator,
-                           threshold.summary_weights_id)
             return threshold_rows(connection, Threshold.id == threshold_id)[0]
 
     def _lock_model(self, connection: Connection, model_id: int) -> None:
@@ -173,12 +159,3 @@ class PolicyAggregate:
                       summary_weights_id=row.summary_weights_id,
                       weights=row.weights.weights if row.weights is not None else None,
                       per_class=row.class_thresholds.per_class() if row.class_thresholds is not None else {})
-
-    def active_summary_weights(self, model_id: int) -> SummaryWeightsRow | None:
-        """The model's weights of its latest activated policy (those a new threshold keeps)."""
-        with self._reading() as connection:
-            return _weights(connection, *_active_weights_of(model_id))
-
-    def get_summary_weights(self, weights_id: int) -> SummaryWeightsRow | None:
-        with self._reading() as connection:
-            return _weights(connection, SummaryWeights.id == weights_id)

@@ -22,7 +22,6 @@ from monitor.store.payloads import (
     ClassThresholdsDocument,
     ModelPreprocessing,
     ReportSummary,
-    SummaryWeightsDocument,
     ThresholdCounts,
     ThresholdParameters,
 )
@@ -498,26 +497,6 @@ class JobRunRow:
     outcome: str
     error: str | None
     runner: str | None = None  # "host:pid" of the process that ran it; None for runs stored before 0003
-
-
-@dataclass(frozen=True)
-class RejectRow:
-    id: int
-    position: SourcePosition
-    sample_key: str
-    reason: str
-    detail: str
-    size: int
-    received_at: datetime
-
-
-@dataclass(frozen=True)
-class SummaryWeightsRow:
-    id: int
-    model_id: int
-    weights: SummaryWeightsDocument
-    created_at: datetime
-    active: bool
 
 
 @dataclass(frozen=True)

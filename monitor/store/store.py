@@ -61,7 +61,6 @@ from monitor.store.windows import WindowsAggregate
 from monitor.store.records import (
     PurgeResult,
     RejectRecord,
-    RejectRow,
     RetentionPolicy,
     ScoredSample,
     SourcePosition,
@@ -349,30 +348,6 @@ class Store(SamplesAggregate, LabelsAggregate, PolicyAggregate, ProposalsAggrega
             for sample_id, topic, partition, offset, flagged, score, indicator, predicted, threshold, own, threshold_id
             in rows
         }
-
-    # --- rejects ---------------------------------------------------------------------------
-
-    def list_rejects(self, *, since: datetime | None = None, reason: str | None = None, limit: int = 100) -> list[RejectRow]:
-        statement = select(Reject.__table__)
-        if since is not None:
-            statement = statement.where(Reject.received_at >= since)
-        if reason is not None:
-            statement = statement.where(Reject.reason == reason)
-        statement = statement.order_by(Reject.id.desc()).limit(limit)
-        with self._reading() as connection:
-            rows = connection.execute(statement).all()
-        return [
-            RejectRow(
-                id=row.id,
-                position=SourcePosition(row.source_topic, row.source_partition, row.source_offset),
-                sample_key=row.sample_key,
-                reason=row.reason,
-                detail=row.detail,
-                size=row.size,
-                received_at=row.received_at,
-            )
-            for row in rows
-        ]
 
     # --- retention -------------------------------------------------------------------------
 

@@ -87,15 +87,15 @@ def test_labels_move_the_threshold_as_the_label_rule_says(store):
 
     # The threshold is fitted on the 1C-Sum the daemon computes from now on: the stored member
     # values standardised with the model's noise statistics and re-weighted with the new weights.
-    weights = store.active_summary_weights(model.id)
-    assert weights is not None and after.summary_weights_id == weights.id
-    assert after.threshold.summary_weights_id == weights.id  # one policy: the threshold names its weights
+    # The daemon scores with the active policy: the new threshold and the weights stored with it.
     policy = store.active_policy(model.id, "1C-Sum")
-    assert (policy.version, policy.summary_weights_id) == (after.threshold.id, weights.id)
-    members = store_members(store, model.id, weights.weights.weights)
+    assert policy.weights is not None and after.summary_weights_id == policy.summary_weights_id
+    assert after.threshold.summary_weights_id == policy.summary_weights_id  # one policy: the threshold names its weights
+    assert policy.version == after.threshold.id
+    members = store_members(store, model.id, policy.weights)
     means, stds = calibration["means"], calibration["stds"]
     reweighted = sum(weight * (members[name] - means[name]) / stds[name]
-                     for name, weight in weights.weights.weights.items())
+                     for name, weight in policy.weights.items())
     assert after.threshold.value < reweighted[labelled_ood].min(), "every labelled OOD sample is flagged"
     assert after.threshold.value > reweighted[labelled_id].max(), "no labelled ID sample is flagged"
     assert after.threshold.counts.n_labelled_ood == 12 and after.threshold.counts.n_labelled_id == 15
@@ -105,7 +105,8 @@ def test_labels_move_the_threshold_as_the_label_rule_says(store):
     assert store.active_threshold(model.id, "1C-Sum").id == after.threshold.id
     # With 12 OOD and 15 ID labels (>= 10 of each) the 1C-Sum weights are re-fitted and stored.
     expected_members = {name for name in INDICATORS if name in means and name not in SUMMARY_MEMBERS_EXCLUDED}
-    assert weights.weights.used_labels is True and set(weights.weights.members) == expected_members
+    assert set(policy.weights) == expected_members
+    assert after.weights_message.startswith(f"1C-Sum weights #{policy.summary_weights_id} fitted on 12 OOD and 15 ID labels")
 
 
 def test_too_few_samples_keep_the_old_threshold_and_say_why(store):

@@ -93,9 +93,8 @@ def test_a_refit_racing_the_stream_never_scores_and_judges_a_batch_with_two_poli
     for sample_id in store.window_scores(model.id, "1C-Sum").sample_ids.tolist():
         sample = store.get_sample(sample_id)
         if sample.threshold_id not in versions:
-            policy = store.get_threshold(sample.threshold_id)
-            weights = store.get_summary_weights(policy.summary_weights_id).weights.weights
-            versions[sample.threshold_id] = (policy.value, weights)
+            policy = store.policy(sample.threshold_id)  # the policy the sample page says judged it
+            versions[sample.threshold_id] = (policy.threshold, policy.weights)
         threshold, weights = versions[sample.threshold_id]
         expected = sum(weights[name] * (sample.scores[name] - calibration.means[name]) / calibration.stds[name]
                        for name in members)

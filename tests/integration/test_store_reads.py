@@ -15,7 +15,7 @@ from monitor.store import LabelConflict, QueueQuery, StoreError, ThresholdRecord
 from monitor.store.models import Threshold
 from tests.integration.store_samples import T0, png_blob, scored
 from monitor.store.payloads import ThresholdCounts, ThresholdParameters
-from tests.store_data import job_failed_alert, register_model, report_summary, summary_weights
+from tests.store_data import approve, job_failed_alert, register_model, report_summary, summary_weights
 
 pytestmark = pytest.mark.integration  # the store fixtures run on the real PostgreSQL too
 
@@ -251,7 +251,7 @@ def test_one_threshold_is_active_per_model_and_indicator(store, model, threshold
     assert store.active_threshold(model.id, "ANG++").id == other_indicator.id
     assert not candidate.active
 
-    store.activate_threshold(threshold.id)  # rolling back to the first fit
+    approve(store, threshold)  # an admin brings the first fit back
     history = store.threshold_history(model.id, "1C-Sum")
     assert [row.id for row in history] == [candidate.id, newer.id, threshold.id]
     assert [row.active for row in history] == [False, False, True]
@@ -271,14 +271,15 @@ def test_threshold_input_is_validated(store, model):
         ThresholdRecord(model_id=model.id, indicator="MP", method="two-means", value=float("nan"))
     with pytest.raises(InputError, match="unknown indicator"):
         ThresholdRecord(model_id=model.id, indicator="XX", method="two-means", value=1.0)
-    with pytest.raises(InputError, match="no threshold with id"):
-        store.activate_threshold(424242)
+    stored = store.add_threshold(ThresholdRecord(model_id=model.id, indicator="MP", method="two-means", value=1.0))
+    with pytest.raises(InputError, match="threshold #424242 is not one of model"):
+        approve(store, replace(stored, id=424242))
     with pytest.raises(InputError, match="no monitored model"):
         store.add_threshold(ThresholdRecord(model_id=model.id + 99, indicator="MP", method="two-means", value=1.0))
 
 
 def test_a_threshold_and_its_weights_are_one_policy(store, model):
-    assert store.active_policy(model.id, "1C-Sum") is None and store.active_summary_weights(model.id) is None
+    assert store.active_policy(model.id, "1C-Sum") is None
     record = ThresholdRecord(model_id=model.id, indicator="1C-Sum", method="two-means", value=2.0)
     first = store.add_threshold(record, weights=summary_weights({"MP": 1.0, "ANG": 0.5}))
     second = store.add_threshold(replace(record, value=3.0), weights=summary_weights({"MP": 0.8, "ANG": 0.9}))
@@ -288,18 +289,20 @@ def test_a_threshold_and_its_weights_are_one_policy(store, model):
     assert dict(policy.weights) == {"MP": 0.8, "ANG": 0.9} and first.summary_weights_id != second.summary_weights_id
     with pytest.raises(TypeError):
         policy.weights["MP"] = 5.0  # immutable: the scorer and the judge share it
-    assert store.get_summary_weights(second.summary_weights_id).weights.members == ("MP", "ANG")
+    assert tuple(store.policy(second.id).weights) == ("MP", "ANG")  # the members in their stored order
 
     # A threshold stored without weights keeps the active ones; another indicator too.
     plain = store.add_threshold(replace(record, value=4.0))
     other = store.add_threshold(replace(record, indicator="MP", value=0.5))
     assert plain.summary_weights_id == other.summary_weights_id == second.summary_weights_id
 
-    # Rolling back to the first threshold brings its weights back with it.
-    store.activate_threshold(first.id)
+    # Approving the first threshold again brings its weights back with it, for the thresholds
+    # stored later too.
+    approve(store, first)
     policy = store.active_policy(model.id, "1C-Sum")
     assert (policy.version, dict(policy.weights)) == (first.id, {"MP": 1.0, "ANG": 0.5})
-    assert store.active_summary_weights(model.id).id == first.summary_weights_id
+    later = store.add_threshold(replace(record, indicator="MP", value=0.6))
+    assert later.summary_weights_id == first.summary_weights_id
 
 
 # --- rates and percentiles ---------------------------------------------------------------------
