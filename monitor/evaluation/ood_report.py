@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from monitor.evaluation import machine
-from monitor.evaluation.report import _fmt, _pyplot, _write, write_json
+from monitor.evaluation.report import format_number, pyplot, write_json, write_text
 from monitor.evaluation.tables import SUPERVISED
 from monitor.names import SUMMARY
 
@@ -19,10 +19,10 @@ ARCH_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
 
 
 def _cell(entry: dict, spread: bool = True) -> str:
-    text = _fmt(entry["value"], 1)
+    text = format_number(entry["value"], 1)
     if spread and entry.get("spread") is not None and math.isfinite(entry["spread"]):
         text += f" ±{entry['spread']:.1f}"
-    return f"{text} [{_fmt(entry['low'], 1)}, {_fmt(entry['high'], 1)}]"
+    return f"{text} [{format_number(entry['low'], 1)}, {format_number(entry['high'], 1)}]"
 
 
 def _rank_cell(entry: dict) -> str:
@@ -140,7 +140,7 @@ def markdown(result: dict) -> str:
         accuracy = model.get("test_accuracy")
         lines.append(
             f"| {model['name']} | {model.get('parameters') or '–'} | "
-            f"{_fmt(100 * accuracy if accuracy is not None else None, 1)} | {100 * model['accuracy_on_id_sample']:.1f} | "
+            f"{format_number(100 * accuracy if accuracy is not None else None, 1)} | {100 * model['accuracy_on_id_sample']:.1f} | "
             f"{model.get('training_seconds') or '–'} |"
         )
     lines += ["", "## OOD sets", ""]
@@ -206,7 +206,7 @@ def _pct(value) -> str:
 
 def plot_ranks(result: dict, path: Path) -> Path:
     """Average rank with its interval, per architecture and pooled, one panel per table."""
-    plt = _pyplot()
+    plt = pyplot()
     computed = list(result["tables"].values())
     rows = max(len(t["rows"]) for t in computed)
     fig, axes = plt.subplots(1, len(computed), figsize=(6.5 * len(computed), 0.34 * rows + 1.8), squeeze=False)
@@ -242,7 +242,7 @@ def plot_ranks(result: dict, path: Path) -> Path:
 
 def plot_intervals(result: dict, path: Path) -> Path:
     """auROC per row with its interval, one panel per set (the extended table, then the held-out classes)."""
-    plt = _pyplot()
+    plt = pyplot()
     table = result["tables"]["extended"]
     panels = list(table["sets"]) + (["near"] if "near_ood" in table else [])
     columns = 3
@@ -283,7 +283,7 @@ def plot_intervals(result: dict, path: Path) -> Path:
 
 def plot_heatmap(result: dict, path: Path) -> Path:
     """Pooled mean auROC of the extended table, the held-out classes (mean of the architectures) last."""
-    plt = _pyplot()
+    plt = pyplot()
     table = result["tables"]["extended"]
     rows, sets = table["rows"], list(table["sets"])
     grid = [[table["pooled"]["auroc"][s][r]["value"] for s in sets] for r in rows]
@@ -325,7 +325,7 @@ def console_summary(result: dict) -> str:
 def write(result: dict, output_dir: Path) -> list[Path]:
     return [
         write_json(result, output_dir / "ood.json"),
-        _write(output_dir / "ood.md", markdown(result)),
+        write_text(output_dir / "ood.md", markdown(result)),
         plot_ranks(result, output_dir / RANKS_PNG),
         plot_intervals(result, output_dir / INTERVALS_PNG),
         plot_heatmap(result, output_dir / HEATMAP_PNG),

@@ -1,5 +1,6 @@
 """JSON, Markdown and PNG output of the benchmarks (matplotlib, Agg backend); the OOD
-benchmark's own files are written by `monitor.evaluation.ood_report`."""
+benchmark's own files are written by `monitor.evaluation.ood_report`, with the helpers shared
+here (`write_json`, `write_text`, `format_number`, `pyplot`)."""
 
 from __future__ import annotations
 
@@ -41,13 +42,15 @@ def write_json(data: dict, path: Path) -> Path:
     return path
 
 
-def _fmt(value, digits: int = 1) -> str:
+def format_number(value, digits: int = 1) -> str:
+    """A table cell: the value with `digits` decimals, a dash where there is none (None, NaN, inf)."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     return f"{value:.{digits}f}"
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: the benchmarks draw files, never windows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,7 +59,8 @@ def _pyplot():
     return plt
 
 
-def _write(path: Path, text: str) -> Path:
+def write_text(path: Path, text: str) -> Path:
+    """Write a Markdown (or other text) output and return its path, as `write_json` does."""
     path.write_text(text)
     return path
 
@@ -130,7 +134,7 @@ def _shape(row: dict) -> str:
 
 
 def plot_speed_bars(result: dict, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     rows = result["rows"]
     methods = _speed_methods(rows)
     fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(rows) + 3), 5.5))
@@ -168,6 +172,6 @@ def speed_console_summary(result: dict) -> str:
 def write_speed(result: dict, output_dir: Path) -> list[Path]:
     return [
         write_json(result, output_dir / "speed.json"),
-        _write(output_dir / "speed.md", speed_markdown(result)),
+        write_text(output_dir / "speed.md", speed_markdown(result)),
         plot_speed_bars(result, output_dir / SPEED_PNG),
     ]
