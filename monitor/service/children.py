@@ -47,7 +47,9 @@ def _child_logging(settings: Any, name: str) -> None:
 def _torch_threads_for(settings: Any, workers: int) -> None:
     """N workers on the CPU share its cores: each takes its part unless [model] torch_threads says."""
     if settings.model.torch_threads is None and workers > 1 and settings.model.device != "cuda":
-        settings.model.torch_threads = max(1, (os.cpu_count() or 1) // workers)
+        from monitor.service.supervisor import available_cores
+
+        settings.model.torch_threads = max(1, available_cores() // workers)
 
 
 def scoring_worker(settings: Any, connection: Any, index: int, workers: int, parent_pid: int,

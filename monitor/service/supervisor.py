@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from monitor.service.children import EXIT_START_FAILED, scheduler_child, scoring_worker
@@ -31,13 +32,37 @@ STOP_MARGIN_S = 2.0  # beyond [stream] shutdown_grace_s, at which a worker ends 
 
 
 GPU_WORKERS = 2
-CPU_THREADS_PER_WORKER = 2
+# Each worker is a member of the consumer group (more workers than the topic's partitions idle) and
+# holds its own copy of the model: the automatic count stops here, `workers` goes beyond it.
+MAX_AUTO_CPU_WORKERS = 8
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The cores this process may use: the CPUs it may run on, lowered to its container's CPU limit
+    (cgroup v2 `cpu.max`, "quota period", rounded up) when there is one. `os.cpu_count()` counts the
+    host's cores, so a 2-CPU pod on a 64-core node would otherwise start workers for 64."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):  # no cgroup v2 limit readable: the CPUs above
+        pass
+    return max(1, cores)
 
 
 def auto_workers(settings: Any) -> int:
     """`[stream] workers = 0`: two workers when the model runs on a GPU (one scores while the other
-    decodes and stores); on the CPU one per `[model] torch_threads` cores (two when it is not set:
-    each worker then takes two torch threads), at least one. Measured: docs/daemon.md, "Scaling"."""
+    decodes and stores); on the CPU one per `[model] torch_threads` cores (one per core when it is
+    not set: independent processes beat one process whose torch threads wait on each other), at
+    least one and at most MAX_AUTO_CPU_WORKERS; cores as `available_cores` counts them. Measured:
+    docs/daemon.md, "Scaling"."""
     device = settings.model.device
     if device in ("auto", "cuda"):
         try:
@@ -47,8 +72,8 @@ def auto_workers(settings: Any) -> int:
                 return GPU_WORKERS
         except ImportError:  # pragma: no cover - torch is a dependency
             pass
-    threads = settings.model.torch_threads or CPU_THREADS_PER_WORKER
-    return max(1, (os.cpu_count() or 1) // threads)
+    threads = settings.model.torch_threads or 1
+    return max(1, min(MAX_AUTO_CPU_WORKERS, available_cores() // threads))
 
 
 @dataclass

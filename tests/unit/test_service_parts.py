@@ -90,13 +90,14 @@ def test_worker_metrics_are_summed_and_a_replaced_worker_keeps_its_counts():
 
 
 @pytest.mark.parametrize("cores, torch_threads, expected", [
-    (2, None, 1), (16, None, 8), (1, None, 1), (2, 1, 2), (16, 4, 4), (3, 8, 1), (None, None, 1),
+    (2, None, 2), (4, None, 4), (16, None, 8), (64, None, 8), (1, None, 1), (2, 1, 2), (16, 4, 4), (16, 2, 8),
+    (3, 8, 1), (None, None, 1),
 ])
 def test_default_workers_on_the_cpu_share_the_cores_by_torch_threads(monkeypatch, cores, torch_threads, expected):
     from monitor.service import supervisor
     from monitor.settings import settings_from_mapping
 
-    monkeypatch.setattr(supervisor.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(supervisor, "available_cores", lambda: max(1, cores or 1))
     model = {"device": "cpu"} if torch_threads is None else {"device": "cpu", "torch_threads": torch_threads}
     assert supervisor.auto_workers(settings_from_mapping({"model": model}, {})) == expected
 
@@ -109,8 +110,25 @@ def test_default_workers_on_a_gpu_is_two(monkeypatch):
     from monitor.settings import settings_from_mapping
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(supervisor.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(supervisor, "available_cores", lambda: 16)
     assert supervisor.auto_workers(settings_from_mapping({"model": {"device": "auto"}}, {})) == 2
     assert supervisor.auto_workers(settings_from_mapping({"model": {"device": "cuda"}}, {})) == 2
     # A model pinned to the CPU shares the cores even on a machine with a GPU.
     assert supervisor.auto_workers(settings_from_mapping({"model": {"device": "cpu"}}, {})) == 8
+
+
+@pytest.mark.parametrize("cpu_max, expected", [
+    ("max 100000\n", None),  # no limit: the CPUs the process may run on
+    ("200000 100000\n", 2), ("150000 100000\n", 2), ("50000 100000\n", 1), ("100000000 100000\n", None),
+    ("garbage", None),
+])
+def test_available_cores_follow_the_containers_cpu_limit(tmp_path, cpu_max, expected):
+    import os
+
+    from monitor.service.supervisor import available_cores
+
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max)
+    runnable = len(os.sched_getaffinity(0))
+    assert available_cores(path) == (runnable if expected is None else min(runnable, expected))
+    assert available_cores(tmp_path / "absent") == runnable
