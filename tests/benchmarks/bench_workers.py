@@ -56,9 +56,9 @@ ROUNDS = 3
 FORMATS = ("png", "jpeg")
 # name: (spec, input side or None for the demo's own, messages per round in the full run, description)
 SUBJECTS: dict[str, tuple[str, int | None, int, str]] = {
-    "demo": ("demo", None, 2048, "demo (Fashion-MNIST ResNet, 1x28x28)"),
-    "resnet18-32": ("resnet18", 32, 1024, "ResNet-18, 3x32x32 (untrained weights)"),
-    "resnet18-224": ("resnet18", 224, 256, "ResNet-18, 3x224x224 (untrained weights)"),
+    "demo": ("demo", None, 8192, "demo (Fashion-MNIST ResNet, 1x28x28)"),
+    "resnet18-32": ("resnet18", 32, 4096, "ResNet-18, 3x32x32 (untrained weights)"),
+    "resnet18-224": ("resnet18", 224, 512, "ResNet-18, 3x224x224 (untrained weights)"),
 }
 QUICK_MESSAGES = 128
 GOALS = {"demo": 0.80, "resnet18-224": 0.90}  # end to end over Scorer alone, on the CPU
