@@ -52,10 +52,19 @@ def _torch_threads_for(settings: Any, workers: int) -> None:
         settings.model.torch_threads = max(1, available_cores() // workers)
 
 
+def use_gpu(gpu: str | None) -> None:
+    """Make `gpu` (a CUDA_VISIBLE_DEVICES entry) this process's only GPU, its cuda:0, so that every
+    device choice of the pipeline lands on it. Must run before torch first touches CUDA."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
 def scoring_worker(settings: Any, connection: Any, index: int, workers: int, parent_pid: int,
-                   slot: Any = None, poison: dict | None = None) -> None:
+                   slot: Any = None, poison: dict | None = None, gpu: str | None = None) -> None:
     """Child entry: one scoring pipeline until SIGTERM; exit status 2 when it cannot start. `slot`
-    and `poison`: see monitor.service.poison (the supervisor's news of poison arrive on `connection`)."""
+    and `poison`: see monitor.service.poison (the supervisor's news of poison arrive on `connection`);
+    `gpu`: the one GPU this worker uses (None: the device as configured)."""
+    use_gpu(gpu)  # first: this process has not imported torch yet
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _child_logging(settings, f"scoring-{index}")

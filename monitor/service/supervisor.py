@@ -31,13 +31,14 @@ QUICK_DEATH_S = 30.0  # a child that lived less than this and died counts toward
 STOP_MARGIN_S = 2.0  # beyond [stream] shutdown_grace_s, at which a worker ends itself: its exit
 
 
-GPU_WORKERS = 2
+GPU_WORKERS = 2  # per GPU: one scores while the other decodes and stores
 # Each worker is a member of the consumer group (more workers than the topic's partitions idle) and
 # holds its own copy of the model: the automatic count stops here, `workers` goes beyond it.
 MAX_AUTO_CPU_WORKERS = 8
 
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+NVIDIA_DRIVER_GPUS = Path("/proc/driver/nvidia/gpus")  # one entry per GPU while the driver is loaded
 
 
 def available_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
@@ -57,21 +58,40 @@ def available_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     return max(1, cores)
 
 
-def auto_workers(settings: Any) -> int:
-    """`[stream] workers = 0`: two workers when the model runs on a GPU (one scores while the other
-    decodes and stores); on the CPU one per `[model] torch_threads` cores (one per core when it is
-    not set: independent processes beat one process whose torch threads wait on each other), at
-    least one and at most MAX_AUTO_CPU_WORKERS; cores as `available_cores` counts them. Measured:
-    docs/daemon.md, "Scaling"."""
-    device = settings.model.device
-    if device in ("auto", "cuda"):
-        try:
-            import torch
+def visible_gpus(settings: Any) -> list[str]:
+    """The GPUs the scoring workers share, as CUDA_VISIBLE_DEVICES entries (empty on the CPU): those
+    CUDA_VISIBLE_DEVICES already names, else every GPU torch sees."""
+    if settings.model.device not in ("auto", "cuda"):
+        return []
+    if settings.model.device == "auto" and not NVIDIA_DRIVER_GPUS.is_dir():
+        return []  # no NVIDIA driver: spare the supervisor importing torch to learn it
+    try:
+        import torch
 
-            if torch.cuda.is_available():
-                return GPU_WORKERS
-        except ImportError:  # pragma: no cover - torch is a dependency
-            pass
+        if not torch.cuda.is_available():
+            return []
+        count = torch.cuda.device_count()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return []
+    named = [entry.strip() for entry in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
+    return named[:count] if named else [str(index) for index in range(count)]
+
+
+def gpu_of_worker(gpus: list[str], index: int) -> str | None:
+    """Worker `index`'s GPU: the workers are dealt round the GPUs, so N GPUs with the default 2N
+    workers get two each. None on the CPU, and with one GPU (nothing to choose)."""
+    return gpus[index % len(gpus)] if len(gpus) > 1 else None
+
+
+def auto_workers(settings: Any) -> int:
+    """`[stream] workers = 0`: two workers per GPU when the model runs on GPUs (one scores while the
+    other decodes and stores); on the CPU one per `[model] torch_threads` cores (one per core when
+    it is not set: independent processes beat one process whose torch threads wait on each other),
+    at least one and at most MAX_AUTO_CPU_WORKERS; cores as `available_cores` counts them.
+    Measured: docs/daemon.md, "Scaling"."""
+    gpus = visible_gpus(settings)
+    if gpus:
+        return GPU_WORKERS * len(gpus)
     threads = settings.model.torch_threads or 1
     return max(1, min(MAX_AUTO_CPU_WORKERS, available_cores() // threads))
 
@@ -100,6 +120,7 @@ class Supervisor:
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
         self.settings = settings
+        self.gpus = visible_gpus(settings) if workers else []  # dealt to the scoring workers
         self.workers = workers
         self.with_scheduler = scheduler
         self.with_web = web
@@ -148,7 +169,7 @@ class Supervisor:
         if role == SCORING:
             slot = new_slot(self.context)
             target, args = scoring_worker, (self.settings, theirs, index, self.workers, os.getpid(), slot,
-                                            dict(self.poison))
+                                            dict(self.poison), gpu_of_worker(self.gpus, index))
         else:
             target, args = scheduler_child, (self.settings, theirs, os.getpid())
         process = self.context.Process(target=target, args=args, name=f"ood-monitor-{role}-{index}")

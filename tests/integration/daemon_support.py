@@ -166,6 +166,9 @@ alerts_topic = "{topic}.alerts"
 batch_size = {batch_size}
 max_batch_wait_ms = 100
 decode_threads = 1
+# One scoring worker unless a test asks for more (--workers): the default follows the machine's
+# cores, and a test's counts (restarts, processes, metrics) should not.
+workers = 1
 threshold_refresh_s = 1.0
 store_retry_initial_s = 0.2
 store_retry_max_s = 2.0

@@ -4,6 +4,7 @@ its children report."""
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import numpy as np
@@ -102,19 +103,62 @@ def test_default_workers_on_the_cpu_share_the_cores_by_torch_threads(monkeypatch
     assert supervisor.auto_workers(settings_from_mapping({"model": model}, {})) == expected
 
 
-def test_default_workers_on_a_gpu_is_two(monkeypatch):
-    # No GPU here: torch is told it has one (the rule reads nothing else from the device).
+def _machine_with_gpus(monkeypatch, count: int, visible: str | None = None):
+    # No GPU here: torch and the driver's folder are made to report `count` (the rules read nothing else).
     import torch
 
     from monitor.service import supervisor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(supervisor, "NVIDIA_DRIVER_GPUS", Path("/") if count else Path("/nonexistent-nvidia"))
+    monkeypatch.setattr(supervisor, "available_cores", lambda: 16)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    return supervisor
+
+
+def test_default_workers_are_two_per_gpu(monkeypatch):
     from monitor.settings import settings_from_mapping
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(supervisor, "available_cores", lambda: 16)
+    supervisor = _machine_with_gpus(monkeypatch, 1)
     assert supervisor.auto_workers(settings_from_mapping({"model": {"device": "auto"}}, {})) == 2
     assert supervisor.auto_workers(settings_from_mapping({"model": {"device": "cuda"}}, {})) == 2
     # A model pinned to the CPU shares the cores even on a machine with a GPU.
     assert supervisor.auto_workers(settings_from_mapping({"model": {"device": "cpu"}}, {})) == 8
+    supervisor = _machine_with_gpus(monkeypatch, 4)
+    assert supervisor.auto_workers(settings_from_mapping({"model": {"device": "auto"}}, {})) == 8
+
+
+def test_workers_are_dealt_round_the_gpus(monkeypatch):
+    from monitor.settings import settings_from_mapping
+
+    cuda = settings_from_mapping({"model": {"device": "cuda"}}, {})
+    supervisor = _machine_with_gpus(monkeypatch, 4)
+    gpus = supervisor.visible_gpus(cuda)
+    assert [supervisor.gpu_of_worker(gpus, index) for index in range(8)] == ["0", "1", "2", "3"] * 2
+    # CUDA_VISIBLE_DEVICES already narrows what this process sees: the workers share those GPUs.
+    supervisor = _machine_with_gpus(monkeypatch, 2, visible="GPU-aaa,GPU-bbb")
+    gpus = supervisor.visible_gpus(cuda)
+    assert [supervisor.gpu_of_worker(gpus, index) for index in range(3)] == ["GPU-aaa", "GPU-bbb", "GPU-aaa"]
+    # One GPU, or none: each worker keeps the device as configured.
+    supervisor = _machine_with_gpus(monkeypatch, 1)
+    assert supervisor.gpu_of_worker(supervisor.visible_gpus(cuda), 1) is None
+    supervisor = _machine_with_gpus(monkeypatch, 0)
+    assert supervisor.visible_gpus(cuda) == [] and supervisor.visible_gpus(
+        settings_from_mapping({"model": {"device": "auto"}}, {})) == []
+
+
+def test_a_worker_given_a_gpu_sees_only_that_one(monkeypatch):
+    from monitor.service.children import use_gpu
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    use_gpu(None)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
+    use_gpu("2")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2"
 
 
 @pytest.mark.parametrize("cpu_max, expected", [
