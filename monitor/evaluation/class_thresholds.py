@@ -12,7 +12,6 @@ and .png beside ood.json.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -22,6 +21,7 @@ import torch
 
 from monitor.errors import MonitorError
 from monitor.evaluation import datasets, protocol
+from monitor.evaluation.report import write_json
 from monitor.names import SUMMARY
 from monitor.thresholds import ClassThresholds, fit_class_thresholds, fit_threshold
 
@@ -185,19 +185,6 @@ def section(loaded, in_dist: datasets.ImageSet, far: Sequence[datasets.ImageSet]
 # --- report ----------------------------------------------------------------------------------
 
 
-def _clean(value):
-    """NaN -> None and numpy scalars -> Python ones, so the JSON stays standard."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _pct(value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
@@ -333,9 +320,8 @@ def write(result: dict, output_dir: Path) -> list[Path]:
         return []
     text_path = output_dir / MARKDOWN
     text_path.write_text(markdown(comparison, result.get("command")))
-    data_path = output_dir / JSON_FILE
-    data_path.write_text(json.dumps(_clean({"command": result.get("command"), "machine": result.get("machine"),
-                                            **comparison}), indent=2) + "\n")
+    data_path = write_json({"command": result.get("command"), "machine": result.get("machine"), **comparison},
+                           output_dir / JSON_FILE)
     paths = [data_path, text_path]
     picture = plot(comparison, output_dir / PLOT_PNG)
     return paths + ([picture] if picture else [])

@@ -27,9 +27,9 @@ def _json_default(value):
 
 
 def _clean(value):
-    """NaN/inf -> None, so the JSON stays standard."""
+    """NaN/inf -> None and keys -> strings (numpy integers among them), so the JSON stays standard."""
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
