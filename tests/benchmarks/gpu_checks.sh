@@ -3,7 +3,8 @@
 # with 16 cores: at most 9 minutes after the installation, each step with a time limit). Each figure
 # is saved with the machine it ran on (CPU, cores, load average, and nvidia-smi's line for the card):
 #
-#   1. the Scorer over the bare eager forward pass at batch 64, without and with ODIN
+#   1. the Scorer over the bare eager forward pass at batch 64, without and with ODIN, and
+#      without its compiled kernels (torch operations only, which keep the batch on the GPU)
 #      (tests/benchmarks/bench_scorer_overhead.py);
 #   2. worker processes end to end over the Scorer alone on CUDA, JPEG messages decoded on the GPU
 #      ([imaging] device_decode = on) and on the CPU (off), PNG beside them
@@ -119,7 +120,7 @@ if (( dry )); then
   step "workers, device decode off" 300 "$python" -m tests.benchmarks.bench_workers --device cpu --quick \
     --messages 64 --workers 1 --formats jpeg --device-decode off --out-dir "$work/decode-off"
 else
-  step "Scorer over forward, batch 64" 80 "$python" -m tests.benchmarks.bench_scorer_overhead --device cuda \
+  step "Scorer over forward, batch 64" 100 "$python" -m tests.benchmarks.bench_scorer_overhead --device cuda \
     --batch-size 64 --out-dir "$work/scorer"
   step "workers, ResNet-18 224, device decode on" 180 "$python" -m tests.benchmarks.bench_workers --device cuda \
     --subjects resnet18-224 --messages 3072 --device-decode on --out-dir "$work/decode-on-224"

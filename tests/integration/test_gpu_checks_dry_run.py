@@ -34,6 +34,8 @@ def test_gpu_checks_dry_run_writes_every_figure_into_out(tmp_path):
     assert all(run["messages"] == 64 for subject in on["subjects"] for run in subject["runs"])
     assert [row["model"] for row in scorer["rows"]] == ["demo ResNet", "resnet18"]
     assert all(row["scorer_over_forward"] > 0 and row["scorer_odin_over_forward"] > 0 for row in scorer["rows"])
+    # Numba is installed here, so the Scorer is also timed without its compiled kernels.
+    assert all(row["scorer_torch_over_forward"] > 0 for row in scorer["rows"])
     summary = (tmp_path / "summary.md").read_text()
     assert "dry run on the CPU" in summary
     assert summary.count("# Worker processes") == 2 and "# The Scorer over the bare forward pass" in summary
