@@ -100,10 +100,31 @@ class KafkaSource:
             # like any bad input, and stays in the topic.
             return [self._skip_unreadable(error)]
         messages = [InboundMessage.from_kafka(record) for records in batches.values() for record in records]
+        held_back = self._take_held_back_failure()
+        if held_back is not None:
+            messages.append(held_back)
         messages.sort(key=lambda message: (message.topic, message.partition, message.offset))
         return messages
 
-    def _skip_unreadable(self, error: Exception) -> InboundMessage:
+    def _take_held_back_failure(self) -> InboundMessage | None:
+        """The reject for a record kafka-python failed on after returning the records before it.
+
+        The client keeps that failure for its next poll and raises it only if the partition is
+        fetchable then; a partition the daemon paused meanwhile (a congested pipeline) loses it,
+        and the client's next read of that partition loops for ever on its spent record iterator
+        (the consumer never returns). So the failure is taken now, in the poll that returned the
+        records before it: the record is stepped over and rejected as when the client raises at
+        once. Private state of the pinned kafka-python (test_standing_messages guards it)."""
+        fetcher = getattr(self.consumer, "_fetcher", None)
+        held = getattr(fetcher, "_next_in_line_exception_metadata", None)
+        if held is None or not _raised_parsing_records(held.exception):
+            return None
+        fetcher._next_in_line_exception_metadata = None
+        if self.consumer.position(held.partition) != held.fetched_offset:
+            return None  # the client would drop it too: the partition moved on
+        return self._skip_unreadable(held.exception, held.partition)
+
+    def _skip_unreadable(self, error: Exception, partition: Any = None) -> InboundMessage:
         """The reject message for the record kafka-python failed on, after seeking past it.
 
         Which partition failed is not part of the error: kafka-python keeps the records it was
@@ -115,8 +136,9 @@ class KafkaSource:
         than call them unreadable themselves. A batch that cannot be decompressed fails the
         same way at each of its records, and each reject says that.
         """
-        failed = getattr(getattr(self.consumer, "_fetcher", None), "_next_partition_records", None)
-        partition = getattr(failed, "topic_partition", None)
+        if partition is None:
+            failed = getattr(getattr(self.consumer, "_fetcher", None), "_next_partition_records", None)
+            partition = getattr(failed, "topic_partition", None)
         if partition is None:
             raise error  # nothing to step over: stop rather than skip blindly
         offset = self.consumer.position(partition)

@@ -294,3 +294,48 @@ def test_a_corrupt_compressed_batch_becomes_rejects_and_the_daemon_goes_on(tansu
     producer.close()
     _unreadable_then_readable(tansu, "tansu", topic, f"sqlite:///{tmp_path / 'monitor.db'}", model_cache,
                               unreadable, readable, "BadGzipFile")
+
+
+def test_a_record_the_client_fails_on_after_others_is_rejected_even_when_the_partition_is_paused_next(tansu):
+    """kafka-python returns the records before one it cannot read and keeps the failure for its next
+    poll, where it raises it only if the partition is fetchable: the daemon pauses its partitions
+    while its pipeline is congested, and the client then looped for ever on that partition once
+    resumed (the consumer never returned; the whole Tansu corpus above stalled in two runs of three).
+    The failure is taken in the poll that returned the records before it."""
+    from kafka import KafkaProducer
+
+    from monitor.stream.kafka_backend import KafkaSource, make_consumer
+
+    unreadable = next(case for case in CASES if case.name == "non-utf8-header-key")
+    topic = f"held-{uuid.uuid4().hex[:8]}"
+    create_topic(tansu, topic, 1)
+    producer = KafkaProducer(bootstrap_servers=tansu.bootstrap, acks="all")
+    image = fashion_samples()[1][1]
+    before = [producer.send(topic, value=image, key=f"before-{index}".encode()).get(60).offset for index in range(3)]
+    failing = producer.send(topic, value=unreadable.value, key=unreadable.key_bytes(),
+                            headers=list(unreadable.headers)).get(60).offset
+    after = [producer.send(topic, value=image, key=f"after-{index}".encode()).get(60).offset for index in range(2)]
+    producer.close()
+
+    settings = settings_from_mapping({"kafka": {"bootstrap_servers": [tansu.bootstrap], "topics": [topic],
+                                                "group_id": f"g-{topic}", "auto_offset_reset": "earliest"}},
+                                     environ={})
+    source = KafkaSource(make_consumer(settings.kafka), [topic])
+    try:
+        # Every record is in the topic before the first fetch: one response carries them all, so the
+        # client reads the three before the failing one and holds the failure back.
+        seen = list(wait_until(lambda: source.poll(timeout_ms=200), 60, "the first records"))
+        source.pause(True)  # right after, as the daemon does while its pipeline is congested
+        source.poll(timeout_ms=200)
+        source.pause(False)
+        expected = [*before, failing, *after]
+        poller = threading.Thread(target=lambda: wait_until(
+            lambda: seen.extend(source.poll(timeout_ms=200)) or len(seen) >= len(expected), 60, "every record"),
+            daemon=True)
+        poller.start()
+        poller.join(90)
+        assert not poller.is_alive(), "the consumer never returned from its poll"
+        assert [message.offset for message in seen] == expected
+        assert [message.offset for message in seen if message.unreadable] == [failing]
+    finally:
+        source.consumer.close()
