@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,29 @@ def _child_logging(settings: Any, name: str) -> None:
     configure_logging(settings.logging)
 
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The cores this process may use: the CPUs it may run on, lowered to its container's CPU limit
+    (cgroup v2 `cpu.max`, "quota period", rounded up) when there is one. `os.cpu_count()` counts the
+    host's cores, so a 2-CPU pod on a 64-core node would otherwise start workers for 64."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):  # no cgroup v2 limit readable: the CPUs above
+        pass
+    return max(1, cores)
+
+
 def _torch_threads_for(settings: Any, workers: int) -> None:
     """N workers on the CPU share its cores: each takes its part unless [model] torch_threads says."""
     if settings.model.torch_threads is None and workers > 1 and settings.model.device != "cuda":
-        from monitor.service.supervisor import available_cores
-
         settings.model.torch_threads = max(1, available_cores() // workers)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monitor.service.children import EXIT_START_FAILED, scheduler_child, scoring_worker
+from monitor.service.children import EXIT_START_FAILED, available_cores, scheduler_child, scoring_worker
 from monitor.service.poison import crashed_on, new_slot, poison_detail
 from monitor.service.status import Retired, Status, merge_families
 
@@ -37,25 +37,7 @@ GPU_WORKERS = 2  # per GPU: one scores while the other decodes and stores
 MAX_AUTO_CPU_WORKERS = 8
 
 
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 NVIDIA_DRIVER_GPUS = Path("/proc/driver/nvidia/gpus")  # one entry per GPU while the driver is loaded
-
-
-def available_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
-    """The cores this process may use: the CPUs it may run on, lowered to its container's CPU limit
-    (cgroup v2 `cpu.max`, "quota period", rounded up) when there is one. `os.cpu_count()` counts the
-    host's cores, so a 2-CPU pod on a 64-core node would otherwise start workers for 64."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max" and int(period) > 0:
-            cores = min(cores, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):  # no cgroup v2 limit readable: the CPUs above
-        pass
-    return max(1, cores)
 
 
 def visible_gpus(settings: Any) -> list[str]:
